@@ -1,0 +1,65 @@
+# STFN pipeline. `make run` and `make test` create the virtualenv when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and pinned (a bare `torch` can pull a multi-GB CUDA build).
+# Override for a GPU host, e.g.: make run TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+UI_PORT ?= 5000
+
+export PATH := $(abspath $(BIN)):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DVC_NO_ANALYTICS ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev run test test-fast lint ui dvc-repro clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	@echo "==> installing $(TORCH_SPEC) (first, pinned), then the project from constraints.txt"
+	$(PIP) install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the project
+
+install-dev: $(VENV)/.installed-dev ## Create .venv and install the project with dev extras
+
+run: $(VENV)/.installed ## Run the whole pipeline on the default dataset (Prefect flow -> MLflow registry)
+	$(BIN)/stfn run
+
+test: $(VENV)/.installed-dev ## Run the test suite (unit, data, integration: real Prefect, MLflow, DVC, GX)
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed-dev ## Only the fast tests (no real flow, no dvc repro)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(VENV)/.installed-dev ## ruff
+	$(BIN)/ruff check src flows tests
+
+dvc-repro: $(VENV)/.installed ## Run the pipeline through DVC (dvc repro) and push data to the local remote
+	$(BIN)/dvc repro && $(BIN)/dvc push
+
+ui: $(VENV)/.installed ## Start the MLflow UI on 127.0.0.1:$(UI_PORT) against the project's store
+	@mkdir -p mlflow
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (Ctrl-C stops it)"
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow/mlflow.db}" \
+		--default-artifact-root "$(CURDIR)/mlflow/artifacts" --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+clean: ## Remove pipeline outputs and local state (keeps .venv and the MLflow store)
+	rm -rf data/features models reports .stfn/prefect

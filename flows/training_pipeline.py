@@ -1,0 +1,102 @@
+"""The training pipeline as a Prefect 3 flow: prepare -> validate -> featurize -> train ->
+evaluate -> register. Thin orchestration only: every task wraps one function of `stfn.stages`.
+
+Runs on Prefect's local ephemeral API when `PREFECT_API_URL` is unset, and reports to the server
+at `PREFECT_API_URL` when it is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+
+from stfn import stages
+from stfn.config import Params, Paths, load_params
+
+
+@task(name="prepare", cache_policy=NONE)
+def prepare_data(params: Params, paths: Paths) -> dict[str, Any]:
+    """Make sure the dataset exists (a built-in one through `dvc repro prepare` in a DVC repo)."""
+    return stages.prepare_versioned(params, paths)
+
+
+@task(name="validate", cache_policy=NONE)
+def validate_data(params: Params, paths: Paths) -> dict[str, Any]:
+    """Great Expectations suites from dataset.yaml; raises DataValidationError on failure."""
+    return stages.validate(params, paths)
+
+
+@task(name="featurize", cache_policy=NONE)
+def featurize(params: Params, paths: Paths) -> str:
+    return str(stages.featurize(params, paths))
+
+
+@task(name="open-mlflow-run", cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def open_run(params: Params, paths: Paths, data_md5: str) -> dict[str, Any]:
+    return stages.open_run(params, paths, str(flow_run.get_id() or ""), data_md5)
+
+
+@task(name="train", cache_policy=NONE)
+def train(params: Params, paths: Paths, run_id: str) -> dict[str, Any]:
+    from stfn import tracking
+
+    def on_epoch(row: dict[str, float]) -> None:
+        tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+    return stages.train(params, paths, on_epoch=on_epoch)
+
+
+@task(name="evaluate", cache_policy=NONE)
+def evaluate(params: Params, paths: Paths, run_id: str, trained: dict[str, Any],
+             validation: dict[str, Any]) -> dict[str, Any]:
+    result = stages.evaluate(params, paths)
+    stages.log_evaluation(run_id, params, paths, result, trained, validation)
+    return result
+
+
+@task(name="register", cache_policy=NONE, retries=2, retry_delay_seconds=2)
+def register(params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any],
+             lineage: dict[str, str]) -> dict[str, Any]:
+    return stages.register(params, paths, run_id, evaluation, lineage)
+
+
+@flow(name="training-pipeline")
+def training_pipeline(overrides: list[str] | None = None, root: str | None = None) -> dict[str, Any]:
+    """validate -> featurize -> train -> evaluate -> register, for `params.yaml` + overrides."""
+    from stfn import tracking
+
+    paths = Paths(Path(root) if root else Path.cwd())
+    params = load_params(paths.root / "params.yaml", overrides)
+    prepared = prepare_data(params, paths)
+    validation = validate_data(params, paths)
+    featurize(params, paths)
+    run = open_run(params, paths, validation["data_md5"])
+    try:
+        trained = train(params, paths, run["run_id"])
+        evaluation = evaluate(params, paths, run["run_id"], trained, validation)
+        registered = register(params, paths, run["run_id"], evaluation, run["lineage"])
+    except BaseException:
+        tracking.end_run(run["run_id"], "FAILED")
+        raise
+    tracking.end_run(run["run_id"])
+    return {
+        "dataset": stages.dataset_name(params, paths),
+        "dataset_folder": prepared["folder"],
+        "data_md5": validation["data_md5"],
+        "flow_run_id": str(flow_run.get_id() or ""),
+        "mlflow_run_id": run["run_id"],
+        "tracking_uri": run["tracking_uri"],
+        "experiment": stages.dataset_name(params, paths),
+        "metrics": evaluation["metrics"],
+        "train_seconds": trained["train_seconds"],
+        "epochs_run": trained["epochs_run"],
+        **registered,
+    }
+
+
+if __name__ == "__main__":
+    training_pipeline()

@@ -1,0 +1,212 @@
+"""The `stfn` command. Errors are one readable paragraph (exit 2 for bad input, 1 otherwise);
+`--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stfn.config import ConfigError, Paths, find_project_root, load_params
+from stfn.errors import DataValidationError, TrackingError
+from stfn.runtime import configure_environment, quiet_logs
+
+app = typer.Typer(
+    help="STFN pipeline: validate -> featurize -> train -> evaluate -> register spatio-temporal fusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+STATE: dict[str, Any] = {"debug": False}
+STAGES = ("prepare", "validate", "featurize", "train", "evaluate")
+
+
+def _root() -> Path:
+    root = find_project_root()
+    configure_environment(root)
+    return root
+
+
+def _fail(exc: BaseException, code: int) -> None:
+    if STATE["debug"]:
+        raise exc
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print("[dim](run with --debug for the traceback)[/]")
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args, **kwargs):
+    """Call `fn`, turning known error families into a readable message and an exit code."""
+    from stfn.versioning import DvcError
+
+    try:
+        return fn(*args, **kwargs)
+    except (DataValidationError, ConfigError) as exc:
+        _fail(exc, 2)
+    except (TrackingError, DvcError, FileNotFoundError, ValueError) as exc:
+        _fail(exc, 1)
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    quiet_logs()
+
+
+@app.command()
+def run(
+    dataset: Annotated[str | None, typer.Option(help="Built-in dataset, a name under data/raw/, or a folder.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: --set train.epochs=3")] = None,
+) -> None:
+    """Run the whole pipeline as a Prefect flow and register the model in MLflow.
+
+    Example: stfn run --set train.epochs=3
+    """
+    root = _root()
+    overrides = list(set_ or [])
+    if dataset:
+        overrides.append(f"data.dataset={dataset}")
+    _guard(load_params, root / "params.yaml", overrides)  # a typo fails here, before Prefect starts
+    from flows.training_pipeline import training_pipeline  # Prefect is imported before MLflow
+
+    t0 = time.perf_counter()
+    result = _guard(training_pipeline, overrides=overrides, root=str(root))
+    _print_summary(result, root, time.perf_counter() - t0)
+
+
+def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
+    m = r["metrics"]
+    table = Table(title=f"STFN pipeline finished in {seconds:.0f} s", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("dataset", f"{r['dataset']} (data md5 {r['data_md5'][:12]})")
+    table.add_row("test metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["test"].items()))
+    table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
+    table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
+    before = (f" (champion was v{r['champion_before']}: {r['champion_value_before']:.4f})"
+              if r.get("champion_value_before") is not None else "")
+    table.add_row("registered", f"{r['registered_model']} version {r['version']} @challenger")
+    table.add_row("decision", ("PROMOTED to @champion: " if r["promoted"] else "kept the champion: ") + r["reason"] + before)
+    table.add_row("MLflow run", f"{r['mlflow_run_id']}  (experiment '{r['experiment']}', {r['tracking_uri']})")
+    table.add_row("Prefect flow run", r["flow_run_id"])
+    table.add_row("metrics file", str(root / "reports" / "metrics.json"))
+    console.print(table)
+    if r["tracking_uri"].startswith("sqlite:"):
+        console.print(f"Open the MLflow UI:  [bold]make ui[/]   (or: .venv/bin/mlflow ui --backend-store-uri "
+                      f"{r['tracking_uri']} --host 127.0.0.1 --port 5000)")
+
+
+@app.command()
+def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the contract.")]) -> None:
+    """Validate a dataset folder against its dataset.yaml (Great Expectations).
+
+    Example: stfn validate data/raw/moving-digits
+    """
+    root = _root()
+    params = _guard(load_params, root / "params.yaml")
+    from stfn.validation import validate_dataset
+
+    report_path = Paths(root).validation_report(path.resolve().name)
+    rep = _guard(validate_dataset, path, params.data.max_missing_ratio, report_path,
+                 lambda msg: console.print(f"[dim]{msg}[/]"))
+    s = rep.summary()
+    console.print(f"[green]ok[/] {s['dataset']}: {s['expectations']} expectations passed on {s['n_samples']} samples "
+                  f"in {s['seconds']} s; report: {report_path} (+ .html)")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A dataset folder in the contract.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
+) -> None:
+    """Validate a dataset folder, copy it to data/raw/<name>/ and track it with DVC.
+
+    Example: stfn ingest ~/my-dataset && stfn run --dataset my-dataset
+    """
+    root = _root()
+    params = _guard(load_params, root / "params.yaml")
+    from stfn import data as data_mod
+    from stfn import versioning
+    from stfn.fileio import atomic_dir
+    from stfn.validation import validate_dataset
+
+    spec = _guard(data_mod.load_spec, path)
+    paths = Paths(root)
+    _guard(validate_dataset, path, params.data.max_missing_ratio, paths.validation_report(spec.name))
+    target = paths.raw / spec.name
+    if target.exists() and not force:
+        _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
+    with atomic_dir(target) as tmp:
+        for f in data_mod.CONTRACT_FILES:
+            shutil.copy2(path / f, tmp / f)
+    msg = f"[green]ingested[/] {spec.name} -> {target}"
+    if versioning.is_dvc_repo(root):
+        _guard(versioning.dvc, root, "add", str(target.relative_to(root)))
+        msg += f"; tracked by DVC ({target.relative_to(root)}.dvc: commit it with git)"
+    console.print(msg)
+    console.print(f"next: stfn run --dataset {spec.name}")
+
+
+@app.command()
+def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>.")] = None) -> None:
+    """List registered model versions with aliases, metric and promotion decision.
+
+    Example: stfn models --dataset moving-digits
+    """
+    root = _root()
+    from stfn import tracking
+
+    tracking.configure(Paths(root).mlflow_dir)
+    rows = _guard(tracking.list_versions, tracking.model_name(dataset) if dataset else None)
+    table = Table(title="Registered models")
+    for col in ("model", "version", "aliases", "metric", "decision", "reason", "run id"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["version"], ", ".join(r["aliases"]),
+                      f"{r['metric']}={float(r['value']):.4f}" if r["value"] else "", r["decision"] or "",
+                      r["reason"] or "", (r["run_id"] or "")[:12])
+    console.print(table if rows else "no registered models yet (run `stfn run`)")
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}")]) -> None:
+    """Run one pipeline stage without Prefect or MLflow (what `dvc repro` calls).
+
+    Example: stfn stage featurize
+    """
+    root = _root()
+    if name not in STAGES:
+        _fail(ValueError(f"unknown stage '{name}'; expected one of {', '.join(STAGES)}"), 2)
+    from stfn import stages
+
+    params = _guard(load_params, root / "params.yaml")
+    paths = Paths(root)
+    fn = {
+        "prepare": lambda: str(stages.prepare(params, paths, force=True)),
+        "validate": lambda: stages.validate(params, paths),
+        "featurize": lambda: str(stages.featurize(params, paths)),
+        "train": lambda: {k: v for k, v in stages.train(params, paths).items() if k != "history"},
+        "evaluate": lambda: stages.evaluate(params, paths)["metrics"],
+    }[name]
+    out = _guard(fn)
+    console.print_json(json.dumps(out, default=str))
+
+
+def entrypoint() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

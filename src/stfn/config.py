@@ -1,0 +1,205 @@
+"""The typed model of `params.yaml`: loading, `--set key=value` overrides, project paths.
+
+`params.yaml` is the one source of parameters for DVC, Prefect and the CLI. Every section is a
+pydantic model with `extra="forbid"`, so a typo is an error rather than a silent default.
+Secrets and server URIs come from the environment, never from `params.yaml`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """`params.yaml` or an override is malformed; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Section):
+    dataset: str = "moving-digits"
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    max_missing_ratio: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class MovingDigitsParams(_Section):
+    n_train: int = Field(12000, ge=1)
+    n_val: int = Field(1500, ge=1)
+    n_test: int = Field(1500, ge=1)
+    canvas: int = Field(32, ge=16)
+    digits_per_video: int = Field(4, ge=1)
+    steps: int = Field(32, ge=4)
+    frames: int = Field(8, ge=1)
+    noise: float = Field(0.25, ge=0.0)
+    drift: float = Field(1.0, ge=0.0)
+    spike: float = Field(3.0, gt=0.0)
+    missing_rate: float = Field(0.002, ge=0.0, lt=0.5)
+    seed: int = 7
+
+
+class PrepareParams(_Section):
+    moving_digits: MovingDigitsParams = MovingDigitsParams()
+
+
+class ModelParams(_Section):
+    spatial_encoder: Literal["cnn"] = "cnn"
+    temporal_encoder: Literal["lstm", "gru"] = "lstm"
+    alignment: Literal["mfb"] = "mfb"
+    dim: int = Field(64, ge=4)
+    mfb_factor: int = Field(4, ge=1)
+    attention_hidden: int = Field(64, ge=4)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainParams(_Section):
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    patience: int = Field(4, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(0, ge=0)
+
+
+class RegistryParams(_Section):
+    min_improvement: float = Field(0.0, ge=0.0)
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    registry: RegistryParams = RegistryParams()
+
+    def digest(self) -> str:
+        """A short stable hash of every parameter (tagged on each model version)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: CWD, or $STFN_PROJECT_ROOT) holding
+    `params.yaml`; the start folder itself when there is none."""
+    env = os.environ.get("STFN_PROJECT_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.epochs=3` -> (["train", "epochs"], 3); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of `raw` with each dotted `key=value` override set."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+        got = err.get("input")
+        lines.append(f"  - {key}: {msg}" + ("" if err["type"] == "extra_forbidden" else f" (got {got!r})"))
+    return "\n".join(lines)
+
+
+def load_params(path: Path | None = None, overrides: list[str] | None = None) -> Params:
+    """Load and validate `params.yaml` (default: the project's), applying overrides."""
+    path = path or find_project_root() / "params.yaml"
+    raw: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(path), exc)) from None
+
+
+class Paths:
+    """Every path the pipeline reads or writes, relative to the project root (one catalog)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    def dataset_dir(self, name_or_path: str) -> Path:
+        candidate = Path(name_or_path)
+        if candidate.is_dir() and (candidate / "dataset.yaml").exists():
+            return candidate.resolve()
+        return self.raw / name_or_path
+
+    def features_dir(self, dataset: str) -> Path:
+        return self.root / "data" / "features" / dataset
+
+    def model_dir(self, dataset: str) -> Path:
+        return self.root / "models" / dataset
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def validation_report(self, dataset: str) -> Path:
+        return self.reports / "validation" / f"{dataset}.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def state(self) -> Path:
+        """Git-ignored local state: Prefect home, caches."""
+        return self.root / ".stfn"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"

@@ -1,0 +1,463 @@
+"""The dataset contract (v1): its schema, readers and writers, splits, built-in datasets.
+
+A dataset is a folder:
+- `dataset.yaml`      name, task, target, series (steps, channels), frames (shape, steps), sensors
+- `samples.parquet`   sample_id (unique str), label, optional split / timestamp, free metadata
+- `series.parquet`    long format: sample_id, step (0..T-1), one float column per channel
+- `frames.npy`        [N, F, C, H, W] uint8 or float32, row order = samples.parquet
+
+Dimension letters used everywhere: N samples, B batch, T series steps, C channels, F frames,
+H/W frame height/width, D feature width.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stfn.config import MovingDigitsParams
+from stfn.errors import DataValidationError, Failure
+from stfn.fileio import atomic_dir
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE, SAMPLES_FILE, SERIES_FILE, FRAMES_FILE = (
+    "dataset.yaml",
+    "samples.parquet",
+    "series.parquet",
+    "frames.npy",
+)
+CONTRACT_FILES = (SPEC_FILE, SAMPLES_FILE, SERIES_FILE, FRAMES_FILE)
+SPLITS = ("train", "val", "test")
+NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+RESERVED_COLUMNS = {"sample_id", "step", "label", "split", "timestamp"}
+# Refuse shapes that would exhaust memory before anything is read (per-sample element counts).
+MAX_SERIES_ELEMENTS = 10_000_000
+MAX_FRAME_ELEMENTS = 50_000_000
+
+ProgressFn = Callable[[int, int], None]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(_Strict):
+    name: str
+    classes: list[str] | None = None
+    unit: str | None = None
+
+
+class Channel(_Strict):
+    name: str = Field(min_length=1)
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Channel:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"channel '{self.name}': min {self.min} > max {self.max}")
+        return self
+
+
+class SeriesSpec(_Strict):
+    steps: int = Field(gt=0)
+    channels: list[Channel] = Field(min_length=1)
+
+
+class FramesSpec(_Strict):
+    count: int = Field(gt=0)
+    channels: int = Field(gt=0)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    dtype: Literal["uint8", "float32"]
+    steps: list[int]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.count, self.channels, self.height, self.width)
+
+
+class DatasetSpec(_Strict):
+    """The parsed and checked `dataset.yaml`."""
+
+    name: str
+    task: Literal["classification", "regression"]
+    target: Target
+    series: SeriesSpec
+    frames: FramesSpec
+    sensors: dict[str, tuple[float, float]] | None = None
+    description: str | None = None
+    source: dict[str, Any] | None = None  # how the dataset was made (generator or importer, params)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"name {self.name!r}: expected 1-64 characters of a-z, 0-9 and '-'")
+        if self.task == "classification":
+            if not self.target.classes or len(self.target.classes) < 2:
+                raise ValueError("target.classes: a classification dataset needs at least 2 class names")
+        elif self.target.classes:
+            raise ValueError("target.classes: a regression dataset has a unit, not classes")
+        names = [c.name for c in self.series.channels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"series.channels: duplicate channel names {names}")
+        clash = RESERVED_COLUMNS & set(names)
+        if clash:
+            raise ValueError(f"series.channels: names {sorted(clash)} are reserved column names")
+        f = self.frames
+        if len(f.steps) != f.count:
+            raise ValueError(f"frames.steps: expected {f.count} entries (frames.count), got {len(f.steps)}")
+        if any(s < 0 or s >= self.series.steps for s in f.steps):
+            raise ValueError(f"frames.steps: every step must be in [0, {self.series.steps - 1}], got {f.steps}")
+        if any(b < a for a, b in zip(f.steps, f.steps[1:])):
+            raise ValueError(f"frames.steps: must be non-decreasing, got {f.steps}")
+        if self.series.steps * len(names) > MAX_SERIES_ELEMENTS:
+            raise ValueError(f"series: {self.series.steps} steps x {len(names)} channels is too large")
+        if int(np.prod(f.shape)) > MAX_FRAME_ELEMENTS:
+            raise ValueError(f"frames: shape {list(f.shape)} per sample is too large")
+        for ch, pos in (self.sensors or {}).items():
+            if ch not in names:
+                raise ValueError(f"sensors: '{ch}' is not a series channel {names}")
+            if not all(0.0 <= v <= 1.0 for v in pos):
+                raise ValueError(f"sensors.{ch}: coordinates must be in [0, 1], got {list(pos)}")
+        return self
+
+    @property
+    def channel_names(self) -> list[str]:
+        return [c.name for c in self.series.channels]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.target.classes or [])
+
+
+def load_spec(folder: Path) -> DatasetSpec:
+    """Read and check `dataset.yaml`; every problem is a `DataValidationError` naming the field."""
+    folder = Path(folder)
+    path = folder / SPEC_FILE
+    name = folder.name
+    if not folder.is_dir():
+        raise DataValidationError(name, [Failure(str(folder), None, "dataset folder exists", "no such folder")])
+    missing = [f for f in CONTRACT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise DataValidationError(
+            name, [Failure(f, None, "file exists", f"missing from {folder}") for f in missing]
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataValidationError(name, [Failure(SPEC_FILE, None, "valid YAML", str(exc))]) from None
+    if not isinstance(raw, dict):
+        raise DataValidationError(name, [Failure(SPEC_FILE, None, "a mapping", f"got {type(raw).__name__}")])
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        failures = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or None
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            failures.append(Failure(SPEC_FILE, field, "dataset.yaml schema", msg))
+        raise DataValidationError(str(raw.get("name", name)), failures) from None
+
+
+def read_parquet(folder: Path, file: str, dataset: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(Path(folder) / file)
+    except Exception as exc:  # noqa: BLE001 - any reader error becomes a contract failure
+        raise DataValidationError(
+            dataset, [Failure(file, None, "a readable parquet file", f"{type(exc).__name__}: {exc}")]
+        ) from None
+
+
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a C-ordered .npy file, read without loading or unpickling."""
+    with open(path, "rb") as fh:
+        major, _minor = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(fh, max_header_size=100_000)
+        if fortran:
+            raise ValueError("Fortran-ordered arrays are not supported")
+        return tuple(int(d) for d in shape), dtype, fh.tell()
+
+
+def open_frames(folder: Path, spec: DatasetSpec, n_samples: int | None = None) -> np.ndarray:
+    """Memory-map `frames.npy` after checking its header against the spec and the file size.
+
+    Never unpickles (`allow_pickle=False`); a truncated file is an error, not a crash.
+    """
+    path = Path(folder) / FRAMES_FILE
+    fail = lambda what, detail: DataValidationError(spec.name, [Failure(FRAMES_FILE, None, what, detail)])  # noqa: E731
+    try:
+        shape, dtype, offset = read_npy_header(path)
+    except Exception as exc:  # noqa: BLE001
+        raise fail("a .npy array file", f"unreadable header ({exc})") from None
+    if dtype.hasobject:
+        raise fail("a numeric array", "holds Python objects (pickled); refused")
+    if str(dtype) != spec.frames.dtype:
+        raise fail(f"dtype {spec.frames.dtype} (dataset.yaml frames.dtype)", f"got {dtype}")
+    expected = spec.frames.shape
+    if len(shape) != 5 or tuple(shape[1:]) != expected:
+        raise fail(f"shape [N, {', '.join(map(str, expected))}] (dataset.yaml frames)", f"got {list(shape)}")
+    if n_samples is not None and shape[0] != n_samples:
+        raise fail(f"{n_samples} samples (rows of samples.parquet)", f"got {shape[0]}")
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    have = path.stat().st_size
+    if have < need:
+        raise fail("complete file", f"truncated: {have} bytes, header promises {need}")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def series_array(series: pd.DataFrame, sample_ids: pd.Series, spec: DatasetSpec) -> np.ndarray:
+    """Long-format series -> float32 array [N, T, C] in `sample_ids` order (NaN = missing)."""
+    n, t, names = len(sample_ids), spec.series.steps, spec.channel_names
+    index = pd.Index(sample_ids.astype(str))
+    rows = index.get_indexer(series["sample_id"].astype(str))
+    steps = series["step"].to_numpy()
+    keep = (rows >= 0) & (steps >= 0) & (steps < t)
+    out = np.full((n, t, len(names)), np.nan, dtype=np.float32)
+    out[rows[keep], steps[keep].astype(np.int64)] = series.loc[keep, names].to_numpy(np.float32)
+    return out
+
+
+def assign_split(samples: pd.DataFrame, spec: DatasetSpec, val_fraction: float, test_fraction: float,
+                 seed: int) -> tuple[np.ndarray, str]:
+    """The split of every sample and how it was made.
+
+    A `split` column is used as given; otherwise a `timestamp` column splits by time (latest
+    samples to test); otherwise a seeded split, stratified by label for classification.
+    """
+    n = len(samples)
+    if "split" in samples.columns:
+        return samples["split"].astype(str).to_numpy(), "given (samples.parquet split column)"
+    out = np.empty(n, dtype=object)
+    n_test = max(1, int(round(n * test_fraction)))
+    n_val = int(round(n * val_fraction))
+    if "timestamp" in samples.columns:
+        order = np.argsort(pd.to_datetime(samples["timestamp"]).to_numpy(), kind="stable")
+        out[order[: n - n_val - n_test]] = "train"
+        out[order[n - n_val - n_test : n - n_test]] = "val"
+        out[order[n - n_test :]] = "test"
+        return out, "by time (timestamp column): latest samples are test"
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
+    labels = samples["label"].to_numpy()
+    strat = labels if spec.task == "classification" and np.unique(labels, return_counts=True)[1].min() >= 3 else None
+    rest, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=strat)
+    out[test] = "test"
+    if n_val:
+        strat_rest = labels[rest] if strat is not None else None
+        train, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat_rest)
+        out[val] = "val"
+    else:
+        train = rest
+    out[train] = "train"
+    how = "seeded stratified random split" if strat is not None else "seeded random split"
+    return out, f"{how} (seed {seed})"
+
+
+def write_dataset(folder: Path, spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame,
+                  frames: np.ndarray) -> Path:
+    """Write a dataset in the contract, atomically (the folder appears whole or not at all)."""
+    with atomic_dir(Path(folder)) as tmp:
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        samples.to_parquet(tmp / SAMPLES_FILE, index=False)
+        series.to_parquet(tmp / SERIES_FILE, index=False)
+        np.save(tmp / FRAMES_FILE, np.ascontiguousarray(frames), allow_pickle=False)
+    return Path(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in dataset: moving-digits
+# --------------------------------------------------------------------------------------------
+
+DIGIT = 8  # side of a scikit-learn digit image, pixels
+
+
+def _bounce(start: np.ndarray, velocity: np.ndarray, steps: int, limit: float) -> np.ndarray:
+    """Positions [M, D, T] of points moving at constant velocity, reflected into [0, limit]."""
+    t = np.arange(steps, dtype=np.float64)
+    p = start[..., None] + velocity[..., None] * t
+    m = np.mod(p, 2 * limit)
+    return limit - np.abs(m - limit)
+
+
+def frame_steps(steps: int, frames: int) -> list[int]:
+    """The series step at which each frame is taken: evenly spaced, the last at T-1."""
+    stride = steps // frames
+    return [stride * (k + 1) - 1 for k in range(frames)]
+
+
+def _digit_pools(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint, class-stratified pools of digit images for train / val / test (70/15/15)."""
+    rng = np.random.default_rng(seed)
+    pools: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = n_test = int(round(len(idx) * 0.15))
+        pools["test"] += idx[:n_test].tolist()
+        pools["val"] += idx[n_test : n_test + n_val].tolist()
+        pools["train"] += idx[n_test + n_val :].tolist()
+    return {s: np.array(sorted(v)) for s, v in pools.items()}
+
+
+def _generate_split(p: MovingDigitsParams, split: str, n: int, images: np.ndarray, labels: np.ndarray,
+                    pool: np.ndarray, rng: np.random.Generator, progress: ProgressFn | None) -> dict:
+    """Generate `n` accepted videos of one split (vectorised in batches, rejected ones redrawn)."""
+    L = p.canvas - DIGIT
+    half = p.canvas / 2
+    fsteps = np.array(frame_steps(p.steps, p.frames))
+    D, F = p.digits_per_video, p.frames
+    chunks: list[dict] = []
+    done = 0
+    while done < n:
+        m = max(64, int((n - done) * 1.3))
+        img_idx = pool[rng.integers(0, len(pool), size=(m, D))]
+        start = rng.uniform(0, L, size=(m, D, 2))
+        angle = rng.uniform(0, 2 * np.pi, size=(m, D))
+        speed = rng.uniform(0.7, 1.8, size=(m, D))
+        vel = np.stack([np.sin(angle), np.cos(angle)], -1) * speed[..., None]
+        pos = np.rint(_bounce(start, vel, p.steps, L)).astype(np.int64)  # [m, D, 2(row,col), T]
+        at_frames = pos[..., fsteps]  # [m, D, 2, F]
+        centre = at_frames + DIGIT / 2
+        zone = (centre[:, :, 0] >= half).astype(np.int64) * 2 + (centre[:, :, 1] >= half)  # [m, D, F]
+        trig = rng.integers(0, D, size=m)
+        ar = np.arange(m)
+        tz = zone[ar, trig]  # [m, F]
+        tpos = at_frames[ar, trig]  # [m, 2, F]
+        others = np.ones((m, D), bool)
+        others[ar, trig] = False
+        same_zone = (zone == tz[:, None, :]) & others[..., None]
+        overlap = (np.abs(at_frames - tpos[:, None]) < DIGIT).all(axis=2) & others[..., None]
+        alone = ~(same_zone | overlap).any(axis=1)  # [m, F]
+        ok = alone.any(axis=1)
+        # Uniform choice among the frames where the trigger digit is alone in its zone.
+        score = np.where(alone, rng.random((m, F)), -1.0)
+        tframe = score.argmax(axis=1)
+        keep = np.flatnonzero(ok)[: n - done]
+        k = len(keep)
+        tf = tframe[keep]
+        chunks.append(
+            dict(
+                img_idx=img_idx[keep],
+                pos=pos[keep],
+                trig=trig[keep],
+                tframe=tf,
+                tzone=tz[keep, tf],
+                trow=tpos[keep, 0, tf],
+                tcol=tpos[keep, 1, tf],
+            )
+        )
+        done += k
+        if progress:
+            progress(done, n)
+    c = {key: np.concatenate([ch[key] for ch in chunks]) for key in chunks[0]}
+    # Frames [n, F, 1, canvas, canvas]: paste each digit with a max-composite.
+    frames = np.zeros((n, F, p.canvas, p.canvas), dtype=np.uint8)
+    off = np.arange(DIGIT)
+    nn = np.arange(n)[:, None, None, None]
+    ff = np.arange(F)[None, :, None, None]
+    for d in range(D):
+        img = images[c["img_idx"][:, d]]  # [n, 8, 8]
+        r = c["pos"][:, d, 0][:, fsteps][:, :, None, None] + off[None, None, :, None]  # [n, F, 8, 1]
+        q = c["pos"][:, d, 1][:, fsteps][:, :, None, None] + off[None, None, None, :]  # [n, F, 1, 8]
+        frames[nn, ff, r, q] = np.maximum(frames[nn, ff, r, q], img[:, None])
+    # Sensors [n, T, 4]: offset + slow drift + noise, one spike in the trigger zone's channel.
+    t = np.arange(p.steps)
+    offset = rng.uniform(-2, 2, size=(n, 1, 4))
+    period = rng.uniform(40, 120, size=(n, 1, 4))
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 4))
+    amp = p.drift * rng.uniform(0.5, 1.0, size=(n, 1, 4))
+    series = offset + amp * np.sin(2 * np.pi * t[None, :, None] / period + phase)
+    series = series + rng.normal(0, p.noise, size=series.shape)
+    tstep = fsteps[c["tframe"]]
+    series[np.arange(n), tstep, c["tzone"]] += p.spike * rng.uniform(0.8, 1.2, size=n)
+    missing = rng.random(series.shape) < p.missing_rate
+    missing[np.arange(n), tstep, c["tzone"]] = False  # the spike itself is never lost
+    series[missing] = np.nan
+    trig_label = labels[c["img_idx"][np.arange(n), c["trig"]]]
+    return dict(
+        frames=frames[:, :, None],
+        series=series.astype(np.float32),
+        label=trig_label.astype(np.int64),
+        meta=pd.DataFrame(
+            {
+                "trigger_frame": c["tframe"].astype(np.int64),
+                "trigger_step": tstep.astype(np.int64),
+                "trigger_zone": c["tzone"].astype(np.int64),
+                "trigger_row": c["trow"].astype(np.int64),
+                "trigger_col": c["tcol"].astype(np.int64),
+                "digits": [" ".join(map(str, labels[r])) for r in c["img_idx"]],
+            }
+        ),
+    )
+
+
+def make_moving_digits(p: MovingDigitsParams, name: str = "moving-digits",
+                       progress: Callable[[str, int, int], None] | None = None
+                       ) -> tuple[DatasetSpec, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Generate `moving-digits`, deterministically from `p.seed`.
+
+    Real handwritten digits (scikit-learn's bundled 8x8 `load_digits`) bounce on a canvas; one
+    sensor per quadrant zone. In each sample the trigger digit is chosen uniformly among the
+    digits, then a frame at which it is alone in its zone (and overlaps no other digit); that
+    zone's sensor spikes at that frame's step, and the label is the trigger digit's class.
+    """
+    from sklearn.datasets import load_digits
+
+    if p.steps < p.frames:
+        raise ValueError(f"prepare.moving_digits: steps ({p.steps}) must be >= frames ({p.frames})")
+    digits = load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    pools = _digit_pools(labels, p.seed)
+    rng = np.random.default_rng(p.seed)
+    parts = []
+    for split, n in (("train", p.n_train), ("val", p.n_val), ("test", p.n_test)):
+        cb = (lambda d, tot, s=split: progress(s, d, tot)) if progress else None
+        parts.append((split, _generate_split(p, split, n, images, labels, pools[split], rng, cb)))
+    samples = pd.concat(
+        [
+            pd.DataFrame({"sample_id": [f"{split}-{i:06d}" for i in range(len(g["label"]))],
+                          "label": g["label"], "split": split}).join(g["meta"])
+            for split, g in parts
+        ],
+        ignore_index=True,
+    )
+    series3 = np.concatenate([g["series"] for _, g in parts])
+    frames = np.concatenate([g["frames"] for _, g in parts])
+    names = [f"zone-{z}" for z in range(4)]
+    n, T = len(samples), p.steps
+    series = pd.DataFrame({"sample_id": np.repeat(samples["sample_id"].to_numpy(), T),
+                           "step": np.tile(np.arange(T, dtype=np.int64), n)})
+    for c, ch in enumerate(names):
+        series[ch] = series3[:, :, c].reshape(-1)
+    centre = [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)]  # (row, col) of each zone
+    spec = DatasetSpec(
+        name=name,
+        task="classification",
+        target=Target(name="trigger_digit", classes=[str(i) for i in range(10)]),
+        series=SeriesSpec(
+            steps=T,
+            channels=[Channel(name=ch, unit="a.u.", min=-12.0, max=12.0) for ch in names],
+        ),
+        frames=FramesSpec(count=p.frames, channels=1, height=p.canvas, width=p.canvas, dtype="uint8",
+                          steps=frame_steps(p.steps, p.frames)),
+        sensors={ch: centre[z] for z, ch in enumerate(names)},
+        source={"generator": "moving-digits", "params": p.model_dump(mode="json")},
+        description=(
+            "Handwritten digits (scikit-learn load_digits) bouncing on a canvas; one sensor per "
+            "quadrant spikes when the trigger digit is alone in it; label = that digit's class."
+        ),
+    )
+    return spec, samples, series, frames

@@ -1,0 +1,181 @@
+"""Evaluation: metrics, per-class table, plots (confusion matrix, training curves, predicted vs
+actual, attention overlays), and the comparison of two metric values by their direction."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Each metric's direction, declared once; the promotion gate reads it.
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False, "rmse": False, "nll": False}
+PRIMARY_METRIC = {"classification": "accuracy", "regression": "mae"}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """accuracy, macro-F1, NLL, per-class precision/recall/F1/support, confusion matrix."""
+    k = len(class_names)
+    pred = probs.argmax(-1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = support > 0
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+    return {
+        "metrics": {
+            "accuracy": float((pred == labels).mean()),
+            "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+            "nll": nll,
+        },
+        "per_class": [
+            {"class": class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
+             "f1": float(f1[i]), "support": int(support[i])}
+            for i in range(k)
+        ],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    err = pred - y
+    ss_res = float((err**2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return {
+        "metrics": {
+            "mae": float(np.abs(err).mean()),
+            "rmse": float(np.sqrt((err**2).mean())),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
+        }
+    }
+
+
+def improvement(metric: str, challenger: float, champion: float) -> float:
+    """How much better `challenger` is than `champion` (positive = better), by the metric's direction."""
+    if metric not in HIGHER_IS_BETTER:
+        raise KeyError(f"metric '{metric}' has no declared direction; known: {sorted(HIGHER_IS_BETTER)}")
+    return challenger - champion if HIGHER_IS_BETTER[metric] else champion - challenger
+
+
+def is_better(metric: str, challenger: float, champion: float, min_improvement: float = 0.0) -> bool:
+    """Does `challenger` strictly beat `champion` on `metric`, by at least `min_improvement`?"""
+    gain = improvement(metric, challenger, champion)
+    return gain > 0 and gain >= min_improvement
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg backend; each returns the written path)
+# ---------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: list[list[int]], class_names: list[str], path: Path) -> Path:
+    plt = _plt()
+    m = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (test; colour = row share)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    metric_keys = [k for k in history[0] if k.startswith("val_") and k != "val_loss"] if history else []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    axes[0].plot(epochs, [h["val_loss"] for h in history], marker="o", label="val")
+    axes[0].set_title("loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    for k in metric_keys:
+        axes[1].plot(epochs, [h[k] for h in history], marker="o", label=k)
+    axes[1].set_title("validation metric")
+    axes[1].set_xlabel("epoch")
+    axes[1].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_predicted_vs_actual(y: np.ndarray, pred: np.ndarray, unit: str | None, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y, pred, s=6, alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="k", lw=1)
+    ax.set_xlabel(f"actual ({unit or ''})")
+    ax.set_ylabel(f"predicted ({unit or ''})")
+    ax.set_title("Predicted vs actual (test)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_attention(frames: np.ndarray, attention: np.ndarray, titles: list[str], path: Path) -> Path:
+    """Attention maps overlaid on the frames: frames (S, F, C, H, W), attention (S, F, h, w)."""
+    plt = _plt()
+    s, f = frames.shape[:2]
+    fig, axes = plt.subplots(s, f, figsize=(1.4 * f, 1.5 * s), squeeze=False)
+    vmax = float(attention.max()) or 1.0
+    for i in range(s):
+        for k in range(f):
+            ax = axes[i, k]
+            img = frames[i, k].mean(axis=0)
+            ax.imshow(img, cmap="gray")
+            h, w = img.shape
+            ax.imshow(attention[i, k], cmap="inferno", alpha=0.55, vmin=0, vmax=vmax,
+                      extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(titles[i], fontsize=7)
+            if i == 0:
+                ax.set_title(f"frame {k}", fontsize=7)
+    fig.suptitle("Attention over space-time (brighter = more weight)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,161 @@
+"""Features: normalisation fitted on the training split only, written as contiguous float32
+arrays (`np.save`) and read back memory-mapped.
+
+Layout of a features folder:
+- `series.npy`  [N, T, C] float32, per-sample median removed, scaled by the train std; NaN kept
+                (the model masks missing readings itself rather than zero-filling silently)
+- `frames.npy`  [N, F, C, H, W] float32, standardised with the train mean/std per channel
+- `labels.npy`  [N] int64 class index, or float32 standardised target for regression
+- `index.parquet` sample_id, split, row
+- `stats.json`  the fitted statistics, the split and how it was made, the dataset's shapes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stfn.data import DatasetSpec, assign_split, load_spec, open_frames, read_parquet, series_array
+from stfn.fileio import atomic_dir
+
+log = logging.getLogger(__name__)
+CHUNK = 1024
+
+
+def center_series(series: np.ndarray) -> np.ndarray:
+    """Remove each sample's per-channel median over the window: (N, T, C) -> (N, T, C).
+
+    The whole window is observed at prediction time, so this uses no information the model
+    would not have; it removes the sensors' slow offsets.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel stays NaN
+        med = np.nanmedian(series, axis=1, keepdims=True)
+    return series - np.nan_to_num(med)
+
+
+def fit_stats(spec: DatasetSpec, series: np.ndarray, frames: np.ndarray, labels: np.ndarray,
+              train: np.ndarray) -> dict[str, Any]:
+    """Normalisation statistics from the training rows only."""
+    centred = center_series(series[train])
+    scale = np.nanstd(centred, axis=(0, 1))
+    scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
+    c = spec.frames.channels
+    s1, s2, count = np.zeros(c), np.zeros(c), 0
+    rows = np.flatnonzero(train)
+    for i in range(0, len(rows), CHUNK):
+        block = np.asarray(frames[rows[i : i + CHUNK]], dtype=np.float64)  # (b, F, C, H, W)
+        s1 += block.sum(axis=(0, 1, 3, 4))
+        s2 += (block**2).sum(axis=(0, 1, 3, 4))
+        count += block.shape[0] * block.shape[1] * block.shape[3] * block.shape[4]
+    mean = s1 / max(count, 1)
+    std = np.sqrt(np.maximum(s2 / max(count, 1) - mean**2, 1e-12))
+    stats: dict[str, Any] = {
+        "series_scale": scale.tolist(),
+        "frames_mean": mean.tolist(),
+        "frames_std": np.where(std > 1e-6, std, 1.0).tolist(),
+    }
+    if spec.task == "regression":
+        y = labels[train].astype(np.float64)
+        stats["target_mean"], stats["target_std"] = float(y.mean()), float(y.std() or 1.0)
+    return stats
+
+
+def transform_series(series: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """(N, T, C) raw readings -> (N, T, C) float32 features; NaN (missing) stays NaN."""
+    return (center_series(series.astype(np.float32)) / np.asarray(stats["series_scale"], np.float32)).astype(np.float32)
+
+
+def transform_frames(frames: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """(N, F, C, H, W) raw frames -> standardised float32."""
+    mean = np.asarray(stats["frames_mean"], np.float32)[None, None, :, None, None]
+    std = np.asarray(stats["frames_std"], np.float32)[None, None, :, None, None]
+    return ((np.asarray(frames, np.float32) - mean) / std).astype(np.float32)
+
+
+def build_features(dataset_dir: Path, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
+                   progress: Callable[[int, int], None] | None = None) -> Path:
+    """Read a validated dataset, fit normalisation on train, write the features folder."""
+    spec = load_spec(dataset_dir)
+    samples = read_parquet(dataset_dir, "samples.parquet", spec.name)
+    series_long = read_parquet(dataset_dir, "series.parquet", spec.name)
+    series = series_array(series_long, samples["sample_id"], spec)
+    del series_long
+    frames = open_frames(dataset_dir, spec, len(samples))
+    labels = samples["label"].to_numpy()
+    labels = labels.astype(np.int64) if spec.task == "classification" else labels.astype(np.float32)
+    split, how = assign_split(samples, spec, val_fraction, test_fraction, seed)
+    for name in ("train", "val", "test"):
+        if not (split == name).any():
+            raise ValueError(f"{spec.name}: the split has no '{name}' samples ({how}); add samples or change the fractions")
+    stats = fit_stats(spec, series, frames, labels, split == "train")
+    if spec.task == "regression":
+        labels = ((labels - stats["target_mean"]) / stats["target_std"]).astype(np.float32)
+    n = len(samples)
+    with atomic_dir(Path(out_dir)) as tmp:
+        np.save(tmp / "series.npy", np.ascontiguousarray(transform_series(series, stats)), allow_pickle=False)
+        np.save(tmp / "labels.npy", labels, allow_pickle=False)
+        out = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.float32, shape=frames.shape)
+        for i in range(0, n, CHUNK):
+            out[i : i + CHUNK] = transform_frames(frames[i : i + CHUNK], stats)
+            if progress:
+                progress(min(i + CHUNK, n), n)
+        out.flush()
+        del out
+        pd.DataFrame({"sample_id": samples["sample_id"].astype(str), "split": split.astype(str),
+                      "row": np.arange(n)}).to_parquet(tmp / "index.parquet", index=False)
+        meta = {
+            "dataset": spec.name,
+            "task": spec.task,
+            "spec": spec.model_dump(mode="json"),
+            "split_method": how,
+            "counts": {s: int((split == s).sum()) for s in ("train", "val", "test")},
+            "stats": stats,
+        }
+        (tmp / "stats.json").write_text(json.dumps(meta, indent=2))
+    return Path(out_dir)
+
+
+@dataclass
+class FeatureSet:
+    """A features folder opened memory-mapped."""
+
+    folder: Path
+    spec: DatasetSpec
+    series: np.ndarray  # (N, T, C) float32
+    frames: np.ndarray  # (N, F, C, H, W) float32, memmap
+    labels: np.ndarray  # (N,)
+    index: pd.DataFrame
+    meta: dict[str, Any]
+
+    def rows(self, split: str) -> np.ndarray:
+        return self.index.loc[self.index["split"] == split, "row"].to_numpy()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.meta["stats"]
+
+
+def load_features(folder: Path) -> FeatureSet:
+    folder = Path(folder)
+    if not (folder / "stats.json").is_file():
+        raise FileNotFoundError(f"{folder}: no features here (run the featurize stage first)")
+    meta = json.loads((folder / "stats.json").read_text())
+    return FeatureSet(
+        folder=folder,
+        spec=DatasetSpec.model_validate(meta["spec"]),
+        series=np.load(folder / "series.npy", mmap_mode="r", allow_pickle=False),
+        frames=np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False),
+        labels=np.load(folder / "labels.npy", allow_pickle=False),
+        index=pd.read_parquet(folder / "index.parquet"),
+        meta=meta,
+    )

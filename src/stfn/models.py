@@ -1,0 +1,173 @@
+"""The STFN (Spatial-Temporal Fusion Network) and its parts.
+
+    series (B, T, C_s) --TemporalEncoder--> H (B, T, D)
+    frames (B, F, C, H, W) --SpatialEncoder--> Fm (B, F, N, D)          N = h*w grid cells
+    H at each frame's step (never a later one): H_f (B, F, D)
+    Z = BilinearAlignment(H_f, Fm)                               (B, F, N, D)   low-rank bilinear (MFB)
+    alpha = AttentionPooling(Z) + per-frame bias from H_f        (B, F*N), sums to 1
+    P = sum alpha * LN(Z + Fm)                                   (B, D) -> head -> logits / value
+
+Dimension letters: B batch, T series steps, C channels, F frames, H/W frame height/width,
+N grid cells (h*w), D width. The model knows nothing about files, logging or MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+@dataclass
+class STFNConfig:
+    """Everything needed to rebuild the model (stored in every checkpoint)."""
+
+    series_channels: int  # C_s
+    frame_channels: int  # C of the frames
+    frame_size: tuple[int, int]  # (H, W)
+    frame_steps: list[int]  # series step at which each frame was taken
+    steps: int  # T
+    n_outputs: int  # classes, or 1 for regression
+    task: str = "classification"
+    dim: int = 64  # D
+    mfb_factor: int = 4  # k of the low-rank bilinear product
+    attention_hidden: int = 64
+    dropout: float = 0.1
+    temporal_encoder: str = "lstm"  # lstm | gru
+    spatial_encoder: str = "cnn"
+    alignment: str = "mfb"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TemporalEncoder(nn.Module):
+    """Sensor series -> one state per step. Missing readings (NaN) are masked: the encoder sees
+    a zero value *and* a 0 in the mask channel, so 'missing' is never confused with 'zero'.
+    Unidirectional, so H_t depends on steps <= t only."""
+
+    def __init__(self, channels: int, dim: int, kind: str = "lstm"):
+        super().__init__()
+        self.inp = nn.Linear(2 * channels, dim)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
+        self.rnn = rnn(dim, dim, batch_first=True)
+
+    def forward(self, series: torch.Tensor) -> torch.Tensor:
+        observed = torch.isfinite(series)  # (B, T, C)
+        x = torch.where(observed, series, torch.zeros_like(series))
+        x = torch.cat([x, observed.to(x.dtype)], dim=-1)  # (B, T, 2C)
+        h, _ = self.rnn(F.gelu(self.inp(x)))  # (B, T, D)
+        return h
+
+
+class SpatialEncoder(nn.Module):
+    """Frames -> a grid of features per frame, with a learned embedding per grid cell.
+
+    Three convolutions, overall stride 8: a 32x32 frame becomes a 4x4 grid whose cells each see
+    a whole 8x8 digit (receptive field 21 px)."""
+
+    def __init__(self, channels: int, dim: int, frame_size: tuple[int, int]):
+        super().__init__()
+        h, w = frame_size
+        assert h % 8 == 0 and w % 8 == 0, f"frame size {frame_size} must be divisible by 8"
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(32, dim, 3, stride=2, padding=1),
+        )
+        self.grid = (h // 8, w // 8)
+        self.pos = nn.Parameter(torch.zeros(1, 1, self.grid[0] * self.grid[1], dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b = frames.shape[0]
+        x = rearrange(frames, "b f c h w -> (b f) c h w")
+        # channels-last convolutions run ~1.6x faster on CPU (oneDNN) and on GPU tensor cores
+        x = self.net(x.contiguous(memory_format=torch.channels_last))  # (B*F, D, h, w)
+        x = rearrange(x, "(b f) d h w -> b f (h w) d", b=b)  # (B, F, N, D)
+        return self.norm(F.gelu(x) + self.pos)
+
+
+class BilinearAlignment(nn.Module):
+    """Low-rank bilinear (MFB) fusion of a temporal state with every grid cell of its frame:
+    Z = LN(SumPool_k(U h * V f)) (LayerNorm in place of MFB's signed square root, whose
+    gradient explodes near zero), (B, F, D) x (B, F, N, D) -> (B, F, N, D)."""
+
+    def __init__(self, dim: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.u = nn.Linear(dim, dim * factor)
+        self.v = nn.Linear(dim, dim * factor)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        z = self.u(h)[:, :, None, :] * self.v(f)  # (B, F, N, D*k)
+        z = rearrange(z, "b f n (d k) -> b f n d k", k=self.factor).sum(-1)  # (B, F, N, D)
+        return self.norm(z)
+
+
+class AttentionPooling(nn.Module):
+    """Gated attention pooling: alpha ∝ exp(w^T (tanh(V z) ⊙ sigmoid(U z)) + bias)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.v = nn.Linear(dim, hidden)
+        self.u = nn.Linear(dim, hidden)
+        self.w = nn.Linear(hidden, 1)
+
+    def forward(self, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys (B, M, D), values (B, M, E), bias (B, M) -> pooled (B, E), alpha (B, M)."""
+        score = self.w(torch.tanh(self.v(keys)) * torch.sigmoid(self.u(keys))).squeeze(-1)  # (B, M)
+        if bias is not None:
+            score = score + bias
+        alpha = torch.softmax(score, dim=-1)
+        return torch.einsum("bm,bme->be", alpha, values), alpha
+
+
+class STFN(nn.Module):
+    """Spatial-Temporal Fusion Network. `forward` returns {"output", "attention" (B, F, h, w)}."""
+
+    def __init__(self, cfg: STFNConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.temporal = TemporalEncoder(cfg.series_channels, d, cfg.temporal_encoder)
+        self.spatial = SpatialEncoder(cfg.frame_channels, d, tuple(cfg.frame_size))
+        self.align = BilinearAlignment(d, cfg.mfb_factor)
+        self.value_norm = nn.LayerNorm(d)
+        self.frame_bias = nn.Linear(d, 1)
+        self.pool = AttentionPooling(d, cfg.attention_hidden)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(d, cfg.n_outputs))
+        self.register_buffer("frame_steps", torch.as_tensor(cfg.frame_steps, dtype=torch.long), persistent=False)
+
+    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.temporal(series)  # (B, T, D)
+        h_f = h[:, self.frame_steps]  # (B, F, D): the state at each frame's own step, never later
+        fm = self.spatial(frames)  # (B, F, N, D)
+        z = self.align(h_f, fm)  # (B, F, N, D)
+        values = self.value_norm(z + fm)
+        bias = self.frame_bias(h_f).expand(-1, -1, z.shape[2])  # (B, F, N)
+        pooled, alpha = self.pool(
+            rearrange(z, "b f n d -> b (f n) d"), rearrange(values, "b f n d -> b (f n) d"),
+            rearrange(bias, "b f n -> b (f n)"),
+        )
+        out = self.head(pooled)
+        gh, gw = self.spatial.grid
+        return {"output": out, "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw)}
+
+
+def build_model(cfg: STFNConfig, seed: int | None = None) -> STFN:
+    if seed is not None:
+        torch.manual_seed(seed)
+    return STFN(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,45 @@
+"""Process-wide settings every entry point applies before importing Prefect or MLflow:
+local state inside the project, telemetry off. The user's environment always wins."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def configure_environment(root: Path) -> None:
+    """Set defaults for Prefect/MLflow/DVC state under `<root>/.stfn` (git-ignored)."""
+    state = Path(root).resolve() / ".stfn"
+    defaults = {
+        **TELEMETRY_OFF,
+        "PREFECT_HOME": str(state / "prefect"),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "stfn",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "DVC_SITE_CACHE_DIR": str(state / "dvc-site-cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(state / "inductor"),
+        "MPLBACKEND": "Agg",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def quiet_logs() -> None:
+    """Keep the terminal readable: no per-request HTTP lines, no known-harmless warnings."""
+    import logging
+    import warnings
+
+    for name in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)

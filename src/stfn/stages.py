@@ -1,0 +1,280 @@
+"""One function per pipeline stage: read inputs, call the pure code, write outputs.
+
+The Prefect flow (`flows/`), the DVC pipeline (`dvc.yaml`, via `python -m stfn stage NAME`) and
+the CLI all call these. Stages pass files, not tensors; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfn import data as data_mod
+from stfn.config import Params, Paths
+from stfn.errors import DataValidationError, Failure
+from stfn.fileio import dir_md5, write_json
+
+log = logging.getLogger(__name__)
+
+BUILTIN = {"moving-digits"}
+Progress = Callable[[str, int, int], None]
+
+
+def dataset_name(params: Params, paths: Paths) -> str:
+    """The dataset's name: the folder name for a path, else the configured name."""
+    folder = paths.dataset_dir(params.data.dataset)
+    return folder.name
+
+
+# --------------------------------------------------------------------------------------------- prepare
+
+
+def prepare(params: Params, paths: Paths, force: bool = False, progress: Progress | None = None) -> Path:
+    """Make sure the dataset exists: generate a built-in one (again, when its parameters changed),
+    or check that a user's folder is there."""
+    name = params.data.dataset
+    folder = paths.dataset_dir(name)
+    if name not in BUILTIN:
+        if not (folder / data_mod.SPEC_FILE).is_file():
+            raise DataValidationError(folder.name, [Failure(str(folder), None, "a dataset folder in the contract",
+                                                            f"not found; built-in datasets: {sorted(BUILTIN)}, "
+                                                            "or bring your own with `stfn ingest PATH`")])
+        return folder
+    p = params.prepare.moving_digits
+    wanted = {"generator": name, "params": p.model_dump(mode="json")}
+    if not force and (folder / data_mod.SPEC_FILE).is_file():
+        try:
+            current = data_mod.load_spec(folder).source
+        except DataValidationError:
+            current = None
+        if current == wanted:
+            log.info("dataset %s is up to date at %s", name, folder)
+            return folder
+    log.info("generating %s (%d train / %d val / %d test samples)", name, p.n_train, p.n_val, p.n_test)
+    spec, samples, series, frames = data_mod.make_moving_digits(p, name, progress)
+    return data_mod.write_dataset(folder, spec, samples, series, frames)
+
+
+def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = None) -> dict[str, Any]:
+    """`prepare`, through DVC when it can be: in a DVC repo, for the built-in dataset that
+    `dvc.yaml` declares with the parameters of `params.yaml`, run `dvc repro prepare` (it skips
+    when nothing changed) and push to the default remote; otherwise call `prepare` directly."""
+    from stfn import versioning
+    from stfn.config import load_params
+
+    info: dict[str, Any] = {"dvc": "skipped (not a DVC repo)"}
+    if versioning.is_dvc_repo(paths.root):
+        declared = load_params(paths.root / "params.yaml")
+        same = params.data.dataset == declared.data.dataset == "moving-digits" and params.prepare == declared.prepare
+        if same:
+            result = versioning.reproduce(paths.root, "prepare")
+            info["dvc"] = result["output"] + (" (pushed to the DVC remote)" if result["pushed"] else "")
+            info["dvc_md5"] = versioning.locked_md5(paths.root, "prepare", "data/raw/moving-digits")
+            log.info("dvc: %s", info["dvc"])
+        else:
+            info["dvc"] = "skipped (dataset or prepare parameters differ from params.yaml)"
+    info["folder"] = str(prepare(params, paths, progress=progress))
+    return info
+
+
+# --------------------------------------------------------------------------------------------- validate
+
+
+def validate(params: Params, paths: Paths, folder: Path | None = None,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Validate the dataset (GX); writes reports/validation/<name>.json and .html."""
+    from stfn.validation import validate_dataset
+
+    folder = folder or paths.dataset_dir(params.data.dataset)
+    report = validate_dataset(folder, params.data.max_missing_ratio, paths.validation_report(folder.name), progress)
+    return {**report.summary(), "report": str(paths.validation_report(folder.name)),
+            "data_md5": dir_md5(folder)}
+
+
+# --------------------------------------------------------------------------------------------- featurize
+
+
+def featurize(params: Params, paths: Paths, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Fit normalisation on train, write memory-mappable float32 arrays. Skipped when the
+    dataset and the split parameters are unchanged since the last run."""
+    from stfn.features import build_features
+
+    folder = paths.dataset_dir(params.data.dataset)
+    out = paths.features_dir(folder.name)
+    inputs = {"data_md5": dir_md5(folder), "val_fraction": params.data.val_fraction,
+              "test_fraction": params.data.test_fraction, "seed": params.seed}
+    stamp = out / "inputs.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == inputs:
+        log.info("features for %s are up to date", folder.name)
+        return out
+    build_features(folder, out, params.data.val_fraction, params.data.test_fraction, params.seed, progress)
+    write_json(stamp, inputs)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train(params: Params, paths: Paths, on_epoch: Callable[[dict[str, float]], None] | None = None,
+          on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train STFN on the features; writes models/<name>/model.pt (best), last.pt, history.json."""
+    from stfn.features import load_features
+    from stfn.training import fit
+
+    name = dataset_name(params, paths)
+    fs = load_features(paths.features_dir(name))
+    out = paths.model_dir(name)
+    result = fit(fs, params.model, params.train, params.seed, out, on_epoch=on_epoch, on_batch=on_batch)
+    summary = {"checkpoint": str(out / "model.pt"), "best_epoch": result.best_epoch, "best_val": result.best_val,
+               "epochs_run": len(result.history), "train_seconds": round(result.seconds, 2),
+               "device": result.device, "history": result.history,
+               "n_parameters": sum(p.numel() for p in result.model.parameters())}
+    write_json(out / "history.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
+    """Evaluate the best checkpoint on val and test; writes reports/metrics.json and plots."""
+    from stfn import evaluation as ev
+    from stfn.features import load_features
+    from stfn.training import load_checkpoint, predict_arrays
+
+    name = dataset_name(params, paths)
+    fs = load_features(paths.features_dir(name))
+    model_dir = paths.model_dir(name)
+    model, _ = load_checkpoint(model_dir / "model.pt")
+    history = json.loads((model_dir / "history.json").read_text())
+    spec = fs.spec
+    plots = paths.reports / "plots"
+    results: dict[str, Any] = {}
+    test_out = test_att = None
+    for split in ("val", "test"):
+        rows = fs.rows(split)
+        out, att = predict_arrays(model, fs.series[rows], fs.frames[rows])
+        y = fs.labels[rows]
+        if spec.task == "classification":
+            results[split] = ev.classification_metrics(y, ev.softmax(out), spec.target.classes or [])
+        else:
+            st = fs.stats
+            results[split] = ev.regression_metrics(y * st["target_std"] + st["target_mean"],
+                                                   out[:, 0] * st["target_std"] + st["target_mean"])
+        if split == "test":
+            test_out, test_att = out, att
+    test_rows = fs.rows("test")
+    files = {"training_curves": ev.plot_training_curves(history["history"], plots / "training_curves.png")}
+    if spec.task == "classification":
+        files["confusion_matrix"] = ev.plot_confusion_matrix(results["test"]["confusion_matrix"],
+                                                             spec.target.classes or [], plots / "confusion_matrix.png")
+        write_json(paths.reports / "per_class.json", results["test"]["per_class"])
+    else:
+        st = fs.stats
+        files["predicted_vs_actual"] = ev.plot_predicted_vs_actual(
+            fs.labels[test_rows] * st["target_std"] + st["target_mean"],
+            test_out[:, 0] * st["target_std"] + st["target_mean"], spec.target.unit, plots / "predicted_vs_actual.png")
+    show = min(4, len(test_rows))
+    pred = test_out[:show].argmax(-1) if spec.task == "classification" else test_out[:show, 0]
+    titles = [f"{fs.index['sample_id'].iloc[r]}\ny={fs.labels[r]} pred={p}" for r, p in zip(test_rows[:show], pred)]
+    files["attention"] = ev.plot_attention(np.asarray(fs.frames[test_rows[:show]]), test_att[:show], titles,
+                                           plots / "attention.png")
+    metrics = {
+        "dataset": name,
+        "task": spec.task,
+        "model": f"stfn ({params.model.spatial_encoder}+{params.model.temporal_encoder}, {params.model.alignment})",
+        "primary_metric": ev.PRIMARY_METRIC[spec.task],
+        "test": results["test"]["metrics"],
+        "val": results["val"]["metrics"],
+        "n_train": int(len(fs.rows("train"))),
+        "n_test": int(len(test_rows)),
+        "train_seconds": history["train_seconds"],
+        "mlflow_run_id": None,
+        "registered_version": None,
+        "promoted": False,
+    }
+    write_json(paths.metrics_file, metrics)
+    return {"metrics": metrics, "plots": {k: str(v) for k, v in files.items()}}
+
+
+# --------------------------------------------------------------------------------------------- tracking
+
+
+def open_run(params: Params, paths: Paths, flow_run_id: str | None, data_md5: str) -> dict[str, Any]:
+    """Start the MLflow run of one pipeline run; log params, params.yaml and lineage tags."""
+    from stfn import tracking
+
+    uri = tracking.configure(paths.mlflow_dir)
+    name = dataset_name(params, paths)
+    lineage = {"git_sha": tracking.git_sha(paths.root), "data_md5": data_md5, "params_hash": params.digest(),
+               "prefect_flow_run_id": flow_run_id or "none", "dataset": name}
+    run_id = tracking.start_run(name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                tags=lineage)
+    tracking.log_params(run_id, params.model_dump(mode="json"))
+    if (paths.root / "params.yaml").is_file():
+        tracking.log_artifact(run_id, paths.root / "params.yaml")
+    return {"run_id": run_id, "tracking_uri": tracking.scrub_uri(uri), "lineage": lineage}
+
+
+def log_evaluation(run_id: str, params: Params, paths: Paths, evaluation: dict[str, Any],
+                   trained: dict[str, Any], validation: dict[str, Any] | None) -> None:
+    from stfn import tracking
+
+    m = evaluation["metrics"]
+    tracking.log_metrics(run_id, {f"test_{k}": v for k, v in m["test"].items()})
+    tracking.log_metrics(run_id, {f"val_{k}": v for k, v in m["val"].items()})
+    tracking.log_metrics(run_id, {"train_seconds": trained["train_seconds"], "best_epoch": trained["best_epoch"],
+                                  "n_parameters": trained["n_parameters"]})
+    for path in evaluation["plots"].values():
+        tracking.log_artifact(run_id, Path(path), "plots")
+    name = dataset_name(params, paths)
+    for extra in (paths.reports / "per_class.json", paths.model_dir(name) / "history.json"):
+        if extra.is_file():
+            tracking.log_artifact(run_id, extra, "reports")
+    if validation:
+        report = Path(validation["report"])
+        for f in (report, report.with_suffix(".html")):
+            if f.is_file():
+                tracking.log_artifact(run_id, f, "validation")
+
+
+def register(params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any],
+             lineage: dict[str, str]) -> dict[str, Any]:
+    """Log the model, register it as `stfn-<dataset>` (alias challenger), run the promotion gate,
+    and record the outcome in reports/metrics.json."""
+    from stfn import tracking
+    from stfn.features import load_features
+
+    name = dataset_name(params, paths)
+    fs = load_features(paths.features_dir(name))
+    rows = fs.rows("test")[:2]
+    folder = paths.dataset_dir(params.data.dataset)
+    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, name)
+    series_long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, name)
+    ids = samples["sample_id"].iloc[rows]
+    example = {
+        "series": data_mod.series_array(series_long[series_long["sample_id"].isin(ids)], ids, fs.spec),
+        "frames": np.asarray(data_mod.open_frames(folder, fs.spec)[rows]),
+    }
+    model_uri = tracking.log_model(run_id, paths.model_dir(name) / "model.pt", fs.meta, example)
+    m = evaluation["metrics"]
+    metric = m["primary_metric"]
+    value = m["test"][metric]
+    tags = {**lineage, "test_" + metric: value, "model_uri": model_uri}
+    registered = tracking.model_name(name)
+    version = tracking.register(model_uri, registered, run_id, tags)
+    decision = tracking.promote_if_better(registered, version, metric, value, params.registry.min_improvement)
+    tracking.set_tags(run_id, {"registered_model": registered, "registered_version": version,
+                               "decision": "promoted" if decision.promoted else "rejected",
+                               "decision_reason": decision.reason})
+    m.update({"mlflow_run_id": run_id, "registered_version": int(version), "promoted": decision.promoted})
+    write_json(paths.metrics_file, m)
+    return {"model_uri": model_uri, "registered_model": registered, "version": version,
+            "promoted": decision.promoted, "reason": decision.reason,
+            "champion_before": decision.champion_version, "champion_value_before": decision.champion_value}

@@ -1,0 +1,318 @@
+"""Everything MLflow: the tracking store, runs, params, metrics, artifacts, the model (a pyfunc
+taking raw `series` and `frames`), the registry, aliases and the promotion gate.
+
+Tracking URI: `MLFLOW_TRACKING_URI`, default `sqlite:///<project>/mlflow/mlflow.db` with
+artifacts in `<project>/mlflow/artifacts`. Registered model `stfn-<dataset>`; aliases
+`challenger` (every new version) and `champion` (the one that passed the gate); never stages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stfn.errors import TrackingError
+from stfn.evaluation import HIGHER_IS_BETTER, improvement, is_better
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "einops", "pyyaml", "pydantic", "mlflow"]
+
+
+def model_name(dataset: str) -> str:
+    return f"stfn-{dataset}"
+
+
+def default_tracking_uri(mlflow_dir: Path) -> str:
+    return f"sqlite:///{Path(mlflow_dir).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(mlflow_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_dir)
+
+
+def scrub_uri(uri: str) -> str:
+    """Hide a password in a URI before it is printed or logged."""
+    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
+
+
+def configure(mlflow_dir: Path) -> str:
+    """Point MLflow at the project's store (the environment wins); return the URI in use."""
+    import mlflow
+
+    uri = tracking_uri(mlflow_dir)
+    if uri.startswith("sqlite:"):
+        Path(mlflow_dir).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return uri
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def experiment_id(name: str, mlflow_dir: Path) -> str:
+    """The experiment `name`, created on first use with artifacts under `mlflow/artifacts`
+    when the store is local (a tracking server decides for itself)."""
+    client = _client()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri(mlflow_dir).startswith("sqlite:"):
+        location = (Path(mlflow_dir).resolve() / "artifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_sha(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        sha = out.stdout.strip()
+        if out.returncode != 0 or not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def start_run(experiment: str, mlflow_dir: Path, run_name: str, tags: dict[str, str]) -> str:
+    client = _client()
+    run = client.create_run(experiment_id(experiment, mlflow_dir), run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    _client().set_terminated(run_id, status=status)
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = flatten(params)
+    _client().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    import time as _t
+
+    from mlflow.entities import Metric
+
+    now = int(_t.time() * 1000)
+    rows = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and np.isfinite(v)]
+    if rows:
+        _client().log_batch(run_id, metrics=rows)
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client = _client()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
+def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    _client().log_artifact(run_id, str(path), artifact_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: a pyfunc that takes the raw inputs of the dataset contract
+# ---------------------------------------------------------------------------------------------
+
+
+def _python_model():
+    import mlflow.pyfunc
+
+    class STFNModel(mlflow.pyfunc.PythonModel):
+        """Raw `series` (N, T, C) float32 with NaN for missing, and `frames` (N, F, C, H, W) in the
+        dataset's dtype -> class probabilities (N, K), or values (N,) in the target's unit."""
+
+        def load_context(self, context):
+            from stfn.training import load_checkpoint
+
+            self.model, _ = load_checkpoint(context.artifacts["checkpoint"])
+            self.meta = json.loads(Path(context.artifacts["features"]).read_text())
+
+        def predict(self, context, model_input, params=None):
+            from stfn.features import transform_frames, transform_series
+            from stfn.training import predict_arrays
+
+            stats = self.meta["stats"]
+            series = transform_series(np.asarray(model_input["series"], np.float32), stats)
+            frames = transform_frames(np.asarray(model_input["frames"]), stats)
+            out, _ = predict_arrays(self.model, series, frames)
+            if self.meta["task"] == "classification":
+                from stfn.evaluation import softmax
+
+                return softmax(out).astype(np.float32)
+            return (out[:, 0] * stats["target_std"] + stats["target_mean"]).astype(np.float32)
+
+    return STFNModel()
+
+
+def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], example: dict[str, np.ndarray]) -> str:
+    """Log the model (pyfunc, signature for both inputs, an input example, explicit pip
+    requirements) into the run; return its model URI."""
+    import mlflow
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    spec = features_meta["spec"]
+    t, c = spec["series"]["steps"], len(spec["series"]["channels"])
+    fr = spec["frames"]
+    n_out = len(spec["target"].get("classes") or []) if features_meta["task"] == "classification" else 0
+    inputs = Schema([
+        TensorSpec(np.dtype("float32"), (-1, t, c), "series"),
+        TensorSpec(np.dtype(fr["dtype"]), (-1, fr["count"], fr["channels"], fr["height"], fr["width"]), "frames"),
+    ])
+    outputs = Schema([TensorSpec(np.dtype("float32"), (-1, n_out) if n_out else (-1,))])
+    with tempfile.TemporaryDirectory() as tmp:
+        meta_path = Path(tmp) / "features.json"
+        meta_path.write_text(json.dumps(features_meta))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_python_model(),
+                artifacts={"checkpoint": str(checkpoint), "features": str(meta_path)},
+                signature=ModelSignature(inputs=inputs, outputs=outputs),
+                input_example=example,
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+    return info.model_uri
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry: versions, aliases, the promotion gate
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    name: str
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> str:
+    """Register the run's model as a new version of `name` (once per run: a retry finds the
+    version it made before) and set the `challenger` alias on it."""
+    import mlflow
+
+    client = _client()
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - not found
+        client.create_registered_model(name, description="STFN models trained by the stfn pipeline")
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+    else:
+        version = str(mlflow.register_model(model_uri, name).version)
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, str(v))
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def champion(name: str) -> Any | None:
+    try:
+        return _client().get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - no champion yet (or no such model)
+        return None
+
+
+def promote_if_better(name: str, version: str, metric: str, value: float, min_improvement: float) -> Decision:
+    """The gate: `version` becomes champion when there is none, or when it beats the champion's
+    test `metric` by `min_improvement` (direction from `HIGHER_IS_BETTER`). The decision and the
+    reason are tagged on the version; a losing challenger never moves the champion alias."""
+    client = _client()
+    current = champion(name)
+    champ_value = None
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    elif str(current.version) == str(version):
+        promoted, reason = True, "already champion"
+    else:
+        champ_value = _version_metric(current, metric)
+        if champ_value is None:
+            promoted, reason = True, f"champion v{current.version} has no recorded test {metric}"
+        else:
+            gain = improvement(metric, value, champ_value)
+            direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+            promoted = is_better(metric, value, champ_value, min_improvement)
+            verb = "beats" if promoted else "does not beat"
+            reason = (f"test {metric} {value:.4f} {verb} champion v{current.version}'s {champ_value:.4f} "
+                      f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})")
+    if promoted and (current is None or str(current.version) != str(version)):
+        client.set_registered_model_alias(name, CHAMPION, version)
+    decision = "promoted" if promoted else "rejected"
+    for k, v in {"decision": decision, "decision_reason": reason, "judged_on": f"test_{metric}"}.items():
+        client.set_model_version_tag(name, version, k, v)
+    return Decision(name, str(version), promoted, reason, metric, value,
+                    None if current is None else str(current.version), champ_value)
+
+
+def _version_metric(mv: Any, metric: str) -> float | None:
+    tag = (mv.tags or {}).get(f"test_{metric}")
+    if tag is not None:
+        return float(tag)
+    if mv.run_id:
+        return _client().get_run(mv.run_id).data.metrics.get(f"test_{metric}")
+    return None
+
+
+def list_versions(name: str | None = None) -> list[dict[str, Any]]:
+    """Registered versions with their aliases, metrics and decision (newest first)."""
+    client = _client()
+    filt = f"name='{name}'" if name else None
+    try:
+        versions = client.search_model_versions(filt) if filt else client.search_model_versions()
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"cannot read the model registry: {exc}") from None
+    rows = []
+    aliases: dict[str, dict[str, list[str]]] = {}
+    for v in versions:
+        if v.name not in aliases:
+            rm = client.get_registered_model(v.name)
+            amap: dict[str, list[str]] = {}
+            for alias, ver in (rm.aliases or {}).items():
+                amap.setdefault(str(ver), []).append(alias)
+            aliases[v.name] = amap
+        tags = v.tags or {}
+        rows.append({
+            "name": v.name, "version": str(v.version), "aliases": sorted(aliases[v.name].get(str(v.version), [])),
+            "run_id": v.run_id, "created": v.creation_timestamp,
+            "metric": tags.get("judged_on"), "value": tags.get(tags.get("judged_on", ""), None),
+            "decision": tags.get("decision"), "reason": tags.get("decision_reason"),
+        })
+    rows.sort(key=lambda r: (r["name"], -int(r["version"])))
+    return rows

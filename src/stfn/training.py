@@ -1,0 +1,206 @@
+"""Training: device selection, the loop (AdamW, one-cycle, gradient clipping), early stopping on
+the validation metric, a checkpoint each epoch (written atomically).
+
+`fit` takes an `on_epoch` callback instead of importing a tracker: the caller decides where the
+numbers go (MLflow, a progress bar, nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stfn.config import ModelParams, TrainParams
+from stfn.features import FeatureSet
+from stfn.fileio import atomic_path
+from stfn.models import STFN, STFNConfig, build_model
+
+log = logging.getLogger(__name__)
+
+EpochFn = Callable[[dict[str, float]], None]
+BatchFn = Callable[[int, int], None]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
+    spec = fs.spec
+    return STFNConfig(
+        series_channels=len(spec.series.channels),
+        frame_channels=spec.frames.channels,
+        frame_size=(spec.frames.height, spec.frames.width),
+        frame_steps=list(spec.frames.steps),
+        steps=spec.series.steps,
+        n_outputs=spec.n_classes if spec.task == "classification" else 1,
+        task=spec.task,
+        dim=mp.dim,
+        mfb_factor=mp.mfb_factor,
+        attention_hidden=mp.attention_hidden,
+        dropout=mp.dropout,
+        temporal_encoder=mp.temporal_encoder,
+        spatial_encoder=mp.spatial_encoder,
+        alignment=mp.alignment,
+    )
+
+
+def batches(fs: FeatureSet, rows: np.ndarray, batch_size: int, shuffle: bool = False,
+            rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+    """Yield (series, frames, labels) numpy batches gathered from the memory maps."""
+    order = rng.permutation(rows) if shuffle and rng is not None else rows
+    for i in range(0, len(order), batch_size):
+        idx = np.sort(order[i : i + batch_size])  # sorted reads are sequential on the memmap
+        yield np.asarray(fs.series[idx]), np.asarray(fs.frames[idx]), fs.labels[idx]
+
+
+def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if task == "classification":
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output.squeeze(-1), target)
+
+
+@torch.no_grad()
+def predict_arrays(model: STFN, series: np.ndarray, frames: np.ndarray, batch_size: int = 256,
+                   device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs (logits or standardised values) and attention maps for feature arrays."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    outs, atts = [], []
+    for i in range(0, len(series), batch_size):
+        s = torch.as_tensor(np.asarray(series[i : i + batch_size]), device=device)
+        f = torch.as_tensor(np.asarray(frames[i : i + batch_size]), device=device)
+        res = model(s, f)
+        outs.append(res["output"].float().cpu().numpy())
+        atts.append(res["attention"].float().cpu().numpy())
+    return np.concatenate(outs), np.concatenate(atts)
+
+
+def score(task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The quick validation numbers used for early stopping."""
+    if task == "classification":
+        return {"accuracy": float((output.argmax(-1) == labels).mean())}
+    err = output.squeeze(-1) - labels
+    return {"mae_std": float(np.abs(err).mean())}  # in standardised target units
+
+
+@dataclass
+class FitResult:
+    model: STFN
+    config: STFNConfig
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = math.nan
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def save_checkpoint(path: Path, model: STFN, extra: dict[str, Any]) -> None:
+    """Atomically write {config, state_dict, ...}; loadable with `weights_only=True`."""
+    payload = {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[STFN, dict[str, Any]]:
+    payload = torch.load(path, map_location=device, weights_only=True)
+    cfg = dict(payload["config"])
+    cfg["frame_size"] = tuple(cfg["frame_size"])
+    model = STFN(STFNConfig(**cfg))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload
+
+
+def fit(fs: FeatureSet, mp: ModelParams, tp: TrainParams, seed: int, out_dir: Path,
+        on_epoch: EpochFn | None = None, on_batch: BatchFn | None = None) -> FitResult:
+    """Train on the train split, early-stop on val, keep the best weights in `out_dir/model.pt`."""
+    t0 = time.perf_counter()
+    if tp.num_threads:
+        torch.set_num_threads(tp.num_threads)
+    device = select_device(tp.device)
+    seed_everything(seed)
+    cfg = model_config(fs, mp)
+    model = build_model(cfg, seed).to(device)
+    task = cfg.task
+    train_rows, val_rows = fs.rows("train"), fs.rows("val")
+    steps_per_epoch = math.ceil(len(train_rows) / tp.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch, pct_start=max(tp.warmup_fraction, 1e-3)
+    )
+    rng = np.random.default_rng(seed)
+    higher_is_better = task == "classification"
+    best = -math.inf if higher_is_better else math.inf
+    result = FitResult(model=model, config=cfg, device=str(device))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = 0
+    for epoch in range(1, tp.epochs + 1):
+        model.train()
+        te = time.perf_counter()
+        total, count = 0.0, 0
+        for b, (s, f, y) in enumerate(batches(fs, train_rows, tp.batch_size, shuffle=True, rng=rng)):
+            s_t = torch.as_tensor(s, device=device)
+            f_t = torch.as_tensor(f, device=device)
+            y_t = torch.as_tensor(y, device=device)
+            loss = loss_fn(task, model(s_t, f_t)["output"], y_t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tp.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            if on_batch:
+                on_batch(b + 1, steps_per_epoch)
+        train_seconds = time.perf_counter() - te
+        out, _ = predict_arrays(model, fs.series[val_rows], fs.frames[val_rows], device=device)
+        val_out = torch.as_tensor(out)
+        val_y = torch.as_tensor(fs.labels[val_rows])
+        val_loss = float(loss_fn(task, val_out, val_y))
+        val = score(task, out, fs.labels[val_rows])
+        key = next(iter(val))
+        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
+               **{f"val_{k}": v for k, v in val.items()}, "lr": sched.get_last_lr()[0],
+               "samples_per_s": count / max(train_seconds, 1e-9)}
+        result.history.append(row)
+        improved = val[key] > best if higher_is_better else val[key] < best
+        if improved:
+            best, result.best_epoch, stale = val[key], epoch, 0
+            save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{key}": val[key]})
+        else:
+            stale += 1
+        save_checkpoint(out_dir / "last.pt", model, {"epoch": epoch, "optimizer": opt.state_dict(),
+                                                     "scheduler": sched.state_dict()})
+        log.info("epoch %d/%d train_loss=%.4f val_%s=%.4f", epoch, tp.epochs, row["train_loss"], key, val[key])
+        if on_epoch:
+            on_epoch(row)
+        if stale >= tp.patience:
+            log.info("early stopping at epoch %d (best %d)", epoch, result.best_epoch)
+            break
+    best_model, _ = load_checkpoint(out_dir / "model.pt", device)
+    result.model, result.best_val = best_model, best
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,332 @@
+"""Validation of a dataset folder with Great Expectations 1.x (ephemeral context).
+
+Suites are built from `dataset.yaml` for every table of the contract:
+- `samples.parquet`: unique ids, labels in range, split values, row count matching frames.npy;
+- `series.parquet`: columns present, steps in range, (sample_id, step) unique, values within the
+  channels' physical bounds, missing ratio under `data.max_missing_ratio`, row count N*T;
+- a per-sample coverage table: every sample has exactly T steps, no id in one file only;
+- a per-sample frames statistics table: shape, min, max, NaN/inf count, dtype.
+A failure raises `DataValidationError` naming the file, the column or sample, the expectation
+and a few offending values. The full report is written as JSON and HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stfn.data import (
+    FRAMES_FILE,
+    SAMPLES_FILE,
+    SERIES_FILE,
+    SPLITS,
+    DatasetSpec,
+    load_spec,
+    read_npy_header,
+    read_parquet,
+)
+from stfn.errors import DataValidationError, Failure
+from stfn.fileio import write_json, write_text
+
+__all__ = ["DataValidationError", "ValidationReport", "validate_dataset"]
+
+log = logging.getLogger(__name__)
+CHUNK = 1024  # samples per chunk when streaming frames statistics
+ID_COLUMNS = ["sample_id", "step"]
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    success: bool
+    n_samples: int
+    results: list[dict]
+    seconds: float
+
+    @property
+    def failures(self) -> list[Failure]:
+        return [
+            Failure(r["file"], r.get("column"), r["expectation"], r["detail"], r.get("examples", []))
+            for r in self.results
+            if not r["success"]
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "success": self.success,
+            "n_samples": self.n_samples,
+            "expectations": len(self.results),
+            "failed": sum(not r["success"] for r in self.results),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, list[dict]]:
+    """Per-sample statistics of frames.npy, streamed in chunks from a memory map."""
+    path = folder / FRAMES_FILE
+    problems: list[dict] = []
+    try:
+        shape, dtype, offset = read_npy_header(path)
+    except Exception as exc:  # noqa: BLE001
+        return None, [_problem(FRAMES_FILE, None, "a readable .npy array", f"unreadable header ({exc})")]
+    if dtype.hasobject:
+        return None, [_problem(FRAMES_FILE, None, "a numeric array", "holds Python objects (pickled); refused")]
+    if len(shape) != 5:
+        return None, [_problem(FRAMES_FILE, None, "5 dimensions [N, F, C, H, W]", f"got shape {list(shape)}")]
+    need = offset + int(np.prod(shape)) * dtype.itemsize
+    have = path.stat().st_size
+    if have < need:
+        return None, [_problem(FRAMES_FILE, None, "a complete file", f"truncated: {have} bytes, header promises {need}")]
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    n = shape[0]
+    mins, maxs, bad = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+    for i in range(0, n, CHUNK):
+        block = np.asarray(arr[i : i + CHUNK]).reshape(min(CHUNK, n - i), -1)
+        if block.size == 0:
+            continue
+        if np.issubdtype(dtype, np.floating):
+            finite = np.isfinite(block)
+            bad[i : i + CHUNK] = (~finite).sum(axis=1)
+            block = np.where(finite, block, np.nan)
+            with np.errstate(all="ignore"):
+                mins[i : i + CHUNK] = np.nan_to_num(np.nanmin(block, axis=1), nan=0.0)
+                maxs[i : i + CHUNK] = np.nan_to_num(np.nanmax(block, axis=1), nan=0.0)
+        else:
+            mins[i : i + CHUNK] = block.min(axis=1)
+            maxs[i : i + CHUNK] = block.max(axis=1)
+    sample_id = ids.astype(str).to_numpy()[:n] if len(ids) >= n else np.array(
+        [*ids.astype(str), *(f"<row {k}>" for k in range(len(ids), n))]
+    )
+    table = pd.DataFrame(
+        {
+            "sample_id": sample_id,
+            "frames": shape[1], "channels": shape[2], "height": shape[3], "width": shape[4],
+            "dtype": str(dtype), "min": mins, "max": maxs, "nonfinite_count": bad,
+        }
+    )
+    return table, problems
+
+
+def _problem(file: str, column: str | None, expectation: str, detail: str, examples: list | None = None) -> dict:
+    return {"file": file, "column": column, "expectation": expectation, "detail": detail,
+            "examples": examples or [], "success": False}
+
+
+def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, n_frames: int | None,
+            max_missing: float) -> dict[str, list]:
+    """The expectations for each table, built from the dataset's schema."""
+    import great_expectations.expectations as gxe
+
+    T, names = spec.series.steps, spec.channel_names
+    s: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "label")]
+    if "sample_id" in samples:
+        s += [gxe.ExpectColumnValuesToNotBeNull(column="sample_id"), gxe.ExpectColumnValuesToBeUnique(column="sample_id")]
+    if "label" in samples:
+        s.append(gxe.ExpectColumnValuesToNotBeNull(column="label"))
+        if spec.task == "classification":
+            s.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(spec.n_classes))))
+        else:
+            s.append(gxe.ExpectColumnValuesToBeInTypeList(column="label", type_list=["float64", "float32", "int64", "int32", "Float64", "Int64"]))
+    if "split" in samples:
+        s.append(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
+    if n_frames is not None:
+        s.append(gxe.ExpectTableRowCountToEqual(value=n_frames))
+
+    r: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "step", *names)]
+    if "step" in series:
+        r += [gxe.ExpectColumnValuesToNotBeNull(column="step"),
+              gxe.ExpectColumnValuesToBeBetween(column="step", min_value=0, max_value=T - 1)]
+    if "step" in series and "sample_id" in series:
+        r.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=["sample_id", "step"]))
+    for ch in spec.series.channels:
+        if ch.name not in series:
+            continue
+        r.append(gxe.ExpectColumnValuesToBeInTypeList(column=ch.name, type_list=["float64", "float32", "Float64", "Float32"]))
+        r.append(gxe.ExpectColumnValuesToNotBeNull(column=ch.name, mostly=max(1e-9, 1.0 - max_missing)))
+        if ch.min is not None or ch.max is not None:
+            r.append(gxe.ExpectColumnValuesToBeBetween(column=ch.name, min_value=ch.min, max_value=ch.max))
+    r.append(gxe.ExpectTableRowCountToEqual(value=len(samples) * T))
+
+    cov = [gxe.ExpectColumnValuesToBeBetween(column="n_steps", min_value=T, max_value=T),
+           gxe.ExpectColumnValuesToBeInSet(column="in_samples", value_set=[True])]
+
+    f = spec.frames
+    lo, hi = (0, 255) if f.dtype == "uint8" else (None, None)
+    fr = [
+        gxe.ExpectColumnValuesToBeInSet(column="frames", value_set=[f.count]),
+        gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[f.channels]),
+        gxe.ExpectColumnValuesToBeInSet(column="height", value_set=[f.height]),
+        gxe.ExpectColumnValuesToBeInSet(column="width", value_set=[f.width]),
+        gxe.ExpectColumnValuesToBeInSet(column="dtype", value_set=[f.dtype]),
+        gxe.ExpectColumnValuesToBeBetween(column="nonfinite_count", min_value=0, max_value=0),
+    ]
+    if lo is not None:
+        fr += [gxe.ExpectColumnValuesToBeBetween(column="min", min_value=lo, max_value=hi),
+               gxe.ExpectColumnValuesToBeBetween(column="max", min_value=lo, max_value=hi)]
+    return {"samples": s, "series": r, "coverage": cov, "frames": fr}
+
+
+FILE_OF = {"samples": SAMPLES_FILE, "series": SERIES_FILE, "coverage": f"{SERIES_FILE} vs {SAMPLES_FILE}",
+           "frames": FRAMES_FILE}
+WHAT = {  # readable names of the coverage and frames checks
+    ("coverage", "n_steps"): "every sample has exactly T steps",
+    ("coverage", "in_samples"): "every series sample_id is in samples.parquet",
+}
+
+
+def _run_gx(tables: dict[str, pd.DataFrame], suites: dict[str, list]) -> list[dict]:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = ctx.data_sources.add_pandas("stfn")
+    out: list[dict] = []
+    for table, expectations in suites.items():
+        if table not in tables:
+            continue
+        df = tables[table]
+        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=table, data=batch, suite=suite))
+        index_cols = [c for c in ID_COLUMNS if c in df.columns]
+        fmt: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
+        if index_cols:
+            fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index_cols}
+        res = vd.run(batch_parameters={"dataframe": df}, result_format=fmt)
+        for r in res.results:
+            out.append(_describe(table, r))
+    return out
+
+
+def _describe(table: str, r: Any) -> dict:
+    cfg = r.expectation_config
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+    column = kwargs.get("column") or (",".join(kwargs["column_list"]) if "column_list" in kwargs else None)
+    shown = {k: v for k, v in kwargs.items() if k not in ("column", "column_list")}
+    if "value_set" in shown and len(shown["value_set"]) > 12:
+        shown["value_set"] = f"<{len(shown['value_set'])} values>"
+    expectation = WHAT.get((table, column or "")) or (cfg.type + (f"({_kw(shown)})" if shown else ""))
+    result = r.result or {}
+    info = r.exception_info or {}
+    exc_msgs = []
+    if isinstance(info, dict):
+        if "exception_message" in info:
+            exc_msgs = [info["exception_message"]] if info.get("raised_exception") else []
+        else:
+            exc_msgs = [v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    examples: list = []
+    if r.success:
+        detail = "ok"
+    elif exc_msgs:
+        detail = str(exc_msgs[0])
+    elif "unexpected_count" in result:
+        n = result.get("unexpected_count", 0)
+        pct = result.get("unexpected_percent")
+        detail = f"{n} unexpected value{'s' * (n != 1)}" + (f" ({pct:.2f}% of non-null)" if pct is not None else "")
+        idx = result.get("unexpected_index_list") or []
+        if idx and isinstance(idx[0], dict):
+            examples = [_plain({k: v for k, v in row.items()}) for row in idx[:5]]
+        else:
+            examples = [_plain(v) for v in (result.get("partial_unexpected_list") or [])[:5]]
+    elif "observed_value" in result:
+        detail = f"observed {_plain(result['observed_value'])}"
+    elif cfg.type == "expect_column_to_exist":
+        detail = "column is missing"
+    else:
+        detail = "failed"
+    return {"file": FILE_OF[table], "table": table, "column": column, "expectation": expectation,
+            "success": bool(r.success), "detail": detail, "examples": examples}
+
+
+def _kw(d: dict) -> str:
+    return ", ".join(f"{k}={_plain(v)}" for k, v in d.items() if v is not None)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v
+
+
+def validate_dataset(folder: Path, max_missing_ratio: float = 0.05, report_path: Path | None = None,
+                     progress: Callable[[str], None] | None = None) -> ValidationReport:
+    """Validate a dataset folder against its `dataset.yaml`; raise `DataValidationError` on failure.
+
+    Writes the full report to `report_path` (.json) and beside it (.html) when given, also on
+    failure (then the error names the report).
+    """
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    spec = load_spec(folder)  # schema problems raise at once: nothing else can be checked
+    say = progress or (lambda _msg: None)
+    problems: list[dict] = []
+    say("reading samples.parquet")
+    samples = read_parquet(folder, SAMPLES_FILE, spec.name)
+    say("reading series.parquet")
+    series = read_parquet(folder, SERIES_FILE, spec.name)
+    ids = samples["sample_id"] if "sample_id" in samples else pd.Series([], dtype=str)
+    say("frames statistics")
+    frames_tab, fp = _frames_table(folder, ids)
+    problems += fp
+    tables: dict[str, pd.DataFrame] = {"samples": samples, "series": series}
+    if frames_tab is not None:
+        tables["frames"] = frames_tab
+    if "sample_id" in series and "sample_id" in samples:
+        counts = series["sample_id"].astype(str).value_counts()
+        all_ids = pd.Index(samples["sample_id"].astype(str)).union(counts.index)
+        tables["coverage"] = pd.DataFrame(
+            {
+                "sample_id": all_ids,
+                "n_steps": counts.reindex(all_ids, fill_value=0).to_numpy(),
+                "in_samples": all_ids.isin(samples["sample_id"].astype(str)),
+            }
+        )
+    say("running expectations")
+    n_frames = None if frames_tab is None else len(frames_tab)
+    results = problems + _run_gx(tables, _suites(spec, samples, series, n_frames, max_missing_ratio))
+    report = ValidationReport(spec.name, all(r["success"] for r in results), len(samples), results,
+                              time.perf_counter() - t0)
+    if report_path is not None:
+        write_report(report, Path(report_path))
+    if not report.success:
+        raise DataValidationError(spec.name, report.failures, str(report_path) if report_path else None)
+    return report
+
+
+def write_report(report: ValidationReport, json_path: Path) -> None:
+    write_json(json_path, {**report.summary(), "results": report.results})
+    rows = "\n".join(
+        f"<tr class={'ok' if r['success'] else 'bad'}><td>{'✔' if r['success'] else '✘'}</td>"
+        f"<td>{html.escape(str(r['file']))}</td><td>{html.escape(str(r.get('column') or ''))}</td>"
+        f"<td>{html.escape(str(r['expectation']))}</td><td>{html.escape(str(r['detail']))}</td>"
+        f"<td>{html.escape(str(r.get('examples') or ''))}</td></tr>"
+        for r in sorted(report.results, key=lambda r: r["success"])
+    )
+    s = report.summary()
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation: {report.dataset}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
+tr.bad{{background:#fde2e2}}tr.ok td:first-child{{color:#1a7f37}}</style></head><body>
+<h1>Data validation: {html.escape(report.dataset)}</h1>
+<p><b>{'PASSED' if report.success else 'FAILED'}</b> &mdash; {s['expectations']} expectations, {s['failed']} failed,
+{s['n_samples']} samples, {s['seconds']} s (Great Expectations suites built from dataset.yaml)</p>
+<table><tr><th></th><th>file</th><th>column</th><th>expectation</th><th>result</th><th>examples</th></tr>
+{rows}</table></body></html>
+"""
+    write_text(json_path.with_suffix(".html"), page)

@@ -1,0 +1,69 @@
+"""DVC: data versions for the pipeline. Real `dvc` commands in the project's git repo.
+
+When the project is a DVC repo (a fresh clone is), a built-in dataset is produced by
+`dvc repro prepare` (DVC decides whether its code or parameters changed), recorded in
+`dvc.lock` and pushed to the default remote; the data version is DVC's md5 of the folder.
+Outside a DVC repo (a temp folder in tests, an installed package) these steps are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+class DvcError(RuntimeError):
+    """A dvc command failed; the message holds its output."""
+
+
+def is_dvc_repo(root: Path) -> bool:
+    return (Path(root) / ".dvc").is_dir() and (Path(root) / "dvc.yaml").is_file()
+
+
+def dvc(root: Path, *args: str, timeout: float = 600) -> str:
+    """Run `dvc ARGS` in `root` (the dvc of this Python environment) and return its output."""
+    exe = Path(sys.executable).with_name("dvc")
+    cmd = [str(exe) if exe.exists() else "dvc", *args]
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise DvcError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".strip())
+    return proc.stdout
+
+
+def has_remote(root: Path) -> bool:
+    try:
+        return bool(dvc(root, "remote", "list").strip())
+    except DvcError:
+        return False
+
+
+def locked_md5(root: Path, stage: str, out: str) -> str | None:
+    """The md5 DVC recorded in dvc.lock for `out` of `stage` (None when not recorded)."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for o in stages.get(stage, {}).get("outs", []):
+        if o.get("path") == out:
+            return o.get("md5")
+    return None
+
+
+def reproduce(root: Path, stage: str, push: bool = True) -> dict[str, str | bool | None]:
+    """`dvc repro STAGE` (runs only if its deps or params changed), then `dvc push` to the
+    default remote when one is configured."""
+    out = dvc(root, "repro", "--single-item", stage)
+    ran = "didn't change, skipping" not in out
+    pushed = False
+    if push and has_remote(root):
+        dvc(root, "push", stage)
+        pushed = True
+    return {"ran": ran, "pushed": pushed, "output": out.strip().splitlines()[-1] if out.strip() else ""}
