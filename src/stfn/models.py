@@ -147,11 +147,15 @@ class STFN(nn.Module):
                                   nn.Linear(d, cfg.n_outputs))
         self.register_buffer("frame_steps", torch.as_tensor(cfg.frame_steps, dtype=torch.long), persistent=False)
 
-    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def fuse(self, series: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(H_f (B, F, D), frame features (B, F, N, D), Z (B, F, N, D))."""
         h = self.temporal(series)  # (B, T, D)
         h_f = h[:, self.frame_steps]  # (B, F, D): the state at each frame's own step, never later
         fm = self.spatial(frames)  # (B, F, N, D)
-        z = self.align(h_f, fm)  # (B, F, N, D)
+        return h_f, fm, self.align(h_f, fm)
+
+    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        h_f, fm, z = self.fuse(series, frames)
         values = self.value_norm(z + fm)
         bias = self.frame_bias(h_f).expand(-1, -1, z.shape[2])  # (B, F, N)
         pooled, alpha = self.pool(

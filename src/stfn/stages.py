@@ -228,7 +228,7 @@ def log_evaluation(run_id: str, params: Params, paths: Paths, evaluation: dict[s
 
     m = evaluation["metrics"]
     tracking.log_metrics(run_id, {f"test_{k}": v for k, v in m["test"].items()})
-    tracking.log_metrics(run_id, {f"val_{k}": v for k, v in m["val"].items()})
+    tracking.log_metrics(run_id, {f"best_val_{k}": v for k, v in m["val"].items()})  # val_* are per-epoch curves
     tracking.log_metrics(run_id, {"train_seconds": trained["train_seconds"], "best_epoch": trained["best_epoch"],
                                   "n_parameters": trained["n_parameters"]})
     for path in evaluation["plots"].values():

@@ -1,4 +1,4 @@
-"""Training: device selection, the loop (AdamW, one-cycle, gradient clipping), early stopping on
+"""Training: device selection, the loop (AdamW, warm-up + cosine schedule, gradient clipping), early stopping on
 the validation metric, a checkpoint each epoch (written atomically).
 
 `fit` takes an `on_epoch` callback instead of importing a tracker: the caller decides where the
@@ -74,6 +74,19 @@ def batches(fs: FeatureSet, rows: np.ndarray, batch_size: int, shuffle: bool = F
         yield np.asarray(fs.series[idx]), np.asarray(fs.frames[idx]), fs.labels[idx]
 
 
+def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01) -> Callable[[int], float]:
+    """One-cycle style LR factor: linear warm-up, then cosine decay to `floor` (any step count)."""
+    warm = max(1, int(round(total_steps * warmup_fraction)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if task == "classification":
         return F.cross_entropy(output, target)
@@ -146,9 +159,7 @@ def fit(fs: FeatureSet, mp: ModelParams, tp: TrainParams, seed: int, out_dir: Pa
     train_rows, val_rows = fs.rows("train"), fs.rows("val")
     steps_per_epoch = math.ceil(len(train_rows) / tp.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch, pct_start=max(tp.warmup_fraction, 1e-3)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(tp.epochs * steps_per_epoch, tp.warmup_fraction))
     rng = np.random.default_rng(seed)
     higher_is_better = task == "classification"
     best = -math.inf if higher_is_better else math.inf

@@ -1,0 +1,106 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from stfn.config import MovingDigitsParams
+from stfn.data import (
+    DatasetSpec,
+    assign_split,
+    frame_steps,
+    load_spec,
+    make_moving_digits,
+    open_frames,
+    read_parquet,
+    series_array,
+    write_dataset,
+)
+from stfn.errors import DataValidationError
+
+SMALL = MovingDigitsParams(n_train=64, n_val=16, n_test=16, seed=11)
+
+
+def test_frame_steps_match_the_contract():
+    assert frame_steps(32, 8) == [3, 7, 11, 15, 19, 23, 27, 31]
+
+
+def test_generator_is_deterministic_from_its_seed():
+    a, b = make_moving_digits(SMALL), make_moving_digits(SMALL)
+    pd.testing.assert_frame_equal(a[1], b[1])
+    pd.testing.assert_frame_equal(a[2], b[2])
+    np.testing.assert_array_equal(a[3], b[3])
+    c = make_moving_digits(SMALL.model_copy(update={"seed": 12}))
+    assert not np.array_equal(a[3], c[3])
+
+
+def test_generator_task_structure():
+    spec, samples, series, frames = make_moving_digits(SMALL)
+    assert frames.shape == (96, 8, 1, 32, 32) and frames.dtype == np.uint8
+    assert list(samples["split"].value_counts().sort_index()) == [16, 64, 16]  # test, train, val
+    arr = series_array(series, samples["sample_id"], spec)  # (N, T, C)
+    centred = arr - np.nanmedian(arr, axis=1, keepdims=True)
+    n = len(samples)
+    for i in range(n):
+        step, zone = samples.loc[i, "trigger_step"], samples.loc[i, "trigger_zone"]
+        assert step == spec.frames.steps[samples.loc[i, "trigger_frame"]]
+        # the spike is the largest deviation of the whole sample
+        assert np.unravel_index(np.nanargmax(centred[i]), centred[i].shape) == (step, zone)
+        # the trigger digit's pixels are in its zone at the trigger frame
+        r, c = samples.loc[i, "trigger_row"], samples.loc[i, "trigger_col"]
+        assert (r + 4 >= 16) * 2 + (c + 4 >= 16) == zone
+        assert frames[i, samples.loc[i, "trigger_frame"], 0, r : r + 8, c : c + 8].max() > 0
+        # the label is one of the digits in the video
+        assert str(samples.loc[i, "label"]) in samples.loc[i, "digits"].split()
+
+
+def test_contract_round_trip(tmp_path):
+    spec, samples, series, frames = make_moving_digits(SMALL)
+    folder = write_dataset(tmp_path / "moving-digits", spec, samples, series, frames)
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset.yaml", "frames.npy", "samples.parquet", "series.parquet"]
+    spec2 = load_spec(folder)
+    assert spec2 == spec
+    pd.testing.assert_frame_equal(read_parquet(folder, "samples.parquet", spec.name), samples)
+    np.testing.assert_array_equal(open_frames(folder, spec2, len(samples)), frames)
+    np.testing.assert_array_equal(
+        series_array(read_parquet(folder, "series.parquet", spec.name), samples["sample_id"], spec2),
+        series_array(series, samples["sample_id"], spec),
+    )
+
+
+def test_spec_rejects_future_frame_steps_and_bad_names():
+    spec, *_ = make_moving_digits(SMALL)
+    raw = spec.model_dump(mode="json")
+    bad = {**raw, "frames": {**raw["frames"], "steps": [3, 7, 11, 15, 19, 23, 27, 32]}}
+    with pytest.raises(ValueError, match="frames.steps"):
+        DatasetSpec.model_validate(bad)
+    with pytest.raises(ValueError, match="name"):
+        DatasetSpec.model_validate({**raw, "name": "../etc"})
+
+
+def test_missing_file_is_a_contract_error(tmp_path):
+    spec, samples, series, frames = make_moving_digits(SMALL)
+    folder = write_dataset(tmp_path / "ds", spec, samples, series, frames)
+    (folder / "series.parquet").unlink()
+    with pytest.raises(DataValidationError, match="series.parquet"):
+        load_spec(folder)
+
+
+def test_split_is_seeded_and_stratified_when_absent():
+    spec, samples, *_ = make_moving_digits(MovingDigitsParams(n_train=300, n_val=10, n_test=10, seed=1))
+    plain = samples.drop(columns=["split"])
+    a, how = assign_split(plain, spec, 0.2, 0.2, seed=0)
+    b, _ = assign_split(plain, spec, 0.2, 0.2, seed=0)
+    assert (a == b).all() and "stratified" in how
+    assert abs((a == "test").mean() - 0.2) < 0.01
+    labels = plain["label"].to_numpy()
+    share_all = np.bincount(labels, minlength=10) / len(labels)
+    share_test = np.bincount(labels[a == "test"], minlength=10) / (a == "test").sum()
+    assert np.abs(share_all - share_test).max() < 0.03
+
+
+def test_split_by_time_when_timestamps_exist():
+    spec, samples, *_ = make_moving_digits(SMALL)
+    plain = samples.drop(columns=["split"]).assign(timestamp=pd.date_range("2020-01-01", periods=len(samples)))
+    split, how = assign_split(plain, spec, 0.25, 0.25, seed=0)
+    assert "time" in how
+    ts = plain["timestamp"].to_numpy()
+    assert ts[split == "train"].max() < ts[split == "val"].min() <= ts[split == "val"].max() < ts[split == "test"].min()

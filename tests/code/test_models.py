@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from stfn.models import STFN, STFNConfig, build_model, count_parameters
+
+B, T, C, F, H, W = 3, 16, 4, 4, 32, 32
+
+
+def config(**kw) -> STFNConfig:
+    base = dict(series_channels=C, frame_channels=1, frame_size=(H, W), frame_steps=[3, 7, 11, 15], steps=T,
+                n_outputs=10, dim=16, mfb_factor=2, attention_hidden=16)
+    return STFNConfig(**{**base, **kw})
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, C, generator=g), torch.randn(B, F, 1, H, W, generator=g)
+
+
+@pytest.mark.parametrize("temporal", ["lstm", "gru"])
+def test_shapes_and_attention_sums_to_one(temporal):
+    model = build_model(config(temporal_encoder=temporal), seed=0).eval()
+    s, f = inputs()
+    out = model(s, f)
+    assert out["output"].shape == (B, 10)
+    assert out["attention"].shape == (B, F, H // 8, W // 8)
+    torch.testing.assert_close(out["attention"].sum(dim=(1, 2, 3)), torch.ones(B))
+
+
+def test_regression_head_has_one_output():
+    model = build_model(config(n_outputs=1, task="regression"), seed=0)
+    assert model(*inputs())["output"].shape == (B, 1)
+
+
+def test_same_seed_same_model_and_output():
+    a, b = build_model(config(), seed=5).eval(), build_model(config(), seed=5).eval()
+    s, f = inputs()
+    torch.testing.assert_close(a(s, f)["output"], b(s, f)["output"])
+    c = build_model(config(), seed=6).eval()
+    assert not torch.allclose(a(s, f)["output"], c(s, f)["output"])
+
+
+def test_alignment_never_reads_a_future_step():
+    """Z of frame k must not change when series steps after frame k's step change."""
+    model = build_model(config(), seed=0).eval()
+    s, f = inputs()
+    steps = config().frame_steps
+    with torch.no_grad():
+        _, _, z = model.fuse(s, f)
+        for k, step in enumerate(steps[:-1]):
+            s2 = s.clone()
+            s2[:, step + 1 :] = torch.randn_like(s2[:, step + 1 :]) * 10
+            _, _, z2 = model.fuse(s2, f)
+            torch.testing.assert_close(z2[:, : k + 1], z[:, : k + 1])
+            assert not torch.allclose(z2[:, k + 1 :], z[:, k + 1 :])
+
+
+def test_missing_values_are_masked_not_propagated():
+    model = build_model(config(), seed=0).eval()
+    s, f = inputs()
+    s[0, 2, 1] = float("nan")
+    out = model(s, f)["output"]
+    assert torch.isfinite(out).all()
+    s_zero = s.clone()
+    s_zero[0, 2, 1] = 0.0  # a real zero reading differs from a missing one
+    assert not torch.allclose(model(s_zero, f)["output"][0], out[0])
+
+
+def test_gradient_reaches_both_encoders():
+    model = build_model(config(), seed=0)
+    s, f = inputs()
+    model(s, f)["output"].sum().backward()
+    for part in (model.temporal, model.spatial, model.align, model.pool):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_parameter_count_is_reported():
+    assert 1_000 < count_parameters(STFN(config())) < 1_000_000
+    assert np.isfinite(count_parameters(STFN(config())))

@@ -1,0 +1,79 @@
+"""The promotion gate against a real MLflow store (SQLite in a temp folder)."""
+
+import uuid
+
+import mlflow
+import mlflow.pyfunc
+import pytest
+from mlflow import MlflowClient
+
+from stfn import tracking
+from stfn.evaluation import is_better
+
+
+@pytest.mark.parametrize(
+    "metric,challenger,champion,margin,expected",
+    [("accuracy", 0.91, 0.90, 0.0, True), ("accuracy", 0.90, 0.90, 0.0, False), ("accuracy", 0.905, 0.90, 0.01, False),
+     ("mae", 1.0, 1.2, 0.0, True), ("mae", 1.3, 1.2, 0.0, False), ("mae", 1.15, 1.2, 0.1, False)],
+)
+def test_gate_knows_each_metrics_direction(metric, challenger, champion, margin, expected):
+    assert is_better(metric, challenger, champion, margin) is expected
+
+
+def test_unknown_metric_direction_is_an_error():
+    with pytest.raises(KeyError, match="no declared direction"):
+        is_better("banana", 1, 0)
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def _logged_model(client: MlflowClient) -> tuple[str, str]:
+    exp = client.get_experiment_by_name("gate-tests") or client.get_experiment(client.create_experiment("gate-tests"))
+    run = client.create_run(exp.experiment_id)
+    with mlflow.start_run(run_id=run.info.run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=["mlflow"])
+    return run.info.run_id, info.model_uri
+
+
+def _version(client: MlflowClient, name: str, metric: str, value: float) -> str:
+    run_id, uri = _logged_model(client)
+    client.log_metric(run_id, f"test_{metric}", value)
+    return tracking.register(uri, name, run_id, {f"test_{metric}": value})
+
+
+def test_promotion_gate_and_tags_on_real_registry():
+    mlflow.set_tracking_uri(mlflow.get_tracking_uri())
+    client = MlflowClient()
+    name = f"stfn-gate-{uuid.uuid4().hex[:8]}"
+    v1 = _version(client, name, "mae", 2.0)
+    d1 = tracking.promote_if_better(name, v1, "mae", 2.0, 0.0)
+    assert d1.promoted and d1.reason == "no champion yet"
+    v2 = _version(client, name, "mae", 2.5)  # worse (lower is better)
+    d2 = tracking.promote_if_better(name, v2, "mae", 2.5, 0.0)
+    assert not d2.promoted and "does not beat" in d2.reason
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == v2
+    assert client.get_model_version(name, v2).tags["decision"] == "rejected"
+    v3 = _version(client, name, "mae", 1.5)
+    d3 = tracking.promote_if_better(name, v3, "mae", 1.5, 0.1)
+    assert d3.promoted and d3.champion_version == v1
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v3
+    rows = tracking.list_versions(name)
+    assert [r["version"] for r in rows] == [v3, v2, v1]
+    assert rows[0]["aliases"] == ["challenger", "champion"]
+
+
+def test_register_twice_for_one_run_makes_one_version():
+    client = MlflowClient()
+    name = f"stfn-idem-{uuid.uuid4().hex[:8]}"
+    run_id, uri = _logged_model(client)
+    a = tracking.register(uri, name, run_id, {})
+    b = tracking.register(uri, name, run_id, {})
+    assert a == b and len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_scrub_uri_hides_passwords():
+    assert tracking.scrub_uri("postgresql://stfn:s3cret@db:5432/mlflow") == "postgresql://stfn:***@db:5432/mlflow"

@@ -1,0 +1,62 @@
+"""Test isolation: every tracking store, Prefect home and cache lives in a temp folder.
+
+The environment is set before anything imports Prefect or MLflow (they read it at import)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_STATE = Path(tempfile.mkdtemp(prefix="stfn-tests-"))
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_STATE / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_STATE / 'mlflow' / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+        "MPLBACKEND": "Agg",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("STFN_PROJECT_ROOT", None)
+(_STATE / "prefect").mkdir(parents=True, exist_ok=True)
+(_STATE / "mlflow").mkdir(parents=True, exist_ok=True)
+
+import pytest  # noqa: E402
+
+from stfn.config import MovingDigitsParams  # noqa: E402
+from stfn.data import make_moving_digits, write_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=3)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_STATE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    return _STATE
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A small moving-digits dataset in the contract (session-wide; copy before corrupting)."""
+    folder = tmp_path_factory.mktemp("datasets") / "moving-digits"
+    write_dataset(folder, *make_moving_digits(TINY))
+    return folder
+
+
+@pytest.fixture
+def dataset_copy(tiny_dataset, tmp_path) -> Path:
+    dst = tmp_path / "moving-digits"
+    shutil.copytree(tiny_dataset, dst)
+    return dst

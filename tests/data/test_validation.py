@@ -1,0 +1,131 @@
+"""Each corruption of a valid dataset is caught, and the message names the problem."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stfn.errors import DataValidationError
+from stfn.validation import validate_dataset
+
+
+def _samples(d: Path) -> pd.DataFrame:
+    return pd.read_parquet(d / "samples.parquet")
+
+
+def _series(d: Path) -> pd.DataFrame:
+    return pd.read_parquet(d / "series.parquet")
+
+
+def nan_channel(d):
+    s = _series(d)
+    s["zone-2"] = np.nan
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "zone-2", "expect_column_values_to_not_be_null"
+
+
+def missing_column(d):
+    _series(d).drop(columns=["zone-1"]).to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "zone-1", "column is missing"
+
+
+def duplicate_id(d):
+    s = _samples(d)
+    s.loc[1, "sample_id"] = s.loc[0, "sample_id"]
+    s.to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", "sample_id", "expect_column_values_to_be_unique"
+
+
+def label_out_of_range(d):
+    s = _samples(d)
+    s.loc[5, "label"] = 10
+    s.to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", "label", "expect_column_values_to_be_in_set"
+
+
+def wrong_frame_shape(d):
+    f = np.load(d / "frames.npy")
+    np.save(d / "frames.npy", f[:, :, :, :, :31])
+    return "frames.npy", "width", "expect_column_values_to_be_in_set"
+
+
+def truncated_frames(d):
+    raw = (d / "frames.npy").read_bytes()
+    (d / "frames.npy").write_bytes(raw[: len(raw) // 2])
+    return "frames.npy", None, "truncated"
+
+
+def value_out_of_bounds(d):
+    s = _series(d)
+    s.loc[7, "zone-0"] = 1e6
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "zone-0", "expect_column_values_to_be_between"
+
+
+def missing_steps(d):
+    s = _series(d)
+    s.drop(index=s.index[(s["sample_id"] == s["sample_id"].iloc[0]) & (s["step"] == 5)]).to_parquet(
+        d / "series.parquet", index=False)
+    return "series.parquet", "n_steps", "every sample has exactly T steps"
+
+
+def id_only_in_series(d):
+    s = _series(d)
+    s.loc[s["sample_id"] == s["sample_id"].iloc[0], "sample_id"] = "ghost-1"
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "in_samples", "every series sample_id is in samples.parquet"
+
+
+def pickled_frames(d):
+    np.save(d / "frames.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return "frames.npy", None, "pickled"
+
+
+def not_parquet(d):
+    (d / "samples.parquet").write_text("sample_id,label\na,1\n")
+    return "samples.parquet", None, "parquet"
+
+
+def unknown_yaml_key(d):
+    spec = yaml.safe_load((d / "dataset.yaml").read_text())
+    spec["colour"] = "blue"
+    (d / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return "dataset.yaml", "colour", "unknown key"
+
+
+CORRUPTIONS = [nan_channel, missing_column, duplicate_id, label_out_of_range, wrong_frame_shape, truncated_frames,
+               value_out_of_bounds, missing_steps, id_only_in_series, pickled_frames, not_parquet, unknown_yaml_key]
+
+
+def test_clean_dataset_passes(tiny_dataset, tmp_path):
+    report = validate_dataset(tiny_dataset, 0.05, tmp_path / "report.json")
+    assert report.success and report.summary()["failed"] == 0
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "report.html").is_file()
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__)
+def test_corruption_is_caught_and_named(corrupt, dataset_copy, tmp_path):
+    file, column, words = corrupt(dataset_copy)
+    with pytest.raises(DataValidationError) as info:
+        validate_dataset(dataset_copy, 0.05, tmp_path / "report.json")
+    failures = info.value.failures
+    hit = [f for f in failures if f.file.startswith(file) and (column is None or f.column == column)]
+    assert hit, f"no failure names {file}/{column}: {failures}"
+    assert any(words in str(f) for f in hit), str(info.value)
+    assert file in str(info.value)
+
+
+@pytest.mark.parametrize("corrupt", [nan_channel, truncated_frames], ids=lambda f: f.__name__)
+def test_cli_validate_exits_non_zero_with_a_readable_message(corrupt, dataset_copy, tmp_path):
+    file, column, _ = corrupt(dataset_copy)
+    stfn = Path(sys.executable).with_name("stfn")
+    proc = subprocess.run([str(stfn), "validate", str(dataset_copy)], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert file in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    if column:
+        assert column in proc.stderr

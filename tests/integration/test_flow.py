@@ -1,0 +1,135 @@
+"""The real pipeline: a Prefect flow (local ephemeral API) on a tiny dataset, MLflow on SQLite,
+both in temp folders; then the same stages through `dvc repro` in a temp git repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {
+    "prepare.moving_digits.n_train": 160, "prepare.moving_digits.n_val": 48, "prepare.moving_digits.n_test": 48,
+    "train.epochs": 2, "train.batch_size": 32, "model.dim": 16, "model.attention_hidden": 16,
+}
+
+
+def tiny_params(path: Path, **extra) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in {**TINY, **extra}.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_flow_end_to_end_registers_and_gates(tmp_path):
+    from flows.training_pipeline import training_pipeline
+    from mlflow import MlflowClient
+
+    tiny_params(tmp_path / "params.yaml")
+    first = training_pipeline(root=str(tmp_path))
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert set(metrics) >= {"dataset", "task", "model", "test", "val", "n_train", "n_test", "train_seconds",
+                            "mlflow_run_id", "registered_version", "promoted"}
+    assert metrics["mlflow_run_id"] == first["mlflow_run_id"] and metrics["promoted"] is True
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["n_train"] == 160
+    client = MlflowClient()
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert {"git_sha", "data_md5", "params_hash", "prefect_flow_run_id"} <= set(run.data.tags)
+    assert {"val_accuracy", "best_val_accuracy", "test_accuracy", "test_macro_f1"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/training_curves.png", "plots/attention.png"} <= artifacts
+    name = "stfn-moving-digits"
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == str(first["version"]) and champion.tags["decision"] == "promoted"
+    assert (tmp_path / "reports" / "validation" / "moving-digits.html").is_file()
+
+    # the registered model predicts from raw inputs of the contract
+    import mlflow.pyfunc
+    import numpy as np
+
+    from stfn.data import load_spec, open_frames, read_parquet, series_array
+
+    folder = tmp_path / "data" / "raw" / "moving-digits"
+    spec = load_spec(folder)
+    samples = read_parquet(folder, "samples.parquet", spec.name)
+    ids = samples["sample_id"].iloc[:5]
+    series = series_array(read_parquet(folder, "series.parquet", spec.name), ids, spec)
+    probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
+        {"series": series, "frames": np.asarray(open_frames(folder, spec)[:5])})
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+    # a second run cannot beat the champion by an impossible margin: registered, not promoted
+    tiny_params(tmp_path / "params.yaml", **{"registry.min_improvement": 1.0})
+    second = training_pipeline(root=str(tmp_path))
+    assert int(second["version"]) == int(first["version"]) + 1 and second["promoted"] is False
+    assert str(client.get_model_version_by_alias(name, "champion").version) == str(first["version"])
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == str(second["version"])
+    rejected = client.get_model_version(name, str(second["version"]))
+    assert rejected.tags["decision"] == "rejected" and "does not beat" in rejected.tags["decision_reason"]
+
+
+@pytest.mark.slow
+def test_flow_refuses_invalid_data_and_registers_nothing(tmp_path, tiny_dataset):
+    from flows.training_pipeline import training_pipeline
+    from mlflow import MlflowClient
+
+    from stfn.errors import DataValidationError
+
+    bad = tmp_path / "data" / "raw" / "broken-set"
+    shutil.copytree(tiny_dataset, bad)
+    spec = yaml.safe_load((bad / "dataset.yaml").read_text())
+    spec["name"] = "broken-set"
+    (bad / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    import pandas as pd
+
+    s = pd.read_parquet(bad / "samples.parquet")
+    s.loc[0, "label"] = 42
+    s.to_parquet(bad / "samples.parquet", index=False)
+    tiny_params(tmp_path / "params.yaml", **{"data.dataset": "broken-set"})
+    with pytest.raises(DataValidationError, match="label"):
+        training_pipeline(root=str(tmp_path))
+    assert not (tmp_path / "data" / "features" / "broken-set").exists()
+    assert MlflowClient().search_model_versions("name='stfn-broken-set'") == []
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_stages_then_does_nothing(tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for item in ("dvc.yaml", "src"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / item)
+    tiny_params(proj / "params.yaml")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    dvc = str(Path(sys.executable).with_name("dvc"))
+
+    def sh(*cmd):
+        proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    sh("git", "init", "-q")
+    sh(dvc, "init", "-q")
+    sh(dvc, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    first = sh(dvc, "repro")
+    for stage in ("prepare", "validate", "featurize", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first
+    metrics = json.loads((proj / "reports" / "metrics.json").read_text())
+    assert metrics["dataset"] == "moving-digits" and "accuracy" in metrics["test"]
+    second = sh(dvc, "repro")
+    assert "Running stage" not in second and "up to date" in second
+    sh(dvc, "push")
+    assert any((tmp_path / "remote").rglob("*"))
+    assert "up to date" in sh(dvc, "status").lower() or "Data and pipelines are up to date" in sh(dvc, "status")
