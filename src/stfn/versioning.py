@@ -66,4 +66,5 @@ def reproduce(root: Path, stage: str, push: bool = True) -> dict[str, str | bool
     if push and has_remote(root):
         dvc(root, "push", stage)
         pushed = True
-    return {"ran": ran, "pushed": pushed, "output": out.strip().splitlines()[-1] if out.strip() else ""}
+    what = f"`dvc repro {stage}` ran the stage" if ran else f"`dvc repro {stage}`: unchanged, skipped"
+    return {"ran": ran, "pushed": pushed, "output": what}
