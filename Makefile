@@ -9,6 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip
 PIP_FLAGS ?= --quiet --disable-pip-version-check
+# The bulk install uses uv (~40 s instead of ~3 min with pip here); INSTALLER=pip uses pip.
+INSTALLER ?= uv
+UV_VERSION ?= 0.13.9
 UI_PORT ?= 5000
 
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -26,14 +29,21 @@ help: ## List the targets
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+ifeq ($(INSTALLER),uv)
+INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -c constraints.txt
+else
+INSTALL = $(PIP) install $(PIP_FLAGS) -c constraints.txt
+endif
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	@echo "==> installing $(TORCH_SPEC) (first, pinned), then the project from constraints.txt"
+	@echo "==> installing $(TORCH_SPEC) first (pinned), then the project from constraints.txt ($(INSTALLER))"
 	$(PIP) install $(PIP_FLAGS) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e .
+	$(if $(filter uv,$(INSTALLER)),$(PIP) install $(PIP_FLAGS) "uv==$(UV_VERSION)")
+	$(INSTALL) -e .
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e ".[dev]"
+	$(INSTALL) -e ".[dev]"
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the project

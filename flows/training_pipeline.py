@@ -36,8 +36,8 @@ def featurize(params: Params, paths: Paths) -> str:
 
 
 @task(name="open-mlflow-run", cache_policy=NONE, retries=2, retry_delay_seconds=2)
-def open_run(params: Params, paths: Paths, data_md5: str) -> dict[str, Any]:
-    return stages.open_run(params, paths, str(flow_run.get_id() or ""), data_md5)
+def open_run(params: Params, paths: Paths, data_md5: str, dvc_md5: str | None) -> dict[str, Any]:
+    return stages.open_run(params, paths, str(flow_run.get_id() or ""), data_md5, dvc_md5)
 
 
 @task(name="train", cache_policy=NONE)
@@ -51,16 +51,18 @@ def train(params: Params, paths: Paths, run_id: str) -> dict[str, Any]:
 
 
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(params: Params, paths: Paths, run_id: str, trained: dict[str, Any],
-             validation: dict[str, Any]) -> dict[str, Any]:
+def evaluate(
+    params: Params, paths: Paths, run_id: str, trained: dict[str, Any], validation: dict[str, Any]
+) -> dict[str, Any]:
     result = stages.evaluate(params, paths)
     stages.log_evaluation(run_id, params, paths, result, trained, validation)
     return result
 
 
 @task(name="register", cache_policy=NONE, retries=2, retry_delay_seconds=2)
-def register(params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any],
-             lineage: dict[str, str]) -> dict[str, Any]:
+def register(
+    params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any], lineage: dict[str, str]
+) -> dict[str, Any]:
     return stages.register(params, paths, run_id, evaluation, lineage)
 
 
@@ -74,7 +76,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     prepared = prepare_data(params, paths)
     validation = validate_data(params, paths)
     featurize(params, paths)
-    run = open_run(params, paths, validation["data_md5"])
+    run = open_run(params, paths, validation["data_md5"], prepared.get("dvc_md5"))
     try:
         trained = train(params, paths, run["run_id"])
         evaluation = evaluate(params, paths, run["run_id"], trained, validation)

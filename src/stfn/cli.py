@@ -60,8 +60,9 @@ def _guard(fn, *args, **kwargs):
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
     STATE["debug"] = debug
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     quiet_logs()
 
 
@@ -95,17 +96,24 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
     table.add_row("test metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["test"].items()))
     table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
     table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
-    before = (f" (champion was v{r['champion_before']}: {r['champion_value_before']:.4f})"
-              if r.get("champion_value_before") is not None else "")
+    before = (
+        f" (champion was v{r['champion_before']}: {r['champion_value_before']:.4f})"
+        if r.get("champion_value_before") is not None
+        else ""
+    )
     table.add_row("registered", f"{r['registered_model']} version {r['version']} @challenger")
-    table.add_row("decision", ("PROMOTED to @champion: " if r["promoted"] else "kept the champion: ") + r["reason"] + before)
+    table.add_row(
+        "decision", ("PROMOTED to @champion: " if r["promoted"] else "kept the champion: ") + r["reason"] + before
+    )
     table.add_row("MLflow run", f"{r['mlflow_run_id']}  (experiment '{r['experiment']}', {r['tracking_uri']})")
     table.add_row("Prefect flow run", r["flow_run_id"])
     table.add_row("metrics file", str(root / "reports" / "metrics.json"))
     console.print(table)
     if r["tracking_uri"].startswith("sqlite:"):
-        console.print(f"Open the MLflow UI:  [bold]make ui[/]   (or: .venv/bin/mlflow ui --backend-store-uri "
-                      f"{r['tracking_uri']} --host 127.0.0.1 --port 5000)")
+        console.print(
+            f"Open the MLflow UI:  [bold]make ui[/]   (or: .venv/bin/mlflow ui --backend-store-uri "
+            f"{r['tracking_uri']} --host 127.0.0.1 --port 5000)"
+        )
 
 
 @app.command()
@@ -119,11 +127,14 @@ def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the 
     from stfn.validation import validate_dataset
 
     report_path = Paths(root).validation_report(path.resolve().name)
-    rep = _guard(validate_dataset, path, params.data.max_missing_ratio, report_path,
-                 lambda msg: console.print(f"[dim]{msg}[/]"))
+    rep = _guard(
+        validate_dataset, path, params.data.max_missing_ratio, report_path, lambda msg: console.print(f"[dim]{msg}[/]")
+    )
     s = rep.summary()
-    console.print(f"[green]ok[/] {s['dataset']}: {s['expectations']} expectations passed on {s['n_samples']} samples "
-                  f"in {s['seconds']} s; report: {report_path} (+ .html)")
+    console.print(
+        f"[green]ok[/] {s['dataset']}: {s['expectations']} expectations passed on {s['n_samples']} samples "
+        f"in {s['seconds']} s; report: {report_path} (+ .html)"
+    )
 
 
 @app.command()
@@ -174,9 +185,15 @@ def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>
     for col in ("model", "version", "aliases", "metric", "decision", "reason", "run id"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["version"], ", ".join(r["aliases"]),
-                      f"{r['metric']}={float(r['value']):.4f}" if r["value"] else "", r["decision"] or "",
-                      r["reason"] or "", (r["run_id"] or "")[:12])
+        table.add_row(
+            r["name"],
+            r["version"],
+            ", ".join(r["aliases"]),
+            f"{r['metric']}={float(r['value']):.4f}" if r["value"] else "",
+            r["decision"] or "",
+            r["reason"] or "",
+            (r["run_id"] or "")[:12],
+        )
     console.print(table if rows else "no registered models yet (run `stfn run`)")
 
 

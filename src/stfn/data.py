@@ -119,7 +119,7 @@ class DatasetSpec(_Strict):
             raise ValueError(f"frames.steps: expected {f.count} entries (frames.count), got {len(f.steps)}")
         if any(s < 0 or s >= self.series.steps for s in f.steps):
             raise ValueError(f"frames.steps: every step must be in [0, {self.series.steps - 1}], got {f.steps}")
-        if any(b < a for a, b in zip(f.steps, f.steps[1:])):
+        if any(b < a for a, b in zip(f.steps, f.steps[1:], strict=False)):
             raise ValueError(f"frames.steps: must be non-decreasing, got {f.steps}")
         if self.series.steps * len(names) > MAX_SERIES_ELEMENTS:
             raise ValueError(f"series: {self.series.steps} steps x {len(names)} channels is too large")
@@ -150,9 +150,7 @@ def load_spec(folder: Path) -> DatasetSpec:
         raise DataValidationError(name, [Failure(str(folder), None, "dataset folder exists", "no such folder")])
     missing = [f for f in CONTRACT_FILES if not (folder / f).is_file()]
     if missing:
-        raise DataValidationError(
-            name, [Failure(f, None, "file exists", f"missing from {folder}") for f in missing]
-        )
+        raise DataValidationError(name, [Failure(f, None, "file exists", f"missing from {folder}") for f in missing])
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -229,8 +227,9 @@ def series_array(series: pd.DataFrame, sample_ids: pd.Series, spec: DatasetSpec)
     return out
 
 
-def assign_split(samples: pd.DataFrame, spec: DatasetSpec, val_fraction: float, test_fraction: float,
-                 seed: int) -> tuple[np.ndarray, str]:
+def assign_split(
+    samples: pd.DataFrame, spec: DatasetSpec, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, str]:
     """The split of every sample and how it was made.
 
     A `split` column is used as given; otherwise a `timestamp` column splits by time (latest
@@ -266,8 +265,9 @@ def assign_split(samples: pd.DataFrame, spec: DatasetSpec, val_fraction: float, 
     return out, f"{how} (seed {seed})"
 
 
-def write_dataset(folder: Path, spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame,
-                  frames: np.ndarray) -> Path:
+def write_dataset(
+    folder: Path, spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, frames: np.ndarray
+) -> Path:
     """Write a dataset in the contract, atomically (the folder appears whole or not at all)."""
     with atomic_dir(Path(folder)) as tmp:
         (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
@@ -311,8 +311,16 @@ def _digit_pools(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {s: np.array(sorted(v)) for s, v in pools.items()}
 
 
-def _generate_split(p: MovingDigitsParams, split: str, n: int, images: np.ndarray, labels: np.ndarray,
-                    pool: np.ndarray, rng: np.random.Generator, progress: ProgressFn | None) -> dict:
+def _generate_split(
+    p: MovingDigitsParams,
+    split: str,
+    n: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    pool: np.ndarray,
+    rng: np.random.Generator,
+    progress: ProgressFn | None,
+) -> dict:
     """Generate `n` accepted videos of one split (vectorised in batches, rejected ones redrawn)."""
     L = p.canvas - DIGIT
     half = p.canvas / 2
@@ -403,9 +411,9 @@ def _generate_split(p: MovingDigitsParams, split: str, n: int, images: np.ndarra
     )
 
 
-def make_moving_digits(p: MovingDigitsParams, name: str = "moving-digits",
-                       progress: Callable[[str, int, int], None] | None = None
-                       ) -> tuple[DatasetSpec, pd.DataFrame, pd.DataFrame, np.ndarray]:
+def make_moving_digits(
+    p: MovingDigitsParams, name: str = "moving-digits", progress: Callable[[str, int, int], None] | None = None
+) -> tuple[DatasetSpec, pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Generate `moving-digits`, deterministically from `p.seed`.
 
     Real handwritten digits (scikit-learn's bundled 8x8 `load_digits`) bounce on a canvas; one
@@ -428,8 +436,9 @@ def make_moving_digits(p: MovingDigitsParams, name: str = "moving-digits",
         parts.append((split, _generate_split(p, split, n, images, labels, pools[split], rng, cb)))
     samples = pd.concat(
         [
-            pd.DataFrame({"sample_id": [f"{split}-{i:06d}" for i in range(len(g["label"]))],
-                          "label": g["label"], "split": split}).join(g["meta"])
+            pd.DataFrame(
+                {"sample_id": [f"{split}-{i:06d}" for i in range(len(g["label"]))], "label": g["label"], "split": split}
+            ).join(g["meta"])
             for split, g in parts
         ],
         ignore_index=True,
@@ -438,8 +447,9 @@ def make_moving_digits(p: MovingDigitsParams, name: str = "moving-digits",
     frames = np.concatenate([g["frames"] for _, g in parts])
     names = [f"zone-{z}" for z in range(4)]
     n, T = len(samples), p.steps
-    series = pd.DataFrame({"sample_id": np.repeat(samples["sample_id"].to_numpy(), T),
-                           "step": np.tile(np.arange(T, dtype=np.int64), n)})
+    series = pd.DataFrame(
+        {"sample_id": np.repeat(samples["sample_id"].to_numpy(), T), "step": np.tile(np.arange(T, dtype=np.int64), n)}
+    )
     for c, ch in enumerate(names):
         series[ch] = series3[:, :, c].reshape(-1)
     centre = [(0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)]  # (row, col) of each zone
@@ -451,8 +461,14 @@ def make_moving_digits(p: MovingDigitsParams, name: str = "moving-digits",
             steps=T,
             channels=[Channel(name=ch, unit="a.u.", min=-12.0, max=12.0) for ch in names],
         ),
-        frames=FramesSpec(count=p.frames, channels=1, height=p.canvas, width=p.canvas, dtype="uint8",
-                          steps=frame_steps(p.steps, p.frames)),
+        frames=FramesSpec(
+            count=p.frames,
+            channels=1,
+            height=p.canvas,
+            width=p.canvas,
+            dtype="uint8",
+            steps=frame_steps(p.steps, p.frames),
+        ),
         sensors={ch: centre[z] for z, ch in enumerate(names)},
         source={"generator": "moving-digits", "params": p.model_dump(mode="json")},
         description=(

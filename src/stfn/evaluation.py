@@ -44,8 +44,13 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
             "nll": nll,
         },
         "per_class": [
-            {"class": class_names[i], "precision": float(precision[i]), "recall": float(recall[i]),
-             "f1": float(f1[i]), "support": int(support[i])}
+            {
+                "class": class_names[i],
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i in range(k)
         ],
         "confusion_matrix": cm.tolist(),
@@ -100,8 +105,9 @@ def plot_confusion_matrix(cm: list[list[int]], class_names: list[str], path: Pat
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black"
+            )
     ax.set_xticks(range(len(class_names)), class_names)
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
@@ -165,8 +171,15 @@ def plot_attention(frames: np.ndarray, attention: np.ndarray, titles: list[str],
             img = frames[i, k].mean(axis=0)
             ax.imshow(img, cmap="gray")
             h, w = img.shape
-            ax.imshow(attention[i, k], cmap="inferno", alpha=0.55, vmin=0, vmax=vmax,
-                      extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+            ax.imshow(
+                attention[i, k],
+                cmap="inferno",
+                alpha=0.55,
+                vmin=0,
+                vmax=vmax,
+                extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if k == 0:

@@ -43,8 +43,9 @@ def center_series(series: np.ndarray) -> np.ndarray:
     return series - np.nan_to_num(med)
 
 
-def fit_stats(spec: DatasetSpec, series: np.ndarray, frames: np.ndarray, labels: np.ndarray,
-              train: np.ndarray) -> dict[str, Any]:
+def fit_stats(
+    spec: DatasetSpec, series: np.ndarray, frames: np.ndarray, labels: np.ndarray, train: np.ndarray
+) -> dict[str, Any]:
     """Normalisation statistics from the training rows only."""
     centred = center_series(series[train])
     scale = np.nanstd(centred, axis=(0, 1))
@@ -82,8 +83,14 @@ def transform_frames(frames: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     return ((np.asarray(frames, np.float32) - mean) / std).astype(np.float32)
 
 
-def build_features(dataset_dir: Path, out_dir: Path, val_fraction: float, test_fraction: float, seed: int,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
+def build_features(
+    dataset_dir: Path,
+    out_dir: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Read a validated dataset, fit normalisation on train, write the features folder."""
     spec = load_spec(dataset_dir)
     samples = read_parquet(dataset_dir, "samples.parquet", spec.name)
@@ -96,7 +103,9 @@ def build_features(dataset_dir: Path, out_dir: Path, val_fraction: float, test_f
     split, how = assign_split(samples, spec, val_fraction, test_fraction, seed)
     for name in ("train", "val", "test"):
         if not (split == name).any():
-            raise ValueError(f"{spec.name}: the split has no '{name}' samples ({how}); add samples or change the fractions")
+            raise ValueError(
+                f"{spec.name}: the split has no '{name}' samples ({how}); add samples or change the fractions"
+            )
     stats = fit_stats(spec, series, frames, labels, split == "train")
     if spec.task == "regression":
         labels = ((labels - stats["target_mean"]) / stats["target_std"]).astype(np.float32)
@@ -111,8 +120,9 @@ def build_features(dataset_dir: Path, out_dir: Path, val_fraction: float, test_f
                 progress(min(i + CHUNK, n), n)
         out.flush()
         del out
-        pd.DataFrame({"sample_id": samples["sample_id"].astype(str), "split": split.astype(str),
-                      "row": np.arange(n)}).to_parquet(tmp / "index.parquet", index=False)
+        pd.DataFrame(
+            {"sample_id": samples["sample_id"].astype(str), "split": split.astype(str), "row": np.arange(n)}
+        ).to_parquet(tmp / "index.parquet", index=False)
         meta = {
             "dataset": spec.name,
             "task": spec.task,

@@ -75,8 +75,10 @@ class SpatialEncoder(nn.Module):
         h, w = frame_size
         assert h % 8 == 0 and w % 8 == 0, f"frame size {frame_size} must be divisible by 8"
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(16, 32, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv2d(16, 32, 5, stride=2, padding=2),
+            nn.GELU(),
             nn.Conv2d(32, dim, 3, stride=2, padding=1),
         )
         self.grid = (h // 8, w // 8)
@@ -120,8 +122,9 @@ class AttentionPooling(nn.Module):
         self.u = nn.Linear(dim, hidden)
         self.w = nn.Linear(hidden, 1)
 
-    def forward(self, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """keys (B, M, D), values (B, M, E), bias (B, M) -> pooled (B, E), alpha (B, M)."""
         score = self.w(torch.tanh(self.v(keys)) * torch.sigmoid(self.u(keys))).squeeze(-1)  # (B, M)
         if bias is not None:
@@ -143,8 +146,9 @@ class STFN(nn.Module):
         self.value_norm = nn.LayerNorm(d)
         self.frame_bias = nn.Linear(d, 1)
         self.pool = AttentionPooling(d, cfg.attention_hidden)
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout),
-                                  nn.Linear(d, cfg.n_outputs))
+        self.head = nn.Sequential(
+            nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.n_outputs)
+        )
         self.register_buffer("frame_steps", torch.as_tensor(cfg.frame_steps, dtype=torch.long), persistent=False)
 
     def fuse(self, series: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,7 +163,8 @@ class STFN(nn.Module):
         values = self.value_norm(z + fm)
         bias = self.frame_bias(h_f).expand(-1, -1, z.shape[2])  # (B, F, N)
         pooled, alpha = self.pool(
-            rearrange(z, "b f n d -> b (f n) d"), rearrange(values, "b f n d -> b (f n) d"),
+            rearrange(z, "b f n d -> b (f n) d"),
+            rearrange(values, "b f n d -> b (f n) d"),
             rearrange(bias, "b f n -> b (f n)"),
         )
         out = self.head(pooled)

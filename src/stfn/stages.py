@@ -42,9 +42,17 @@ def prepare(params: Params, paths: Paths, force: bool = False, progress: Progres
     folder = paths.dataset_dir(name)
     if name not in BUILTIN:
         if not (folder / data_mod.SPEC_FILE).is_file():
-            raise DataValidationError(folder.name, [Failure(str(folder), None, "a dataset folder in the contract",
-                                                            f"not found; built-in datasets: {sorted(BUILTIN)}, "
-                                                            "or bring your own with `stfn ingest PATH`")])
+            raise DataValidationError(
+                folder.name,
+                [
+                    Failure(
+                        str(folder),
+                        None,
+                        "a dataset folder in the contract",
+                        f"not found; built-in datasets: {sorted(BUILTIN)}, or bring your own with `stfn ingest PATH`",
+                    )
+                ],
+            )
         return folder
     p = params.prepare.moving_digits
     wanted = {"generator": name, "params": p.model_dump(mode="json")}
@@ -86,15 +94,15 @@ def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = 
 # --------------------------------------------------------------------------------------------- validate
 
 
-def validate(params: Params, paths: Paths, folder: Path | None = None,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def validate(
+    params: Params, paths: Paths, folder: Path | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Validate the dataset (GX); writes reports/validation/<name>.json and .html."""
     from stfn.validation import validate_dataset
 
     folder = folder or paths.dataset_dir(params.data.dataset)
     report = validate_dataset(folder, params.data.max_missing_ratio, paths.validation_report(folder.name), progress)
-    return {**report.summary(), "report": str(paths.validation_report(folder.name)),
-            "data_md5": dir_md5(folder)}
+    return {**report.summary(), "report": str(paths.validation_report(folder.name)), "data_md5": dir_md5(folder)}
 
 
 # --------------------------------------------------------------------------------------------- featurize
@@ -107,8 +115,12 @@ def featurize(params: Params, paths: Paths, progress: Callable[[int, int], None]
 
     folder = paths.dataset_dir(params.data.dataset)
     out = paths.features_dir(folder.name)
-    inputs = {"data_md5": dir_md5(folder), "val_fraction": params.data.val_fraction,
-              "test_fraction": params.data.test_fraction, "seed": params.seed}
+    inputs = {
+        "data_md5": dir_md5(folder),
+        "val_fraction": params.data.val_fraction,
+        "test_fraction": params.data.test_fraction,
+        "seed": params.seed,
+    }
     stamp = out / "inputs.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == inputs:
         log.info("features for %s are up to date", folder.name)
@@ -121,8 +133,12 @@ def featurize(params: Params, paths: Paths, progress: Callable[[int, int], None]
 # --------------------------------------------------------------------------------------------- train
 
 
-def train(params: Params, paths: Paths, on_epoch: Callable[[dict[str, float]], None] | None = None,
-          on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def train(
+    params: Params,
+    paths: Paths,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Train STFN on the features; writes models/<name>/model.pt (best), last.pt, history.json."""
     from stfn.features import load_features
     from stfn.training import fit
@@ -131,10 +147,16 @@ def train(params: Params, paths: Paths, on_epoch: Callable[[dict[str, float]], N
     fs = load_features(paths.features_dir(name))
     out = paths.model_dir(name)
     result = fit(fs, params.model, params.train, params.seed, out, on_epoch=on_epoch, on_batch=on_batch)
-    summary = {"checkpoint": str(out / "model.pt"), "best_epoch": result.best_epoch, "best_val": result.best_val,
-               "epochs_run": len(result.history), "train_seconds": round(result.seconds, 2),
-               "device": result.device, "history": result.history,
-               "n_parameters": sum(p.numel() for p in result.model.parameters())}
+    summary = {
+        "checkpoint": str(out / "model.pt"),
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_val,
+        "epochs_run": len(result.history),
+        "train_seconds": round(result.seconds, 2),
+        "device": result.device,
+        "history": result.history,
+        "n_parameters": sum(p.numel() for p in result.model.parameters()),
+    }
     write_json(out / "history.json", summary)
     return summary
 
@@ -165,26 +187,35 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
             results[split] = ev.classification_metrics(y, ev.softmax(out), spec.target.classes or [])
         else:
             st = fs.stats
-            results[split] = ev.regression_metrics(y * st["target_std"] + st["target_mean"],
-                                                   out[:, 0] * st["target_std"] + st["target_mean"])
+            results[split] = ev.regression_metrics(
+                y * st["target_std"] + st["target_mean"], out[:, 0] * st["target_std"] + st["target_mean"]
+            )
         if split == "test":
             test_out, test_att = out, att
     test_rows = fs.rows("test")
     files = {"training_curves": ev.plot_training_curves(history["history"], plots / "training_curves.png")}
     if spec.task == "classification":
-        files["confusion_matrix"] = ev.plot_confusion_matrix(results["test"]["confusion_matrix"],
-                                                             spec.target.classes or [], plots / "confusion_matrix.png")
+        files["confusion_matrix"] = ev.plot_confusion_matrix(
+            results["test"]["confusion_matrix"], spec.target.classes or [], plots / "confusion_matrix.png"
+        )
         write_json(paths.reports / "per_class.json", results["test"]["per_class"])
     else:
         st = fs.stats
         files["predicted_vs_actual"] = ev.plot_predicted_vs_actual(
             fs.labels[test_rows] * st["target_std"] + st["target_mean"],
-            test_out[:, 0] * st["target_std"] + st["target_mean"], spec.target.unit, plots / "predicted_vs_actual.png")
+            test_out[:, 0] * st["target_std"] + st["target_mean"],
+            spec.target.unit,
+            plots / "predicted_vs_actual.png",
+        )
     show = min(4, len(test_rows))
     pred = test_out[:show].argmax(-1) if spec.task == "classification" else test_out[:show, 0]
-    titles = [f"{fs.index['sample_id'].iloc[r]}\ny={fs.labels[r]} pred={p}" for r, p in zip(test_rows[:show], pred)]
-    files["attention"] = ev.plot_attention(np.asarray(fs.frames[test_rows[:show]]), test_att[:show], titles,
-                                           plots / "attention.png")
+    titles = [
+        f"{fs.index['sample_id'].iloc[r]}\ny={fs.labels[r]} pred={p}"
+        for r, p in zip(test_rows[:show], pred, strict=True)
+    ]
+    files["attention"] = ev.plot_attention(
+        np.asarray(fs.frames[test_rows[:show]]), test_att[:show], titles, plots / "attention.png"
+    )
     metrics = {
         "dataset": name,
         "task": spec.task,
@@ -206,31 +237,53 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- tracking
 
 
-def open_run(params: Params, paths: Paths, flow_run_id: str | None, data_md5: str) -> dict[str, Any]:
+def open_run(
+    params: Params, paths: Paths, flow_run_id: str | None, data_md5: str, dvc_md5: str | None = None
+) -> dict[str, Any]:
     """Start the MLflow run of one pipeline run; log params, params.yaml and lineage tags."""
     from stfn import tracking
 
     uri = tracking.configure(paths.mlflow_dir)
     name = dataset_name(params, paths)
-    lineage = {"git_sha": tracking.git_sha(paths.root), "data_md5": data_md5, "params_hash": params.digest(),
-               "prefect_flow_run_id": flow_run_id or "none", "dataset": name}
-    run_id = tracking.start_run(name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                tags=lineage)
+    lineage = {
+        "git_sha": tracking.git_sha(paths.root),
+        "data_md5": data_md5,
+        "params_hash": params.digest(),
+        "prefect_flow_run_id": flow_run_id or "none",
+        "dataset": name,
+    }
+    if dvc_md5:
+        lineage["dvc_md5"] = dvc_md5  # the data version as `dvc.lock` records it
+    run_id = tracking.start_run(
+        name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=lineage
+    )
     tracking.log_params(run_id, params.model_dump(mode="json"))
     if (paths.root / "params.yaml").is_file():
         tracking.log_artifact(run_id, paths.root / "params.yaml")
     return {"run_id": run_id, "tracking_uri": tracking.scrub_uri(uri), "lineage": lineage}
 
 
-def log_evaluation(run_id: str, params: Params, paths: Paths, evaluation: dict[str, Any],
-                   trained: dict[str, Any], validation: dict[str, Any] | None) -> None:
+def log_evaluation(
+    run_id: str,
+    params: Params,
+    paths: Paths,
+    evaluation: dict[str, Any],
+    trained: dict[str, Any],
+    validation: dict[str, Any] | None,
+) -> None:
     from stfn import tracking
 
     m = evaluation["metrics"]
     tracking.log_metrics(run_id, {f"test_{k}": v for k, v in m["test"].items()})
     tracking.log_metrics(run_id, {f"best_val_{k}": v for k, v in m["val"].items()})  # val_* are per-epoch curves
-    tracking.log_metrics(run_id, {"train_seconds": trained["train_seconds"], "best_epoch": trained["best_epoch"],
-                                  "n_parameters": trained["n_parameters"]})
+    tracking.log_metrics(
+        run_id,
+        {
+            "train_seconds": trained["train_seconds"],
+            "best_epoch": trained["best_epoch"],
+            "n_parameters": trained["n_parameters"],
+        },
+    )
     for path in evaluation["plots"].values():
         tracking.log_artifact(run_id, Path(path), "plots")
     name = dataset_name(params, paths)
@@ -244,8 +297,9 @@ def log_evaluation(run_id: str, params: Params, paths: Paths, evaluation: dict[s
                 tracking.log_artifact(run_id, f, "validation")
 
 
-def register(params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any],
-             lineage: dict[str, str]) -> dict[str, Any]:
+def register(
+    params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any], lineage: dict[str, str]
+) -> dict[str, Any]:
     """Log the model, register it as `stfn-<dataset>` (alias challenger), run the promotion gate,
     and record the outcome in reports/metrics.json."""
     from stfn import tracking
@@ -270,11 +324,23 @@ def register(params: Params, paths: Paths, run_id: str, evaluation: dict[str, An
     registered = tracking.model_name(name)
     version = tracking.register(model_uri, registered, run_id, tags)
     decision = tracking.promote_if_better(registered, version, metric, value, params.registry.min_improvement)
-    tracking.set_tags(run_id, {"registered_model": registered, "registered_version": version,
-                               "decision": "promoted" if decision.promoted else "rejected",
-                               "decision_reason": decision.reason})
+    tracking.set_tags(
+        run_id,
+        {
+            "registered_model": registered,
+            "registered_version": version,
+            "decision": "promoted" if decision.promoted else "rejected",
+            "decision_reason": decision.reason,
+        },
+    )
     m.update({"mlflow_run_id": run_id, "registered_version": int(version), "promoted": decision.promoted})
     write_json(paths.metrics_file, m)
-    return {"model_uri": model_uri, "registered_model": registered, "version": version,
-            "promoted": decision.promoted, "reason": decision.reason,
-            "champion_before": decision.champion_version, "champion_value_before": decision.champion_value}
+    return {
+        "model_uri": model_uri,
+        "registered_model": registered,
+        "version": version,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "champion_before": decision.champion_version,
+        "champion_value_before": decision.champion_value,
+    }

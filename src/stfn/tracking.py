@@ -83,8 +83,13 @@ def git_sha(root: Path) -> str:
         sha = out.stdout.strip()
         if out.returncode != 0 or not sha:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -177,18 +182,21 @@ def _python_model():
 def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], example: dict[str, np.ndarray]) -> str:
     """Log the model (pyfunc, signature for both inputs, an input example, explicit pip
     requirements) into the run; return its model URI."""
-    import mlflow
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
+
+    import mlflow
 
     spec = features_meta["spec"]
     t, c = spec["series"]["steps"], len(spec["series"]["channels"])
     fr = spec["frames"]
     n_out = len(spec["target"].get("classes") or []) if features_meta["task"] == "classification" else 0
-    inputs = Schema([
-        TensorSpec(np.dtype("float32"), (-1, t, c), "series"),
-        TensorSpec(np.dtype(fr["dtype"]), (-1, fr["count"], fr["channels"], fr["height"], fr["width"]), "frames"),
-    ])
+    inputs = Schema(
+        [
+            TensorSpec(np.dtype("float32"), (-1, t, c), "series"),
+            TensorSpec(np.dtype(fr["dtype"]), (-1, fr["count"], fr["channels"], fr["height"], fr["width"]), "frames"),
+        ]
+    )
     outputs = Schema([TensorSpec(np.dtype("float32"), (-1, n_out) if n_out else (-1,))])
     with tempfile.TemporaryDirectory() as tmp:
         meta_path = Path(tmp) / "features.json"
@@ -270,15 +278,25 @@ def promote_if_better(name: str, version: str, metric: str, value: float, min_im
             direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
             promoted = is_better(metric, value, champ_value, min_improvement)
             verb = "beats" if promoted else "does not beat"
-            reason = (f"test {metric} {value:.4f} {verb} champion v{current.version}'s {champ_value:.4f} "
-                      f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})")
+            reason = (
+                f"test {metric} {value:.4f} {verb} champion v{current.version}'s {champ_value:.4f} "
+                f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})"
+            )
     if promoted and (current is None or str(current.version) != str(version)):
         client.set_registered_model_alias(name, CHAMPION, version)
     decision = "promoted" if promoted else "rejected"
     for k, v in {"decision": decision, "decision_reason": reason, "judged_on": f"test_{metric}"}.items():
         client.set_model_version_tag(name, version, k, v)
-    return Decision(name, str(version), promoted, reason, metric, value,
-                    None if current is None else str(current.version), champ_value)
+    return Decision(
+        name,
+        str(version),
+        promoted,
+        reason,
+        metric,
+        value,
+        None if current is None else str(current.version),
+        champ_value,
+    )
 
 
 def _version_metric(mv: Any, metric: str) -> float | None:
@@ -308,11 +326,18 @@ def list_versions(name: str | None = None) -> list[dict[str, Any]]:
                 amap.setdefault(str(ver), []).append(alias)
             aliases[v.name] = amap
         tags = v.tags or {}
-        rows.append({
-            "name": v.name, "version": str(v.version), "aliases": sorted(aliases[v.name].get(str(v.version), [])),
-            "run_id": v.run_id, "created": v.creation_timestamp,
-            "metric": tags.get("judged_on"), "value": tags.get(tags.get("judged_on", ""), None),
-            "decision": tags.get("decision"), "reason": tags.get("decision_reason"),
-        })
+        rows.append(
+            {
+                "name": v.name,
+                "version": str(v.version),
+                "aliases": sorted(aliases[v.name].get(str(v.version), [])),
+                "run_id": v.run_id,
+                "created": v.creation_timestamp,
+                "metric": tags.get("judged_on"),
+                "value": tags.get(tags.get("judged_on", ""), None),
+                "decision": tags.get("decision"),
+                "reason": tags.get("decision_reason"),
+            }
+        )
     rows.sort(key=lambda r: (r["name"], -int(r["version"])))
     return rows

@@ -65,8 +65,9 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
     )
 
 
-def batches(fs: FeatureSet, rows: np.ndarray, batch_size: int, shuffle: bool = False,
-            rng: np.random.Generator | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+def batches(
+    fs: FeatureSet, rows: np.ndarray, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None
+) -> Iterator[tuple[np.ndarray, ...]]:
     """Yield (series, frames, labels) numpy batches gathered from the memory maps."""
     order = rng.permutation(rows) if shuffle and rng is not None else rows
     for i in range(0, len(order), batch_size):
@@ -94,8 +95,9 @@ def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def predict_arrays(model: STFN, series: np.ndarray, frames: np.ndarray, batch_size: int = 256,
-                   device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_arrays(
+    model: STFN, series: np.ndarray, frames: np.ndarray, batch_size: int = 256, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Model outputs (logits or standardised values) and attention maps for feature arrays."""
     device = device or next(model.parameters()).device
     model.eval()
@@ -145,8 +147,15 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[STF
     return model, payload
 
 
-def fit(fs: FeatureSet, mp: ModelParams, tp: TrainParams, seed: int, out_dir: Path,
-        on_epoch: EpochFn | None = None, on_batch: BatchFn | None = None) -> FitResult:
+def fit(
+    fs: FeatureSet,
+    mp: ModelParams,
+    tp: TrainParams,
+    seed: int,
+    out_dir: Path,
+    on_epoch: EpochFn | None = None,
+    on_batch: BatchFn | None = None,
+) -> FitResult:
     """Train on the train split, early-stop on val, keep the best weights in `out_dir/model.pt`."""
     t0 = time.perf_counter()
     if tp.num_threads:
@@ -193,9 +202,14 @@ def fit(fs: FeatureSet, mp: ModelParams, tp: TrainParams, seed: int, out_dir: Pa
         val_loss = float(loss_fn(task, val_out, val_y))
         val = score(task, out, fs.labels[val_rows])
         key = next(iter(val))
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
-               **{f"val_{k}": v for k, v in val.items()}, "lr": sched.get_last_lr()[0],
-               "samples_per_s": count / max(train_seconds, 1e-9)}
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in val.items()},
+            "lr": sched.get_last_lr()[0],
+            "samples_per_s": count / max(train_seconds, 1e-9),
+        }
         result.history.append(row)
         improved = val[key] > best if higher_is_better else val[key] < best
         if improved:
@@ -203,8 +217,9 @@ def fit(fs: FeatureSet, mp: ModelParams, tp: TrainParams, seed: int, out_dir: Pa
             save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{key}": val[key]})
         else:
             stale += 1
-        save_checkpoint(out_dir / "last.pt", model, {"epoch": epoch, "optimizer": opt.state_dict(),
-                                                     "scheduler": sched.state_dict()})
+        save_checkpoint(
+            out_dir / "last.pt", model, {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+        )
         log.info("epoch %d/%d train_loss=%.4f val_%s=%.4f", epoch, tp.epochs, row["train_loss"], key, val[key])
         if on_epoch:
             on_epoch(row)

@@ -85,7 +85,9 @@ def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, li
     need = offset + int(np.prod(shape)) * dtype.itemsize
     have = path.stat().st_size
     if have < need:
-        return None, [_problem(FRAMES_FILE, None, "a complete file", f"truncated: {have} bytes, header promises {need}")]
+        return None, [
+            _problem(FRAMES_FILE, None, "a complete file", f"truncated: {have} bytes, header promises {need}")
+        ]
     arr = np.load(path, mmap_mode="r", allow_pickle=False)
     n = shape[0]
     mins, maxs, bad = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
@@ -103,39 +105,61 @@ def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, li
         else:
             mins[i : i + CHUNK] = block.min(axis=1)
             maxs[i : i + CHUNK] = block.max(axis=1)
-    sample_id = ids.astype(str).to_numpy()[:n] if len(ids) >= n else np.array(
-        [*ids.astype(str), *(f"<row {k}>" for k in range(len(ids), n))]
+    sample_id = (
+        ids.astype(str).to_numpy()[:n]
+        if len(ids) >= n
+        else np.array([*ids.astype(str), *(f"<row {k}>" for k in range(len(ids), n))])
     )
     table = pd.DataFrame(
         {
             "sample_id": sample_id,
-            "frames": shape[1], "channels": shape[2], "height": shape[3], "width": shape[4],
-            "dtype": str(dtype), "min": mins, "max": maxs, "nonfinite_count": bad,
+            "frames": shape[1],
+            "channels": shape[2],
+            "height": shape[3],
+            "width": shape[4],
+            "dtype": str(dtype),
+            "min": mins,
+            "max": maxs,
+            "nonfinite_count": bad,
         }
     )
     return table, problems
 
 
 def _problem(file: str, column: str | None, expectation: str, detail: str, examples: list | None = None) -> dict:
-    return {"file": file, "column": column, "expectation": expectation, "detail": detail,
-            "examples": examples or [], "success": False}
+    return {
+        "file": file,
+        "column": column,
+        "expectation": expectation,
+        "detail": detail,
+        "examples": examples or [],
+        "success": False,
+    }
 
 
-def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, n_frames: int | None,
-            max_missing: float) -> dict[str, list]:
+def _suites(
+    spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, n_frames: int | None, max_missing: float
+) -> dict[str, list]:
     """The expectations for each table, built from the dataset's schema."""
     import great_expectations.expectations as gxe
 
     T, names = spec.series.steps, spec.channel_names
     s: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "label")]
     if "sample_id" in samples:
-        s += [gxe.ExpectColumnValuesToNotBeNull(column="sample_id"), gxe.ExpectColumnValuesToBeUnique(column="sample_id")]
+        s += [
+            gxe.ExpectColumnValuesToNotBeNull(column="sample_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
+        ]
     if "label" in samples:
         s.append(gxe.ExpectColumnValuesToNotBeNull(column="label"))
         if spec.task == "classification":
             s.append(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(spec.n_classes))))
         else:
-            s.append(gxe.ExpectColumnValuesToBeInTypeList(column="label", type_list=["float64", "float32", "int64", "int32", "Float64", "Int64"]))
+            s.append(
+                gxe.ExpectColumnValuesToBeInTypeList(
+                    column="label", type_list=["float64", "float32", "int64", "int32", "Float64", "Int64"]
+                )
+            )
     if "split" in samples:
         s.append(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
     if n_frames is not None:
@@ -143,21 +167,27 @@ def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, n_fr
 
     r: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "step", *names)]
     if "step" in series:
-        r += [gxe.ExpectColumnValuesToNotBeNull(column="step"),
-              gxe.ExpectColumnValuesToBeBetween(column="step", min_value=0, max_value=T - 1)]
+        r += [
+            gxe.ExpectColumnValuesToNotBeNull(column="step"),
+            gxe.ExpectColumnValuesToBeBetween(column="step", min_value=0, max_value=T - 1),
+        ]
     if "step" in series and "sample_id" in series:
         r.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=["sample_id", "step"]))
     for ch in spec.series.channels:
         if ch.name not in series:
             continue
-        r.append(gxe.ExpectColumnValuesToBeInTypeList(column=ch.name, type_list=["float64", "float32", "Float64", "Float32"]))
+        r.append(
+            gxe.ExpectColumnValuesToBeInTypeList(column=ch.name, type_list=["float64", "float32", "Float64", "Float32"])
+        )
         r.append(gxe.ExpectColumnValuesToNotBeNull(column=ch.name, mostly=max(1e-9, 1.0 - max_missing)))
         if ch.min is not None or ch.max is not None:
             r.append(gxe.ExpectColumnValuesToBeBetween(column=ch.name, min_value=ch.min, max_value=ch.max))
     r.append(gxe.ExpectTableRowCountToEqual(value=len(samples) * T))
 
-    cov = [gxe.ExpectColumnValuesToBeBetween(column="n_steps", min_value=T, max_value=T),
-           gxe.ExpectColumnValuesToBeInSet(column="in_samples", value_set=[True])]
+    cov = [
+        gxe.ExpectColumnValuesToBeBetween(column="n_steps", min_value=T, max_value=T),
+        gxe.ExpectColumnValuesToBeInSet(column="in_samples", value_set=[True]),
+    ]
 
     f = spec.frames
     lo, hi = (0, 255) if f.dtype == "uint8" else (None, None)
@@ -170,13 +200,19 @@ def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, n_fr
         gxe.ExpectColumnValuesToBeBetween(column="nonfinite_count", min_value=0, max_value=0),
     ]
     if lo is not None:
-        fr += [gxe.ExpectColumnValuesToBeBetween(column="min", min_value=lo, max_value=hi),
-               gxe.ExpectColumnValuesToBeBetween(column="max", min_value=lo, max_value=hi)]
+        fr += [
+            gxe.ExpectColumnValuesToBeBetween(column="min", min_value=lo, max_value=hi),
+            gxe.ExpectColumnValuesToBeBetween(column="max", min_value=lo, max_value=hi),
+        ]
     return {"samples": s, "series": r, "coverage": cov, "frames": fr}
 
 
-FILE_OF = {"samples": SAMPLES_FILE, "series": SERIES_FILE, "coverage": f"{SERIES_FILE} vs {SAMPLES_FILE}",
-           "frames": FRAMES_FILE}
+FILE_OF = {
+    "samples": SAMPLES_FILE,
+    "series": SERIES_FILE,
+    "coverage": f"{SERIES_FILE} vs {SAMPLES_FILE}",
+    "frames": FRAMES_FILE,
+}
 WHAT = {  # readable names of the coverage and frames checks
     ("coverage", "n_steps"): "every sample has exactly T steps",
     ("coverage", "in_samples"): "every series sample_id is in samples.parquet",
@@ -225,7 +261,9 @@ def _describe(table: str, r: Any) -> dict:
         if "exception_message" in info:
             exc_msgs = [info["exception_message"]] if info.get("raised_exception") else []
         else:
-            exc_msgs = [v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+            exc_msgs = [
+                v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("raised_exception")
+            ]
     examples: list = []
     if r.success:
         detail = "ok"
@@ -246,8 +284,15 @@ def _describe(table: str, r: Any) -> dict:
         detail = "column is missing"
     else:
         detail = "failed"
-    return {"file": FILE_OF[table], "table": table, "column": column, "expectation": expectation,
-            "success": bool(r.success), "detail": detail, "examples": examples}
+    return {
+        "file": FILE_OF[table],
+        "table": table,
+        "column": column,
+        "expectation": expectation,
+        "success": bool(r.success),
+        "detail": detail,
+        "examples": examples,
+    }
 
 
 def _kw(d: dict) -> str:
@@ -266,8 +311,12 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def validate_dataset(folder: Path, max_missing_ratio: float = 0.05, report_path: Path | None = None,
-                     progress: Callable[[str], None] | None = None) -> ValidationReport:
+def validate_dataset(
+    folder: Path,
+    max_missing_ratio: float = 0.05,
+    report_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
     """Validate a dataset folder against its `dataset.yaml`; raise `DataValidationError` on failure.
 
     Writes the full report to `report_path` (.json) and beside it (.html) when given, also on
@@ -302,8 +351,9 @@ def validate_dataset(folder: Path, max_missing_ratio: float = 0.05, report_path:
     say("running expectations")
     n_frames = None if frames_tab is None else len(frames_tab)
     results = problems + _run_gx(tables, _suites(spec, samples, series, n_frames, max_missing_ratio))
-    report = ValidationReport(spec.name, all(r["success"] for r in results), len(samples), results,
-                              time.perf_counter() - t0)
+    report = ValidationReport(
+        spec.name, all(r["success"] for r in results), len(samples), results, time.perf_counter() - t0
+    )
     if report_path is not None:
         write_report(report, Path(report_path))
     if not report.success:
@@ -322,11 +372,12 @@ def write_report(report: ValidationReport, json_path: Path) -> None:
     )
     s = report.summary()
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation: {report.dataset}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
 tr.bad{{background:#fde2e2}}tr.ok td:first-child{{color:#1a7f37}}</style></head><body>
 <h1>Data validation: {html.escape(report.dataset)}</h1>
-<p><b>{'PASSED' if report.success else 'FAILED'}</b> &mdash; {s['expectations']} expectations, {s['failed']} failed,
-{s['n_samples']} samples, {s['seconds']} s (Great Expectations suites built from dataset.yaml)</p>
+<p><b>{"PASSED" if report.success else "FAILED"}</b> &mdash; {s["expectations"]} expectations, {s["failed"]} failed,
+{s["n_samples"]} samples, {s["seconds"]} s (Great Expectations suites built from dataset.yaml)</p>
 <table><tr><th></th><th>file</th><th>column</th><th>expectation</th><th>result</th><th>examples</th></tr>
 {rows}</table></body></html>
 """

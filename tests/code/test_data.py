@@ -55,7 +55,12 @@ def test_generator_task_structure():
 def test_contract_round_trip(tmp_path):
     spec, samples, series, frames = make_moving_digits(SMALL)
     folder = write_dataset(tmp_path / "moving-digits", spec, samples, series, frames)
-    assert sorted(p.name for p in folder.iterdir()) == ["dataset.yaml", "frames.npy", "samples.parquet", "series.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "dataset.yaml",
+        "frames.npy",
+        "samples.parquet",
+        "series.parquet",
+    ]
     spec2 = load_spec(folder)
     assert spec2 == spec
     pd.testing.assert_frame_equal(read_parquet(folder, "samples.parquet", spec.name), samples)

@@ -8,8 +8,17 @@ B, T, C, F, H, W = 3, 16, 4, 4, 32, 32
 
 
 def config(**kw) -> STFNConfig:
-    base = dict(series_channels=C, frame_channels=1, frame_size=(H, W), frame_steps=[3, 7, 11, 15], steps=T,
-                n_outputs=10, dim=16, mfb_factor=2, attention_hidden=16)
+    base = dict(
+        series_channels=C,
+        frame_channels=1,
+        frame_size=(H, W),
+        frame_steps=[3, 7, 11, 15],
+        steps=T,
+        n_outputs=10,
+        dim=16,
+        mfb_factor=2,
+        attention_hidden=16,
+    )
     return STFNConfig(**{**base, **kw})
 
 

@@ -2,19 +2,25 @@
 
 import uuid
 
-import mlflow
 import mlflow.pyfunc
 import pytest
-from mlflow import MlflowClient
 
+import mlflow
+from mlflow import MlflowClient
 from stfn import tracking
 from stfn.evaluation import is_better
 
 
 @pytest.mark.parametrize(
     "metric,challenger,champion,margin,expected",
-    [("accuracy", 0.91, 0.90, 0.0, True), ("accuracy", 0.90, 0.90, 0.0, False), ("accuracy", 0.905, 0.90, 0.01, False),
-     ("mae", 1.0, 1.2, 0.0, True), ("mae", 1.3, 1.2, 0.0, False), ("mae", 1.15, 1.2, 0.1, False)],
+    [
+        ("accuracy", 0.91, 0.90, 0.0, True),
+        ("accuracy", 0.90, 0.90, 0.0, False),
+        ("accuracy", 0.905, 0.90, 0.01, False),
+        ("mae", 1.0, 1.2, 0.0, True),
+        ("mae", 1.3, 1.2, 0.0, False),
+        ("mae", 1.15, 1.2, 0.1, False),
+    ],
 )
 def test_gate_knows_each_metrics_direction(metric, challenger, champion, margin, expected):
     assert is_better(metric, challenger, champion, margin) is expected

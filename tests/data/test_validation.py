@@ -69,7 +69,8 @@ def value_out_of_bounds(d):
 def missing_steps(d):
     s = _series(d)
     s.drop(index=s.index[(s["sample_id"] == s["sample_id"].iloc[0]) & (s["step"] == 5)]).to_parquet(
-        d / "series.parquet", index=False)
+        d / "series.parquet", index=False
+    )
     return "series.parquet", "n_steps", "every sample has exactly T steps"
 
 
@@ -97,8 +98,20 @@ def unknown_yaml_key(d):
     return "dataset.yaml", "colour", "unknown key"
 
 
-CORRUPTIONS = [nan_channel, missing_column, duplicate_id, label_out_of_range, wrong_frame_shape, truncated_frames,
-               value_out_of_bounds, missing_steps, id_only_in_series, pickled_frames, not_parquet, unknown_yaml_key]
+CORRUPTIONS = [
+    nan_channel,
+    missing_column,
+    duplicate_id,
+    label_out_of_range,
+    wrong_frame_shape,
+    truncated_frames,
+    value_out_of_bounds,
+    missing_steps,
+    id_only_in_series,
+    pickled_frames,
+    not_parquet,
+    unknown_yaml_key,
+]
 
 
 def test_clean_dataset_passes(tiny_dataset, tmp_path):
@@ -123,8 +136,9 @@ def test_corruption_is_caught_and_named(corrupt, dataset_copy, tmp_path):
 def test_cli_validate_exits_non_zero_with_a_readable_message(corrupt, dataset_copy, tmp_path):
     file, column, _ = corrupt(dataset_copy)
     stfn = Path(sys.executable).with_name("stfn")
-    proc = subprocess.run([str(stfn), "validate", str(dataset_copy)], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=300)
+    proc = subprocess.run(
+        [str(stfn), "validate", str(dataset_copy)], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert file in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     if column:

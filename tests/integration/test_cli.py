@@ -49,8 +49,12 @@ def test_ingest_copies_validates_and_tracks_with_dvc(project, tiny_dataset):
     proc = run(project, STFN, "ingest", str(src))
     assert proc.returncode == 0, proc.stderr
     target = project / "data" / "raw" / "my-digits"
-    assert sorted(p.name for p in target.iterdir()) == ["dataset.yaml", "frames.npy", "samples.parquet",
-                                                        "series.parquet"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "dataset.yaml",
+        "frames.npy",
+        "samples.parquet",
+        "series.parquet",
+    ]
     assert (project / "data" / "raw" / "my-digits.dvc").is_file()
     assert "stfn run --dataset my-digits" in proc.stdout
     again = run(project, STFN, "ingest", str(src))

@@ -13,8 +13,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
-    "prepare.moving_digits.n_train": 160, "prepare.moving_digits.n_val": 48, "prepare.moving_digits.n_test": 48,
-    "train.epochs": 2, "train.batch_size": 32, "model.dim": 16, "model.attention_hidden": 16,
+    "prepare.moving_digits.n_train": 160,
+    "prepare.moving_digits.n_val": 48,
+    "prepare.moving_digits.n_test": 48,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "model.dim": 16,
+    "model.attention_hidden": 16,
 }
 
 
@@ -37,8 +42,19 @@ def test_flow_end_to_end_registers_and_gates(tmp_path):
     tiny_params(tmp_path / "params.yaml")
     first = training_pipeline(root=str(tmp_path))
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert set(metrics) >= {"dataset", "task", "model", "test", "val", "n_train", "n_test", "train_seconds",
-                            "mlflow_run_id", "registered_version", "promoted"}
+    assert set(metrics) >= {
+        "dataset",
+        "task",
+        "model",
+        "test",
+        "val",
+        "n_train",
+        "n_test",
+        "train_seconds",
+        "mlflow_run_id",
+        "registered_version",
+        "promoted",
+    }
     assert metrics["mlflow_run_id"] == first["mlflow_run_id"] and metrics["promoted"] is True
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["n_train"] == 160
     client = MlflowClient()
@@ -67,7 +83,8 @@ def test_flow_end_to_end_registers_and_gates(tmp_path):
     ids = samples["sample_id"].iloc[:5]
     series = series_array(read_parquet(folder, "series.parquet", spec.name), ids, spec)
     probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
-        {"series": series, "frames": np.asarray(open_frames(folder, spec)[:5])})
+        {"series": series, "frames": np.asarray(open_frames(folder, spec)[:5])}
+    )
     assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
     # a second run cannot beat the champion by an impossible margin: registered, not promoted
@@ -84,7 +101,6 @@ def test_flow_end_to_end_registers_and_gates(tmp_path):
 def test_flow_refuses_invalid_data_and_registers_nothing(tmp_path, tiny_dataset):
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
-
     from stfn.errors import DataValidationError
 
     bad = tmp_path / "data" / "raw" / "broken-set"
