@@ -66,6 +66,12 @@ def register(
     return stages.register(params, paths, run_id, evaluation, lineage)
 
 
+@task(name="dvc-commit", cache_policy=NONE)
+def record_versions(params: Params, paths: Paths) -> str:
+    """Record the outputs in dvc.lock and push them (when the run used params.yaml as is)."""
+    return stages.record_versions(params, paths)
+
+
 @flow(name="training-pipeline")
 def training_pipeline(overrides: list[str] | None = None, root: str | None = None) -> dict[str, Any]:
     """validate -> featurize -> train -> evaluate -> register, for `params.yaml` + overrides."""
@@ -85,6 +91,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         tracking.end_run(run["run_id"], "FAILED")
         raise
     tracking.end_run(run["run_id"])
+    dvc_outputs = record_versions(params, paths)
     return {
         "dataset": stages.dataset_name(params, paths),
         "dataset_folder": prepared["folder"],
@@ -96,6 +103,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "metrics": evaluation["metrics"],
         "train_seconds": trained["train_seconds"],
         "epochs_run": trained["epochs_run"],
+        "dvc": f"{prepared['dvc']}; {dvc_outputs}",
         **registered,
     }
 

@@ -14,6 +14,7 @@ os.environ.update(
     {
         "PREFECT_HOME": str(_STATE / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",  # no INFO lines into closed capture streams at exit
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "MLFLOW_TRACKING_URI": f"sqlite:///{_STATE / 'mlflow' / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -22,6 +23,7 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         "MPLBACKEND": "Agg",
         "GIT_PYTHON_REFRESH": "quiet",
+        "STFN_TEST_STATE": str(_STATE),
     }
 )
 os.environ.pop("PREFECT_API_URL", None)

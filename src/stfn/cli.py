@@ -96,18 +96,12 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
     table.add_row("test metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["test"].items()))
     table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
     table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
-    before = (
-        f" (champion was v{r['champion_before']}: {r['champion_value_before']:.4f})"
-        if r.get("champion_value_before") is not None
-        else ""
-    )
     table.add_row("registered", f"{r['registered_model']} version {r['version']} @challenger")
-    table.add_row(
-        "decision", ("PROMOTED to @champion: " if r["promoted"] else "kept the champion: ") + r["reason"] + before
-    )
+    table.add_row("decision", ("PROMOTED to @champion: " if r["promoted"] else "kept the champion: ") + r["reason"])
     table.add_row("MLflow run", f"{r['mlflow_run_id']}  (experiment '{r['experiment']}', {r['tracking_uri']})")
     table.add_row("Prefect flow run", r["flow_run_id"])
     table.add_row("metrics file", str(root / "reports" / "metrics.json"))
+    table.add_row("DVC", r.get("dvc", ""))
     console.print(table)
     if r["tracking_uri"].startswith("sqlite:"):
         console.print(
@@ -181,20 +175,21 @@ def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>
 
     tracking.configure(Paths(root).mlflow_dir)
     rows = _guard(tracking.list_versions, tracking.model_name(dataset) if dataset else None)
-    table = Table(title="Registered models")
-    for col in ("model", "version", "aliases", "metric", "decision", "reason", "run id"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["name"],
-            r["version"],
-            ", ".join(r["aliases"]),
-            f"{r['metric']}={float(r['value']):.4f}" if r["value"] else "",
-            r["decision"] or "",
-            r["reason"] or "",
-            (r["run_id"] or "")[:12],
-        )
-    console.print(table if rows else "no registered models yet (run `stfn run`)")
+    if not rows:
+        console.print("no registered models yet (run `stfn run`)")
+        return
+    for name in dict.fromkeys(r["name"] for r in rows):
+        mine = [r for r in rows if r["name"] == name]
+        table = Table(title=name, title_justify="left")
+        for col in ("version", "aliases", "test metric", "decision", "MLflow run"):
+            table.add_column(col)
+        for r in mine:
+            metric = f"{r['metric']}={float(r['value']):.4f}" if r["value"] else ""
+            table.add_row(r["version"], ", ".join(r["aliases"]), metric, r["decision"] or "", r["run_id"] or "")
+        console.print(table)
+        for r in mine:
+            if r["reason"]:
+                console.print(f"  v{r['version']}: {r['reason']}", highlight=False)
 
 
 @app.command()

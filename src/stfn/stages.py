@@ -69,6 +69,26 @@ def prepare(params: Params, paths: Paths, force: bool = False, progress: Progres
     return data_mod.write_dataset(folder, spec, samples, series, frames)
 
 
+def _matches_dvc_yaml(params: Params, paths: Paths) -> bool:
+    """Do these parameters equal `params.yaml` (what `dvc.yaml`'s stages run with)?"""
+    from stfn.config import load_params
+
+    return params == load_params(paths.root / "params.yaml")
+
+
+def record_versions(params: Params, paths: Paths) -> str:
+    """After a flow run in a DVC repo with the parameters of `params.yaml`: `dvc commit` the
+    validate..evaluate outputs (made by the same functions `dvc repro` calls) and push them."""
+    from stfn import versioning
+
+    if not versioning.is_dvc_repo(paths.root):
+        return "skipped (not a DVC repo)"
+    if not _matches_dvc_yaml(params, paths):
+        return "skipped (run parameters differ from params.yaml: outputs not recorded in dvc.lock)"
+    result = versioning.commit(paths.root, ["validate", "featurize", "train", "evaluate"])
+    return "outputs recorded in dvc.lock" + (" and pushed to the DVC remote" if result["pushed"] else "")
+
+
 def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = None) -> dict[str, Any]:
     """`prepare`, through DVC when it can be: in a DVC repo, for the built-in dataset that
     `dvc.yaml` declares with the parameters of `params.yaml`, run `dvc repro prepare` (it skips

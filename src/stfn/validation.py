@@ -272,7 +272,7 @@ def _describe(table: str, r: Any) -> dict:
     elif "unexpected_count" in result:
         n = result.get("unexpected_count", 0)
         pct = result.get("unexpected_percent")
-        detail = f"{n} unexpected value{'s' * (n != 1)}" + (f" ({pct:.2f}% of non-null)" if pct is not None else "")
+        detail = f"{n} unexpected value{'s' * (n != 1)}" + (f" ({pct:.2f}%)" if pct is not None else "")
         idx = result.get("unexpected_index_list") or []
         if idx and isinstance(idx[0], dict):
             examples = [_plain({k: v for k, v in row.items()}) for row in idx[:5]]

@@ -31,7 +31,12 @@ def dvc(root: Path, *args: str, timeout: float = 600) -> str:
     """Run `dvc ARGS` in `root` (the dvc of this Python environment) and return its output."""
     exe = Path(sys.executable).with_name("dvc")
     cmd = [str(exe) if exe.exists() else "dvc", *args]
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    # stage commands (`python -m stfn ...`) must find this environment's python first
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise DvcError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}".strip())
@@ -68,3 +73,15 @@ def reproduce(root: Path, stage: str, push: bool = True) -> dict[str, str | bool
         pushed = True
     what = f"`dvc repro {stage}` ran the stage" if ran else f"`dvc repro {stage}`: unchanged, skipped"
     return {"ran": ran, "pushed": pushed, "output": what}
+
+
+def commit(root: Path, stages: list[str], push: bool = True) -> dict[str, bool]:
+    """`dvc commit -f STAGES`: record outputs that the same stage functions produced outside
+    `dvc repro` (the Prefect flow), so `dvc repro` has nothing left to do and `dvc push` can
+    send them to the remote."""
+    dvc(root, "commit", "--force", *stages)
+    pushed = False
+    if push and has_remote(root):
+        dvc(root, "push", *stages)
+        pushed = True
+    return {"committed": True, "pushed": pushed}

@@ -1,6 +1,8 @@
 """The promotion gate against a real MLflow store (SQLite in a temp folder)."""
 
+import os
 import uuid
+from pathlib import Path
 
 import mlflow.pyfunc
 import pytest
@@ -36,9 +38,13 @@ class Echo(mlflow.pyfunc.PythonModel):
         return model_input
 
 
+def _experiment() -> str:
+    # artifacts under the tests' temp store, never ./mlruns in the working directory
+    return tracking.experiment_id("gate-tests", Path(os.environ["STFN_TEST_STATE"]) / "mlflow")
+
+
 def _logged_model(client: MlflowClient) -> tuple[str, str]:
-    exp = client.get_experiment_by_name("gate-tests") or client.get_experiment(client.create_experiment("gate-tests"))
-    run = client.create_run(exp.experiment_id)
+    run = client.create_run(_experiment())
     with mlflow.start_run(run_id=run.info.run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=["mlflow"])
     return run.info.run_id, info.model_uri
