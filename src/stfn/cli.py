@@ -63,7 +63,7 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebac
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    quiet_logs()
+    quiet_logs(debug)
 
 
 @app.command()

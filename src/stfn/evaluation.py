@@ -12,7 +12,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Each metric's direction, declared once; the promotion gate reads it.
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "r2": True, "mae": False, "rmse": False, "nll": False}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "macro_f1": True,
+    "r2": True,
+    "pointing": True,
+    "mae": False,
+    "rmse": False,
+    "nll": False,
+    "ece": False,
+    "brier": False,
+}
 PRIMARY_METRIC = {"classification": "accuracy", "regression": "mae"}
 
 
@@ -55,6 +65,52 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
         ],
         "confusion_matrix": cm.tolist(),
     }
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error (equal-width confidence bins), Brier score, and the
+    reliability table (per bin: mean confidence, accuracy, count)."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            gap = abs(conf[m].mean() - correct[m].mean())
+            ece += m.mean() * gap
+            table.append(
+                {
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "confidence": float(conf[m].mean()),
+                    "accuracy": float(correct[m].mean()),
+                    "count": int(m.sum()),
+                }
+            )
+    onehot = np.eye(probs.shape[1])[labels]
+    return {"ece": float(ece), "brier": float(((probs - onehot) ** 2).sum(axis=1).mean()), "reliability": table}
+
+
+def pointing_score(
+    attention: np.ndarray,
+    frame: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    frame_size: tuple[int, int],
+    box: int = 8,
+) -> float:
+    """Share of samples whose highest-attention (frame, cell) is at the trigger frame and whose
+    cell overlaps the trigger digit's box. attention (S, F, h, w); row/col: the box's top-left px."""
+    s, f, gh, gw = attention.shape
+    flat = attention.reshape(s, -1).argmax(axis=1)
+    k, cell = np.divmod(flat, gh * gw)
+    ci, cj = np.divmod(cell, gw)
+    ch, cw = frame_size[0] / gh, frame_size[1] / gw
+    overlap_r = (ci * ch < row + box) & (row < (ci + 1) * ch)
+    overlap_c = (cj * cw < col + box) & (col < (cj + 1) * cw)
+    return float(((k == frame) & overlap_r & overlap_c).mean())
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
@@ -136,6 +192,32 @@ def plot_training_curves(history: list[dict[str, float]], path: Path) -> Path:
     axes[1].set_title("validation metric")
     axes[1].set_xlabel("epoch")
     axes[1].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(table: list[dict[str, Any]], ece: float, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], color="k", lw=1, ls="--", label="perfectly calibrated")
+    mids = [(r["lo"] + r["hi"]) / 2 for r in table]
+    ax.bar(mids, [r["accuracy"] for r in table], width=1 / 15, alpha=0.7, edgecolor="k", label="accuracy")
+    ax.plot(
+        [r["confidence"] for r in table],
+        [r["accuracy"] for r in table],
+        "o",
+        color="C3",
+        label="(confidence, accuracy)",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (test), ECE = {ece:.3f}")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

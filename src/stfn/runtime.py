@@ -34,10 +34,31 @@ def configure_environment(root: Path) -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
-def quiet_logs() -> None:
-    """Keep the terminal readable: no per-request HTTP lines, no known-harmless warnings."""
+class _NoTracebackForUserErrors:
+    """A logging filter: Prefect logs a failed task/flow with its traceback; for errors in the
+    user's input (bad data, bad parameters) the message alone says what to fix."""
+
+    def filter(self, record) -> bool:  # noqa: ANN001
+        from stfn.config import ConfigError
+        from stfn.errors import DataValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (DataValidationError, ConfigError)):
+            record.exc_info, record.exc_text = None, None
+            record.msg = str(record.msg).split(":", 1)[0] + f": {type(exc).__name__} (details below)"
+            record.args = ()
+        return True
+
+
+def quiet_logs(debug: bool = False) -> None:
+    """Keep the terminal readable: no per-request HTTP lines, no known-harmless warnings, no
+    tracebacks for bad input unless `debug`."""
     import logging
     import warnings
+
+    if not debug:
+        for name in ("prefect.task_runs", "prefect.flow_runs"):
+            logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
 
     for name in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils", "great_expectations"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -204,7 +204,11 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         out, att = predict_arrays(model, fs.series[rows], fs.frames[rows])
         y = fs.labels[rows]
         if spec.task == "classification":
-            results[split] = ev.classification_metrics(y, ev.softmax(out), spec.target.classes or [])
+            probs = ev.softmax(out)
+            results[split] = ev.classification_metrics(y, probs, spec.target.classes or [])
+            cal = ev.calibration(y, probs)
+            results[split]["metrics"].update(ece=cal["ece"], brier=cal["brier"])
+            results[split]["reliability"] = cal["reliability"]
         else:
             st = fs.stats
             results[split] = ev.regression_metrics(
@@ -219,6 +223,19 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
             results["test"]["confusion_matrix"], spec.target.classes or [], plots / "confusion_matrix.png"
         )
         write_json(paths.reports / "per_class.json", results["test"]["per_class"])
+        files["reliability"] = ev.plot_reliability(
+            results["test"]["reliability"], results["test"]["metrics"]["ece"], plots / "reliability.png"
+        )
+        meta = data_mod.read_parquet(paths.dataset_dir(params.data.dataset), data_mod.SAMPLES_FILE, name)
+        if {"trigger_frame", "trigger_row", "trigger_col"} <= set(meta.columns):  # moving-digits metadata
+            m = meta.iloc[test_rows]
+            results["test"]["metrics"]["pointing"] = ev.pointing_score(
+                test_att,
+                m["trigger_frame"].to_numpy(),
+                m["trigger_row"].to_numpy(),
+                m["trigger_col"].to_numpy(),
+                (spec.frames.height, spec.frames.width),
+            )
     else:
         st = fs.stats
         files["predicted_vs_actual"] = ev.plot_predicted_vs_actual(

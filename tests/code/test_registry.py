@@ -89,3 +89,28 @@ def test_register_twice_for_one_run_makes_one_version():
 
 def test_scrub_uri_hides_passwords():
     assert tracking.scrub_uri("postgresql://stfn:s3cret@db:5432/mlflow") == "postgresql://stfn:***@db:5432/mlflow"
+
+
+def test_calibration_of_perfect_and_overconfident_predictions():
+    import numpy as np
+
+    from stfn.evaluation import calibration
+
+    labels = np.array([0, 1, 2, 0])
+    perfect = np.eye(3)[labels]
+    assert calibration(labels, perfect)["ece"] == 0.0 and calibration(labels, perfect)["brier"] == 0.0
+    wrong = np.eye(3)[[1, 2, 0, 1]]  # confident and always wrong
+    cal = calibration(labels, wrong)
+    assert abs(cal["ece"] - 1.0) < 1e-9 and abs(cal["brier"] - 2.0) < 1e-9
+
+
+def test_pointing_score_checks_frame_and_cell_overlap():
+    import numpy as np
+
+    from stfn.evaluation import pointing_score
+
+    att = np.zeros((2, 3, 4, 4))
+    att[0, 1, 2, 3] = 1.0  # frame 1, cell rows 16-23, cols 24-31
+    att[1, 0, 0, 0] = 1.0  # frame 0, but the digit is at frame 2
+    frame, row, col = np.array([1, 2]), np.array([18, 0]), np.array([20, 0])
+    assert pointing_score(att, frame, row, col, (32, 32)) == 0.5

@@ -65,7 +65,13 @@ def test_flow_end_to_end_registers_and_gates(tmp_path):
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/confusion_matrix.png", "plots/training_curves.png", "plots/attention.png"} <= artifacts
+    assert {
+        "plots/confusion_matrix.png",
+        "plots/training_curves.png",
+        "plots/attention.png",
+        "plots/reliability.png",
+    } <= artifacts
+    assert {"ece", "brier", "nll", "pointing"} <= set(metrics["test"]) and 0 <= metrics["test"]["pointing"] <= 1
     name = "stfn-moving-digits"
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == str(first["version"]) and champion.tags["decision"] == "promoted"
