@@ -32,6 +32,7 @@ os.environ.pop("STFN_PROJECT_ROOT", None)
 (_STATE / "mlflow").mkdir(parents=True, exist_ok=True)
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from stfn.config import MovingDigitsParams  # noqa: E402
 from stfn.data import make_moving_digits, write_dataset  # noqa: E402
@@ -62,3 +63,31 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
     dst = tmp_path / "moving-digits"
     shutil.copytree(tiny_dataset, dst)
     return dst
+
+
+TINY_OVERRIDES = {
+    "prepare.moving_digits.n_train": 160,
+    "prepare.moving_digits.n_val": 48,
+    "prepare.moving_digits.n_test": 48,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "model.dim": 16,
+    "model.attention_hidden": 16,
+}
+
+
+@pytest.fixture(scope="session")
+def write_tiny_params():
+    """Write the repo's params.yaml with a tiny dataset and model to a path, plus extra keys."""
+
+    def write(path: Path, **extra) -> None:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        for key, value in {**TINY_OVERRIDES, **extra}.items():
+            node = params
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    return write

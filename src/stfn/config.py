@@ -54,7 +54,8 @@ class PrepareParams(_Section):
 class ModelParams(_Section):
     spatial_encoder: Literal["cnn"] = "cnn"
     temporal_encoder: Literal["lstm", "gru"] = "lstm"
-    alignment: Literal["mfb"] = "mfb"
+    alignment: Literal["mfb", "film", "gmu", "bilinear"] = "mfb"
+    variant: Literal["stfn", "time_only", "space_only", "late_concat"] = "stfn"
     dim: int = Field(64, ge=4)
     mfb_factor: int = Field(4, ge=1)
     attention_hidden: int = Field(64, ge=4)

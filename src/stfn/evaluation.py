@@ -225,6 +225,31 @@ def plot_reliability(table: list[dict[str, Any]], ece: float, path: Path) -> Pat
     return path
 
 
+def plot_ablation(models: dict[str, dict[str, Any]], metric: str, path: Path) -> Path:
+    """Bar chart of each model's mean test metric over seeds, with the std as error bars."""
+    plt = _plt()
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    means = [models[n]["mean"] for n in names]
+    ax.bar(
+        names,
+        means,
+        yerr=[models[n]["std"] for n in names],
+        capsize=6,
+        color=["C3" if n == "stfn" else "C0" for n in names],
+    )
+    for i, n in enumerate(names):
+        ax.scatter([i] * len(models[n]["seeds"]), models[n]["seeds"], color="k", s=10, zorder=3)
+        ax.text(i, means[i], f"{means[i]:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Ablation: mean ± std over {len(models[names[0]]['seeds'])} seeds (dots: seeds)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_predicted_vs_actual(y: np.ndarray, pred: np.ndarray, unit: str | None, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 5))

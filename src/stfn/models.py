@@ -38,7 +38,8 @@ class STFNConfig:
     dropout: float = 0.1
     temporal_encoder: str = "lstm"  # lstm | gru
     spatial_encoder: str = "cnn"
-    alignment: str = "mfb"
+    alignment: str = "mfb"  # mfb | film | gmu | bilinear
+    variant: str = "stfn"  # stfn | time_only | space_only | late_concat (ablation baselines)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -113,6 +114,64 @@ class BilinearAlignment(nn.Module):
         return self.norm(z)
 
 
+class FiLMAlignment(nn.Module):
+    """Feature-wise modulation of each cell by its frame's temporal state (the seed design's
+    "weighted average"): Z = LN((1 + gamma(h)) * f + beta(h))."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma_beta = nn.Linear(dim, 2 * dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.gamma_beta(h)[:, :, None, :].chunk(2, dim=-1)  # (B, F, 1, D) each
+        return self.norm((1 + gamma) * f + beta)
+
+
+class GatedAlignment(nn.Module):
+    """Gated multimodal unit (GMU): a learned per-feature gate averages the two modalities,
+    Z = LN(g * tanh(W_h h) + (1 - g) * tanh(W_f f)), g = sigmoid(W_g [h; f])."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.wh, self.wf = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.gate = nn.Linear(2 * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        h = h[:, :, None, :].expand_as(f)  # (B, F, N, D)
+        g = torch.sigmoid(self.gate(torch.cat([h, f], dim=-1)))
+        return self.norm(g * torch.tanh(self.wh(h)) + (1 - g) * torch.tanh(self.wf(f)))
+
+
+class FullBilinearAlignment(nn.Module):
+    """Full bilinear product z_o = h^T W_o f (D^3 weights: for small D only)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(dim, dim, dim) / dim)
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        hw = torch.einsum("bfi,oij->bfoj", h, self.weight)  # (B, F, D_out, D): h first, cheaper
+        return self.norm(torch.einsum("bfoj,bfnj->bfno", hw, f) + self.bias)
+
+
+def build_alignment(kind: str, dim: int, factor: int) -> nn.Module:
+    if kind == "mfb":
+        return BilinearAlignment(dim, factor)
+    if kind == "film":
+        return FiLMAlignment(dim)
+    if kind == "gmu":
+        return GatedAlignment(dim)
+    if kind == "bilinear":
+        if dim > 96:
+            raise ValueError(f"model.alignment 'bilinear' keeps D^3 weights: model.dim {dim} is too large (<= 96)")
+        return FullBilinearAlignment(dim)
+    raise ValueError(f"unknown model.alignment '{kind}' (mfb | film | gmu | bilinear)")
+
+
 class AttentionPooling(nn.Module):
     """Gated attention pooling: alpha ∝ exp(w^T (tanh(V z) ⊙ sigmoid(U z)) + bias)."""
 
@@ -142,13 +201,11 @@ class STFN(nn.Module):
         d = cfg.dim
         self.temporal = TemporalEncoder(cfg.series_channels, d, cfg.temporal_encoder)
         self.spatial = SpatialEncoder(cfg.frame_channels, d, tuple(cfg.frame_size))
-        self.align = BilinearAlignment(d, cfg.mfb_factor)
+        self.align = build_alignment(cfg.alignment, d, cfg.mfb_factor)
         self.value_norm = nn.LayerNorm(d)
         self.frame_bias = nn.Linear(d, 1)
         self.pool = AttentionPooling(d, cfg.attention_hidden)
-        self.head = nn.Sequential(
-            nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.n_outputs)
-        )
+        self.head = _head(d, d, cfg.n_outputs, cfg.dropout)
         self.register_buffer("frame_steps", torch.as_tensor(cfg.frame_steps, dtype=torch.long), persistent=False)
 
     def fuse(self, series: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,10 +229,84 @@ class STFN(nn.Module):
         return {"output": out, "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw)}
 
 
-def build_model(cfg: STFNConfig, seed: int | None = None) -> STFN:
+def _head(d_in: int, d: int, n_out: int, dropout: float, hidden_layers: int = 1) -> nn.Sequential:
+    """LayerNorm -> (Linear -> GELU) x hidden_layers -> Dropout -> Linear. The one-branch
+    baselines use 2 hidden layers so that their size stays within 2x of STFN's."""
+    layers: list[nn.Module] = [nn.LayerNorm(d_in)]
+    for i in range(hidden_layers):
+        layers += [nn.Linear(d_in if i == 0 else d, d), nn.GELU()]
+    return nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(d, n_out))
+
+
+class TimeOnly(nn.Module):
+    """Ablation: the series alone. TemporalEncoder -> gated attention over steps -> head."""
+
+    def __init__(self, cfg: STFNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.temporal = TemporalEncoder(cfg.series_channels, cfg.dim, cfg.temporal_encoder)
+        self.pool = AttentionPooling(cfg.dim, cfg.attention_hidden)
+        self.head = _head(cfg.dim, 2 * cfg.dim, cfg.n_outputs, cfg.dropout, hidden_layers=2)
+
+    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.temporal(series)  # (B, T, D)
+        pooled, alpha = self.pool(h, h)
+        return {"output": self.head(pooled), "time_attention": alpha}
+
+
+class SpaceOnly(nn.Module):
+    """Ablation: the frames alone. SpatialEncoder -> gated attention over F*N cells -> head."""
+
+    def __init__(self, cfg: STFNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.spatial = SpatialEncoder(cfg.frame_channels, cfg.dim, tuple(cfg.frame_size))
+        self.pool = AttentionPooling(cfg.dim, cfg.attention_hidden)
+        self.head = _head(cfg.dim, 2 * cfg.dim, cfg.n_outputs, cfg.dropout, hidden_layers=2)
+
+    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        fm = rearrange(self.spatial(frames), "b f n d -> b (f n) d")
+        pooled, alpha = self.pool(fm, fm)
+        gh, gw = self.spatial.grid
+        return {"output": self.head(pooled), "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw)}
+
+
+class LateConcat(nn.Module):
+    """Ablation: late fusion. Pooled H || pooled frame features -> MLP head; the two branches
+    never see each other before pooling, so *when* cannot select *where*."""
+
+    def __init__(self, cfg: STFNConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.temporal = TemporalEncoder(cfg.series_channels, d, cfg.temporal_encoder)
+        self.spatial = SpatialEncoder(cfg.frame_channels, d, tuple(cfg.frame_size))
+        self.time_pool = AttentionPooling(d, cfg.attention_hidden)
+        self.space_pool = AttentionPooling(d, cfg.attention_hidden)
+        self.head = _head(2 * d, 2 * d, cfg.n_outputs, cfg.dropout)
+
+    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.temporal(series)
+        fm = rearrange(self.spatial(frames), "b f n d -> b (f n) d")
+        ph, _ = self.time_pool(h, h)
+        pf, alpha = self.space_pool(fm, fm)
+        gh, gw = self.spatial.grid
+        return {
+            "output": self.head(torch.cat([ph, pf], dim=-1)),
+            "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw),
+        }
+
+
+VARIANTS = {"stfn": STFN, "time_only": TimeOnly, "space_only": SpaceOnly, "late_concat": LateConcat}
+
+
+def build_model(cfg: STFNConfig, seed: int | None = None) -> nn.Module:
+    """The model `cfg.variant` names (STFN or an ablation baseline), seeded."""
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"unknown model.variant '{cfg.variant}' ({' | '.join(VARIANTS)})")
     if seed is not None:
         torch.manual_seed(seed)
-    return STFN(cfg)
+    return VARIANTS[cfg.variant](cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

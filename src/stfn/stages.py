@@ -184,11 +184,59 @@ def train(
 # --------------------------------------------------------------------------------------------- evaluate
 
 
+def model_label(params: Params) -> str:
+    m = params.model
+    if m.variant == "stfn":
+        return f"stfn ({m.spatial_encoder}+{m.temporal_encoder}, {m.alignment})"
+    return f"{m.variant} (ablation baseline)"
+
+
+def score_split(fs: Any, model: Any, split: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """Metrics of `model` on one split of a feature set, with its raw outputs and attention."""
+    from stfn import evaluation as ev
+    from stfn.training import predict_arrays
+
+    rows = fs.rows(split)
+    out, att = predict_arrays(model, fs.series[rows], fs.frames[rows])
+    y = fs.labels[rows]
+    if fs.spec.task == "classification":
+        probs = ev.softmax(out)
+        result = ev.classification_metrics(y, probs, fs.spec.target.classes or [])
+        cal = ev.calibration(y, probs)
+        result["metrics"].update(ece=cal["ece"], brier=cal["brier"])
+        result["reliability"] = cal["reliability"]
+    else:
+        st = fs.stats
+        result = ev.regression_metrics(
+            y * st["target_std"] + st["target_mean"], out[:, 0] * st["target_std"] + st["target_mean"]
+        )
+    return result, out, att
+
+
+def pointing_for(params: Params, paths: Paths, fs: Any, rows: np.ndarray, attention: np.ndarray | None) -> float | None:
+    """The pointing score when the dataset records where its trigger is (moving-digits)."""
+    from stfn import evaluation as ev
+
+    if attention is None:
+        return None
+    meta = data_mod.read_parquet(paths.dataset_dir(params.data.dataset), data_mod.SAMPLES_FILE, fs.spec.name)
+    if not {"trigger_frame", "trigger_row", "trigger_col"} <= set(meta.columns):
+        return None
+    m = meta.iloc[rows]
+    return ev.pointing_score(
+        attention,
+        m["trigger_frame"].to_numpy(),
+        m["trigger_row"].to_numpy(),
+        m["trigger_col"].to_numpy(),
+        (fs.spec.frames.height, fs.spec.frames.width),
+    )
+
+
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     """Evaluate the best checkpoint on val and test; writes reports/metrics.json and plots."""
     from stfn import evaluation as ev
     from stfn.features import load_features
-    from stfn.training import load_checkpoint, predict_arrays
+    from stfn.training import load_checkpoint
 
     name = dataset_name(params, paths)
     fs = load_features(paths.features_dir(name))
@@ -198,24 +246,10 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     spec = fs.spec
     plots = paths.reports / "plots"
     results: dict[str, Any] = {}
-    test_out = test_att = None
+    outputs: dict[str, tuple] = {}
     for split in ("val", "test"):
-        rows = fs.rows(split)
-        out, att = predict_arrays(model, fs.series[rows], fs.frames[rows])
-        y = fs.labels[rows]
-        if spec.task == "classification":
-            probs = ev.softmax(out)
-            results[split] = ev.classification_metrics(y, probs, spec.target.classes or [])
-            cal = ev.calibration(y, probs)
-            results[split]["metrics"].update(ece=cal["ece"], brier=cal["brier"])
-            results[split]["reliability"] = cal["reliability"]
-        else:
-            st = fs.stats
-            results[split] = ev.regression_metrics(
-                y * st["target_std"] + st["target_mean"], out[:, 0] * st["target_std"] + st["target_mean"]
-            )
-        if split == "test":
-            test_out, test_att = out, att
+        results[split], *outputs[split] = score_split(fs, model, split)
+    test_out, test_att = outputs["test"]
     test_rows = fs.rows("test")
     files = {"training_curves": ev.plot_training_curves(history["history"], plots / "training_curves.png")}
     if spec.task == "classification":
@@ -227,7 +261,9 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
             results["test"]["reliability"], results["test"]["metrics"]["ece"], plots / "reliability.png"
         )
         meta = data_mod.read_parquet(paths.dataset_dir(params.data.dataset), data_mod.SAMPLES_FILE, name)
-        if {"trigger_frame", "trigger_row", "trigger_col"} <= set(meta.columns):  # moving-digits metadata
+        if test_att is not None and {"trigger_frame", "trigger_row", "trigger_col"} <= set(
+            meta.columns
+        ):  # moving-digits metadata
             m = meta.iloc[test_rows]
             results["test"]["metrics"]["pointing"] = ev.pointing_score(
                 test_att,
@@ -250,13 +286,14 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         f"{fs.index['sample_id'].iloc[r]}\ny={fs.labels[r]} pred={p}"
         for r, p in zip(test_rows[:show], pred, strict=True)
     ]
-    files["attention"] = ev.plot_attention(
-        np.asarray(fs.frames[test_rows[:show]]), test_att[:show], titles, plots / "attention.png"
-    )
+    if test_att is not None:
+        files["attention"] = ev.plot_attention(
+            np.asarray(fs.frames[test_rows[:show]]), test_att[:show], titles, plots / "attention.png"
+        )
     metrics = {
         "dataset": name,
         "task": spec.task,
-        "model": f"stfn ({params.model.spatial_encoder}+{params.model.temporal_encoder}, {params.model.alignment})",
+        "model": model_label(params),
         "primary_metric": ev.PRIMARY_METRIC[spec.task],
         "test": results["test"]["metrics"],
         "val": results["val"]["metrics"],
@@ -381,3 +418,94 @@ def register(
         "champion_before": decision.champion_version,
         "champion_value_before": decision.champion_value,
     }
+
+
+# --------------------------------------------------------------------------------------------- ablate
+
+ABLATION_VARIANTS = ("stfn", "time_only", "space_only", "late_concat")
+
+
+def ablate(
+    params: Params,
+    paths: Paths,
+    seeds: list[int],
+    variants: tuple[str, ...] = ABLATION_VARIANTS,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Train STFN and each ablation baseline over `seeds` on the same features and split (same
+    training code), score them on test, log each as a child MLflow run under one parent, and write
+    reports/ablation.json plus a bar chart with error bars."""
+    from stfn import evaluation as ev
+    from stfn import tracking
+    from stfn.features import load_features
+    from stfn.training import fit
+
+    name = dataset_name(params, paths)
+    fs = load_features(paths.features_dir(name))
+    metric = ev.PRIMARY_METRIC[fs.spec.task]
+    parent = None
+    if track:
+        tracking.configure(paths.mlflow_dir)
+        parent = tracking.start_run(
+            name,
+            paths.mlflow_dir,
+            run_name=f"ablation-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"kind": "ablation", "dataset": name, "params_hash": params.digest()},
+        )
+        tracking.log_params(parent, {"seeds": seeds, "variants": list(variants), **params.model_dump(mode="json")})
+    models: dict[str, dict[str, Any]] = {}
+    try:
+        for variant in variants:
+            rows = []
+            for seed in seeds:
+                p = params.model_copy(update={"model": params.model.model_copy(update={"variant": variant})})
+                out_dir = paths.model_dir(name) / "ablation" / f"{variant}-seed{seed}"
+                result = fit(fs, p.model, p.train, seed, out_dir)
+                test, _, att = score_split(fs, result.model, "test")
+                row = {
+                    "variant": variant,
+                    "seed": seed,
+                    **test["metrics"],
+                    "train_seconds": round(result.seconds, 1),
+                    "n_parameters": sum(q.numel() for q in result.model.parameters()),
+                }
+                pointing = pointing_for(params, paths, fs, fs.rows("test"), att)
+                if pointing is not None:
+                    row["pointing"] = pointing
+                rows.append(row)
+                if parent:
+                    child = tracking.start_run(
+                        name,
+                        paths.mlflow_dir,
+                        run_name=f"{variant}-seed{seed}",
+                        tags={"mlflow.parentRunId": parent, "kind": "ablation", "variant": variant},
+                    )
+                    tracking.log_params(child, {"variant": variant, "seed": seed})
+                    tracking.log_metrics(
+                        child, {f"test_{k}": v for k, v in row.items() if k not in ("variant", "seed")}
+                    )
+                    tracking.end_run(child)
+                if on_result:
+                    on_result(row)
+            values = np.array([r[metric] for r in rows])
+            models[variant] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "seeds": [float(v) for v in values],
+                "runs": rows,
+            }
+    except BaseException:
+        if parent:
+            tracking.end_run(parent, "FAILED")
+        raise
+    report = {"dataset": name, "metric": metric, "seeds": seeds, "models": models}
+    write_json(paths.reports / "ablation.json", report)
+    chart = ev.plot_ablation(models, metric, paths.reports / "plots" / "ablation.png")
+    if parent:
+        tracking.log_metrics(parent, {f"{v}_{metric}_mean": m["mean"] for v, m in models.items()})
+        tracking.log_artifact(parent, paths.reports / "ablation.json", "ablation")
+        tracking.log_artifact(parent, chart, "ablation")
+        tracking.end_run(parent)
+    report["mlflow_run_id"] = parent
+    return report

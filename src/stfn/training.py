@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from stfn.config import ModelParams, TrainParams
 from stfn.features import FeatureSet
 from stfn.fileio import atomic_path
-from stfn.models import STFN, STFNConfig, build_model
+from stfn.models import STFNConfig, build_model
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
         temporal_encoder=mp.temporal_encoder,
         spatial_encoder=mp.spatial_encoder,
         alignment=mp.alignment,
+        variant=mp.variant,
     )
 
 
@@ -96,9 +98,9 @@ def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def predict_arrays(
-    model: STFN, series: np.ndarray, frames: np.ndarray, batch_size: int = 256, device: torch.device | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Model outputs (logits or standardised values) and attention maps for feature arrays."""
+    model: nn.Module, series: np.ndarray, frames: np.ndarray, batch_size: int = 256, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model outputs (logits or standardised values) and attention maps (None without)."""
     device = device or next(model.parameters()).device
     model.eval()
     outs, atts = [], []
@@ -107,8 +109,9 @@ def predict_arrays(
         f = torch.as_tensor(np.asarray(frames[i : i + batch_size]), device=device)
         res = model(s, f)
         outs.append(res["output"].float().cpu().numpy())
-        atts.append(res["attention"].float().cpu().numpy())
-    return np.concatenate(outs), np.concatenate(atts)
+        if "attention" in res:  # (B, F, h, w); the time-only baseline has none
+            atts.append(res["attention"].float().cpu().numpy())
+    return np.concatenate(outs), (np.concatenate(atts) if atts else None)
 
 
 def score(task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -121,7 +124,7 @@ def score(task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 @dataclass
 class FitResult:
-    model: STFN
+    model: nn.Module
     config: STFNConfig
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
@@ -130,18 +133,18 @@ class FitResult:
     device: str = "cpu"
 
 
-def save_checkpoint(path: Path, model: STFN, extra: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any]) -> None:
     """Atomically write {config, state_dict, ...}; loadable with `weights_only=True`."""
     payload = {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[STFN, dict[str, Any]]:
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     payload = torch.load(path, map_location=device, weights_only=True)
     cfg = dict(payload["config"])
     cfg["frame_size"] = tuple(cfg["frame_size"])
-    model = STFN(STFNConfig(**cfg))
+    model = build_model(STFNConfig(**cfg))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload

@@ -28,8 +28,9 @@ def inputs(seed=0):
 
 
 @pytest.mark.parametrize("temporal", ["lstm", "gru"])
-def test_shapes_and_attention_sums_to_one(temporal):
-    model = build_model(config(temporal_encoder=temporal), seed=0).eval()
+@pytest.mark.parametrize("alignment", ["mfb", "film", "gmu", "bilinear"])
+def test_shapes_and_attention_sums_to_one(temporal, alignment):
+    model = build_model(config(temporal_encoder=temporal, alignment=alignment), seed=0).eval()
     s, f = inputs()
     out = model(s, f)
     assert out["output"].shape == (B, 10)
@@ -50,9 +51,10 @@ def test_same_seed_same_model_and_output():
     assert not torch.allclose(a(s, f)["output"], c(s, f)["output"])
 
 
-def test_alignment_never_reads_a_future_step():
+@pytest.mark.parametrize("alignment", ["mfb", "film", "gmu", "bilinear"])
+def test_alignment_never_reads_a_future_step(alignment):
     """Z of frame k must not change when series steps after frame k's step change."""
-    model = build_model(config(), seed=0).eval()
+    model = build_model(config(alignment=alignment), seed=0).eval()
     s, f = inputs()
     steps = config().frame_steps
     with torch.no_grad():
@@ -76,8 +78,9 @@ def test_missing_values_are_masked_not_propagated():
     assert not torch.allclose(model(s_zero, f)["output"][0], out[0])
 
 
-def test_gradient_reaches_both_encoders():
-    model = build_model(config(), seed=0)
+@pytest.mark.parametrize("alignment", ["mfb", "film", "gmu", "bilinear"])
+def test_gradient_reaches_both_encoders(alignment):
+    model = build_model(config(alignment=alignment), seed=0)
     s, f = inputs()
     model(s, f)["output"].sum().backward()
     for part in (model.temporal, model.spatial, model.align, model.pool):
@@ -89,3 +92,32 @@ def test_gradient_reaches_both_encoders():
 def test_parameter_count_is_reported():
     assert 1_000 < count_parameters(STFN(config())) < 1_000_000
     assert np.isfinite(count_parameters(STFN(config())))
+
+
+@pytest.mark.parametrize("variant", ["time_only", "space_only", "late_concat"])
+def test_ablation_baselines_shapes_and_size_matched(variant):
+    cfg = config(variant=variant, dim=64, attention_hidden=64, mfb_factor=4)
+    model = build_model(cfg, seed=0).eval()
+    out = model(*inputs())
+    assert out["output"].shape == (B, 10)
+    if variant != "time_only":
+        assert out["attention"].shape == (B, F, H // 8, W // 8)
+        torch.testing.assert_close(out["attention"].sum(dim=(1, 2, 3)), torch.ones(B))
+    stfn = count_parameters(build_model(config(dim=64, attention_hidden=64, mfb_factor=4)))
+    ratio = count_parameters(model) / stfn
+    assert 0.5 <= ratio <= 2.0, f"{variant} has {ratio:.2f}x the parameters of STFN"
+
+
+def test_time_only_ignores_the_frames_and_space_only_the_series():
+    s, f = inputs()
+    t = build_model(config(variant="time_only"), seed=0).eval()
+    torch.testing.assert_close(t(s, f)["output"], t(s, torch.zeros_like(f))["output"])
+    v = build_model(config(variant="space_only"), seed=0).eval()
+    torch.testing.assert_close(v(s, f)["output"], v(torch.zeros_like(s), f)["output"])
+
+
+def test_unknown_variant_and_too_wide_bilinear_are_clear_errors():
+    with pytest.raises(ValueError, match="model.variant"):
+        build_model(config(variant="magic"))
+    with pytest.raises(ValueError, match="too large"):
+        build_model(config(alignment="bilinear", dim=128))

@@ -12,34 +12,14 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {
-    "prepare.moving_digits.n_train": 160,
-    "prepare.moving_digits.n_val": 48,
-    "prepare.moving_digits.n_test": 48,
-    "train.epochs": 2,
-    "train.batch_size": 32,
-    "model.dim": 16,
-    "model.attention_hidden": 16,
-}
-
-
-def tiny_params(path: Path, **extra) -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in {**TINY, **extra}.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.mark.slow
-def test_flow_end_to_end_registers_and_gates(tmp_path):
+def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
 
-    tiny_params(tmp_path / "params.yaml")
+    write_tiny_params(tmp_path / "params.yaml")
     first = training_pipeline(root=str(tmp_path))
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert set(metrics) >= {
@@ -94,7 +74,7 @@ def test_flow_end_to_end_registers_and_gates(tmp_path):
     assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
     # a second run cannot beat the champion by an impossible margin: registered, not promoted
-    tiny_params(tmp_path / "params.yaml", **{"registry.min_improvement": 1.0})
+    write_tiny_params(tmp_path / "params.yaml", **{"registry.min_improvement": 1.0})
     second = training_pipeline(root=str(tmp_path))
     assert int(second["version"]) == int(first["version"]) + 1 and second["promoted"] is False
     assert str(client.get_model_version_by_alias(name, "champion").version) == str(first["version"])
@@ -104,7 +84,7 @@ def test_flow_end_to_end_registers_and_gates(tmp_path):
 
 
 @pytest.mark.slow
-def test_flow_refuses_invalid_data_and_registers_nothing(tmp_path, tiny_dataset):
+def test_flow_refuses_invalid_data_and_registers_nothing(tmp_path, tiny_dataset, write_tiny_params):
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
     from stfn.errors import DataValidationError
@@ -119,7 +99,7 @@ def test_flow_refuses_invalid_data_and_registers_nothing(tmp_path, tiny_dataset)
     s = pd.read_parquet(bad / "samples.parquet")
     s.loc[0, "label"] = 42
     s.to_parquet(bad / "samples.parquet", index=False)
-    tiny_params(tmp_path / "params.yaml", **{"data.dataset": "broken-set"})
+    write_tiny_params(tmp_path / "params.yaml", **{"data.dataset": "broken-set"})
     with pytest.raises(DataValidationError, match="label"):
         training_pipeline(root=str(tmp_path))
     assert not (tmp_path / "data" / "features" / "broken-set").exists()
@@ -127,13 +107,13 @@ def test_flow_refuses_invalid_data_and_registers_nothing(tmp_path, tiny_dataset)
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_the_stages_then_does_nothing(tmp_path):
+def test_dvc_repro_runs_the_stages_then_does_nothing(tmp_path, write_tiny_params):
     proj = tmp_path / "proj"
     proj.mkdir()
     for item in ("dvc.yaml", "src"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / item)
-    tiny_params(proj / "params.yaml")
+    write_tiny_params(proj / "params.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     dvc = str(Path(sys.executable).with_name("dvc"))
 

@@ -1,0 +1,34 @@
+"""`stfn ablate` machinery on a tiny dataset: same split, every model, nested MLflow runs."""
+
+import json
+
+import pytest
+import yaml
+
+
+@pytest.mark.slow
+def test_ablation_trains_every_model_over_seeds_and_logs_nested_runs(tmp_path, write_tiny_params):
+    from mlflow import MlflowClient
+    from stfn import stages
+    from stfn.config import Paths, load_params
+
+    write_tiny_params(tmp_path / "params.yaml", **{"train.epochs": 1})
+    params = load_params(tmp_path / "params.yaml")
+    paths = Paths(tmp_path)
+    stages.prepare(params, paths)
+    stages.validate(params, paths)
+    stages.featurize(params, paths)
+    seen = []
+    report = stages.ablate(params, paths, seeds=[0, 1], on_result=seen.append)
+    saved = json.loads((tmp_path / "reports" / "ablation.json").read_text())
+    assert saved["metric"] == "accuracy" and saved["dataset"] == "moving-digits"
+    assert set(saved["models"]) == {"stfn", "time_only", "space_only", "late_concat"}
+    for m in saved["models"].values():
+        assert len(m["seeds"]) == 2 and 0 <= m["mean"] <= 1 and m["std"] >= 0
+    assert (tmp_path / "reports" / "plots" / "ablation.png").stat().st_size > 1000
+    assert len(seen) == 8 and all("pointing" in r for r in seen if r["variant"] != "time_only")
+    client = MlflowClient()
+    parent = client.get_run(report["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 8 and all("test_accuracy" in c.data.metrics for c in children)
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["variant"] == "stfn"
