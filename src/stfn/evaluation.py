@@ -100,9 +100,11 @@ def pointing_score(
     col: np.ndarray,
     frame_size: tuple[int, int],
     box: int = 8,
+    tubelet: int = 1,
 ) -> float:
     """Share of samples whose highest-attention (frame, cell) is at the trigger frame and whose
-    cell overlaps the trigger digit's box. attention (S, F, h, w); row/col: the box's top-left px."""
+    cell overlaps the trigger digit's box. attention (S, F/tubelet, h, w); row/col: the box's
+    top-left px; with tubelets, attention step k covers frames [k*tubelet, (k+1)*tubelet)."""
     s, f, gh, gw = attention.shape
     flat = attention.reshape(s, -1).argmax(axis=1)
     k, cell = np.divmod(flat, gh * gw)
@@ -110,7 +112,7 @@ def pointing_score(
     ch, cw = frame_size[0] / gh, frame_size[1] / gw
     overlap_r = (ci * ch < row + box) & (row < (ci + 1) * ch)
     overlap_c = (cj * cw < col + box) & (col < (cj + 1) * cw)
-    return float(((k == frame) & overlap_r & overlap_c).mean())
+    return float(((k == frame // tubelet) & overlap_r & overlap_c).mean())
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:

@@ -40,6 +40,10 @@ class STFNConfig:
     spatial_encoder: str = "cnn"
     alignment: str = "mfb"  # mfb | film | gmu | bilinear
     variant: str = "stfn"  # stfn | time_only | space_only | late_concat (ablation baselines)
+    tubelet: int = 1  # spacetime patches: frames per tubelet (t)
+    patch: int = 8  # spacetime patches: pixels per side (p)
+    patch_depth: int = 2  # factorised transformer blocks after the patch embedding
+    heads: int = 4
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -83,6 +87,7 @@ class SpatialEncoder(nn.Module):
             nn.Conv2d(32, dim, 3, stride=2, padding=1),
         )
         self.grid = (h // 8, w // 8)
+        self.tubelet = 1  # one feature map per frame
         self.pos = nn.Parameter(torch.zeros(1, 1, self.grid[0] * self.grid[1], dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.norm = nn.LayerNorm(dim)
@@ -94,6 +99,100 @@ class SpatialEncoder(nn.Module):
         x = self.net(x.contiguous(memory_format=torch.channels_last))  # (B*F, D, h, w)
         x = rearrange(x, "(b f) d h w -> b f (h w) d", b=b)  # (B, F, N, D)
         return self.norm(F.gelu(x) + self.pos)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with `scaled_dot_product_attention`; (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} must be divisible by heads {heads}"
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, heads, L, D/heads)
+        return self.out(rearrange(y, "b h l d -> b l (h d)"))
+
+
+class FactorisedBlock(nn.Module):
+    """Space attention within each time slice, then time attention per grid cell (causal: a
+    token never sees later frames), then an MLP; pre-norm residuals. (B, T', N, D) -> same."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+        super().__init__()
+        self.norm_s, self.norm_t, self.norm_m = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.space, self.time = SelfAttention(dim, heads), SelfAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        s = self.space(rearrange(self.norm_s(x), "b t n d -> (b t) n d"))
+        x = x + rearrange(s, "(b t) n d -> b t n d", b=b)
+        t = self.time(rearrange(self.norm_t(x), "b t n d -> (b n) t d"), causal=True)
+        x = x + rearrange(t, "(b n) t d -> b t n d", b=b)
+        return x + self.mlp(self.norm_m(x))
+
+
+class SpacetimePatchEmbed(nn.Module):
+    """Spacetime patches: tubelets of t x p x p pixels (a strided Conv3d) with separate learned
+    space and time position embeddings, then a small factorised transformer.
+    (B, F, C, H, W) -> (B, F/t, (H/p)(W/p), D)."""
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        frame_size: tuple[int, int],
+        frames: int,
+        *,
+        tubelet: int = 1,
+        patch: int = 8,
+        depth: int = 2,
+        heads: int = 4,
+    ):
+        super().__init__()
+        h, w = frame_size
+        if frames % tubelet or h % patch or w % patch:
+            raise ValueError(
+                f"frames {frames} must be divisible by model.tubelet {tubelet}, and the frame size "
+                f"{frame_size} by model.patch {patch}"
+            )
+        self.tubelet = tubelet
+        self.grid = (h // patch, w // patch)
+        self.proj = nn.Conv3d(channels, dim, (tubelet, patch, patch), stride=(tubelet, patch, patch))
+        self.pos_space = nn.Parameter(torch.zeros(1, 1, self.grid[0] * self.grid[1], dim))
+        self.pos_time = nn.Parameter(torch.zeros(1, frames // tubelet, 1, dim))
+        nn.init.trunc_normal_(self.pos_space, std=0.02)
+        nn.init.trunc_normal_(self.pos_time, std=0.02)
+        self.blocks = nn.ModuleList([FactorisedBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = self.proj(rearrange(frames, "b f c h w -> b c f h w"))  # (B, D, F/t, h, w)
+        x = rearrange(x, "b d t h w -> b t (h w) d") + self.pos_space + self.pos_time
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def build_spatial(cfg: STFNConfig) -> nn.Module:
+    if cfg.spatial_encoder == "cnn":
+        return SpatialEncoder(cfg.frame_channels, cfg.dim, tuple(cfg.frame_size))
+    if cfg.spatial_encoder == "patches":
+        return SpacetimePatchEmbed(
+            cfg.frame_channels,
+            cfg.dim,
+            tuple(cfg.frame_size),
+            len(cfg.frame_steps),
+            tubelet=cfg.tubelet,
+            patch=cfg.patch,
+            depth=cfg.patch_depth,
+            heads=cfg.heads,
+        )
+    raise ValueError(f"unknown model.spatial_encoder '{cfg.spatial_encoder}' (cnn | patches)")
 
 
 class BilinearAlignment(nn.Module):
@@ -200,13 +299,15 @@ class STFN(nn.Module):
         self.cfg = cfg
         d = cfg.dim
         self.temporal = TemporalEncoder(cfg.series_channels, d, cfg.temporal_encoder)
-        self.spatial = SpatialEncoder(cfg.frame_channels, d, tuple(cfg.frame_size))
+        self.spatial = build_spatial(cfg)
         self.align = build_alignment(cfg.alignment, d, cfg.mfb_factor)
         self.value_norm = nn.LayerNorm(d)
         self.frame_bias = nn.Linear(d, 1)
         self.pool = AttentionPooling(d, cfg.attention_hidden)
         self.head = _head(d, d, cfg.n_outputs, cfg.dropout)
-        self.register_buffer("frame_steps", torch.as_tensor(cfg.frame_steps, dtype=torch.long), persistent=False)
+        # each frame (or tubelet of t frames) is aligned with the series step at which it ends
+        steps = cfg.frame_steps[self.spatial.tubelet - 1 :: self.spatial.tubelet]
+        self.register_buffer("frame_steps", torch.as_tensor(steps, dtype=torch.long), persistent=False)
 
     def fuse(self, series: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(H_f (B, F, D), frame features (B, F, N, D), Z (B, F, N, D))."""
@@ -260,7 +361,7 @@ class SpaceOnly(nn.Module):
     def __init__(self, cfg: STFNConfig):
         super().__init__()
         self.cfg = cfg
-        self.spatial = SpatialEncoder(cfg.frame_channels, cfg.dim, tuple(cfg.frame_size))
+        self.spatial = build_spatial(cfg)
         self.pool = AttentionPooling(cfg.dim, cfg.attention_hidden)
         self.head = _head(cfg.dim, 2 * cfg.dim, cfg.n_outputs, cfg.dropout, hidden_layers=2)
 
@@ -280,7 +381,7 @@ class LateConcat(nn.Module):
         self.cfg = cfg
         d = cfg.dim
         self.temporal = TemporalEncoder(cfg.series_channels, d, cfg.temporal_encoder)
-        self.spatial = SpatialEncoder(cfg.frame_channels, d, tuple(cfg.frame_size))
+        self.spatial = build_spatial(cfg)
         self.time_pool = AttentionPooling(d, cfg.attention_hidden)
         self.space_pool = AttentionPooling(d, cfg.attention_hidden)
         self.head = _head(2 * d, 2 * d, cfg.n_outputs, cfg.dropout)

@@ -229,6 +229,7 @@ def pointing_for(params: Params, paths: Paths, fs: Any, rows: np.ndarray, attent
         m["trigger_row"].to_numpy(),
         m["trigger_col"].to_numpy(),
         (fs.spec.frames.height, fs.spec.frames.width),
+        tubelet=fs.spec.frames.count // attention.shape[1],
     )
 
 
@@ -287,8 +288,9 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         for r, p in zip(test_rows[:show], pred, strict=True)
     ]
     if test_att is not None:
+        per_frame = np.repeat(test_att[:show], spec.frames.count // test_att.shape[1], axis=1)  # tubelets
         files["attention"] = ev.plot_attention(
-            np.asarray(fs.frames[test_rows[:show]]), test_att[:show], titles, plots / "attention.png"
+            np.asarray(fs.frames[test_rows[:show]]), per_frame, titles, plots / "attention.png"
         )
     metrics = {
         "dataset": name,

@@ -64,6 +64,10 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
         spatial_encoder=mp.spatial_encoder,
         alignment=mp.alignment,
         variant=mp.variant,
+        tubelet=mp.tubelet,
+        patch=mp.patch,
+        patch_depth=mp.patch_depth,
+        heads=mp.heads,
     )
 
 

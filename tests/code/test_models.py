@@ -121,3 +121,35 @@ def test_unknown_variant_and_too_wide_bilinear_are_clear_errors():
         build_model(config(variant="magic"))
     with pytest.raises(ValueError, match="too large"):
         build_model(config(alignment="bilinear", dim=128))
+
+
+@pytest.mark.parametrize("tubelet", [1, 2])
+def test_spacetime_patches_shapes_and_alignment_at_tubelet_end(tubelet):
+    cfg = config(spatial_encoder="patches", tubelet=tubelet, patch=8, patch_depth=1, heads=2)
+    model = build_model(cfg, seed=0).eval()
+    s, f = inputs()
+    out = model(s, f)
+    assert out["output"].shape == (B, 10)
+    assert out["attention"].shape == (B, F // tubelet, H // 8, W // 8)
+    torch.testing.assert_close(out["attention"].sum(dim=(1, 2, 3)), torch.ones(B))
+    # tubelet k is aligned with the step of its last frame
+    assert model.frame_steps.tolist() == cfg.frame_steps[tubelet - 1 :: tubelet]
+
+
+def test_spacetime_time_attention_is_causal():
+    """A tubelet's features never depend on later frames."""
+    from stfn.models import SpacetimePatchEmbed
+
+    enc = SpacetimePatchEmbed(1, 16, (H, W), F, tubelet=1, patch=8, depth=2, heads=2).eval()
+    _, f = inputs()
+    f2 = f.clone()
+    f2[:, 2:] = torch.randn_like(f2[:, 2:])
+    with torch.no_grad():
+        a, b = enc(f), enc(f2)
+    torch.testing.assert_close(a[:, :2], b[:, :2])
+    assert not torch.allclose(a[:, 2:], b[:, 2:])
+
+
+def test_patch_sizes_must_divide_the_frames():
+    with pytest.raises(ValueError, match="model.tubelet"):
+        build_model(config(spatial_encoder="patches", tubelet=3))
