@@ -291,6 +291,11 @@ class AttentionPooling(nn.Module):
         return torch.einsum("bm,bme->be", alpha, values), alpha
 
 
+def grid_attention(alpha: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Attention weights over space-time positions as maps: (B, F*h*w) -> (B, F, h, w)."""
+    return rearrange(alpha, "b (f h w) -> b f h w", h=grid[0], w=grid[1])
+
+
 class STFN(nn.Module):
     """Spatial-Temporal Fusion Network. `forward` returns {"output", "attention" (B, F, h, w)}."""
 
@@ -326,8 +331,7 @@ class STFN(nn.Module):
             rearrange(bias, "b f n -> b (f n)"),
         )
         out = self.head(pooled)
-        gh, gw = self.spatial.grid
-        return {"output": out, "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw)}
+        return {"output": out, "attention": grid_attention(alpha, self.spatial.grid)}
 
 
 def _head(d_in: int, d: int, n_out: int, dropout: float, hidden_layers: int = 1) -> nn.Sequential:
@@ -368,8 +372,7 @@ class SpaceOnly(nn.Module):
     def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         fm = rearrange(self.spatial(frames), "b f n d -> b (f n) d")
         pooled, alpha = self.pool(fm, fm)
-        gh, gw = self.spatial.grid
-        return {"output": self.head(pooled), "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw)}
+        return {"output": self.head(pooled), "attention": grid_attention(alpha, self.spatial.grid)}
 
 
 class LateConcat(nn.Module):
@@ -391,10 +394,9 @@ class LateConcat(nn.Module):
         fm = rearrange(self.spatial(frames), "b f n d -> b (f n) d")
         ph, _ = self.time_pool(h, h)
         pf, alpha = self.space_pool(fm, fm)
-        gh, gw = self.spatial.grid
         return {
             "output": self.head(torch.cat([ph, pf], dim=-1)),
-            "attention": rearrange(alpha, "b (f h w) -> b f h w", h=gh, w=gw),
+            "attention": grid_attention(alpha, self.spatial.grid),
         }
 
 
