@@ -53,13 +53,14 @@ class PrepareParams(_Section):
 
 class ModelParams(_Section):
     spatial_encoder: Literal["cnn", "patches"] = "cnn"
-    temporal_encoder: Literal["lstm", "gru"] = "lstm"
+    temporal_encoder: Literal["lstm", "gru", "tcn"] = "lstm"
     alignment: Literal["mfb", "film", "gmu", "bilinear"] = "mfb"
     variant: Literal["stfn", "time_only", "space_only", "late_concat"] = "stfn"
     tubelet: int = Field(1, ge=1)
     patch: int = Field(8, ge=2)
     patch_depth: int = Field(2, ge=0)
     heads: int = Field(4, ge=1)
+    attention_heads: int = Field(1, ge=1)
     dim: int = Field(64, ge=4)
     mfb_factor: int = Field(4, ge=1)
     attention_hidden: int = Field(64, ge=4)

@@ -44,6 +44,7 @@ class STFNConfig:
     patch: int = 8  # spacetime patches: pixels per side (p)
     patch_depth: int = 2  # factorised transformer blocks after the patch embedding
     heads: int = 4
+    attention_heads: int = 1  # heads of the gated attention pooling
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -58,15 +59,36 @@ class TemporalEncoder(nn.Module):
     def __init__(self, channels: int, dim: int, kind: str = "lstm"):
         super().__init__()
         self.inp = nn.Linear(2 * channels, dim)
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
-        self.rnn = rnn(dim, dim, batch_first=True)
+        if kind == "tcn":
+            self.rnn = CausalTCN(dim)
+        elif kind in ("lstm", "gru"):
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[kind](dim, dim, batch_first=True)
+        else:
+            raise ValueError(f"unknown model.temporal_encoder '{kind}' (lstm | gru | tcn)")
 
     def forward(self, series: torch.Tensor) -> torch.Tensor:
         observed = torch.isfinite(series)  # (B, T, C)
         x = torch.where(observed, series, torch.zeros_like(series))
         x = torch.cat([x, observed.to(x.dtype)], dim=-1)  # (B, T, 2C)
-        h, _ = self.rnn(F.gelu(self.inp(x)))  # (B, T, D)
-        return h
+        h = self.rnn(F.gelu(self.inp(x)))  # (B, T, D)
+        return h[0] if isinstance(h, tuple) else h
+
+
+class CausalTCN(nn.Module):
+    """Temporal convolution network: residual blocks of dilated 1-D convolutions padded on the
+    left only, so step t sees steps <= t (receptive field 1 + 2*(1+2+4+8) = 31 steps)."""
+
+    def __init__(self, dim: int, kernel: int = 3, dilations: tuple[int, ...] = (1, 2, 4, 8)):
+        super().__init__()
+        self.pads = [(kernel - 1) * d for d in dilations]
+        self.convs = nn.ModuleList([nn.Conv1d(dim, dim, kernel, dilation=d) for d in dilations])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in dilations])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        for pad, conv, norm in zip(self.pads, self.convs, self.norms, strict=True):
+            y = conv(F.pad(rearrange(norm(x), "b t d -> b d t"), (pad, 0)))
+            x = x + F.gelu(rearrange(y, "b d t -> b t d"))
+        return x
 
 
 class SpatialEncoder(nn.Module):
@@ -272,23 +294,30 @@ def build_alignment(kind: str, dim: int, factor: int) -> nn.Module:
 
 
 class AttentionPooling(nn.Module):
-    """Gated attention pooling: alpha ∝ exp(w^T (tanh(V z) ⊙ sigmoid(U z)) + bias)."""
+    """Gated attention pooling: alpha ∝ exp(w^T (tanh(V z) ⊙ sigmoid(U z)) + bias).
 
-    def __init__(self, dim: int, hidden: int):
+    With `heads` > 1 each head has its own w; the heads' pooled values are concatenated and
+    projected back to E, and the returned weights are the heads' mean (still summing to 1)."""
+
+    def __init__(self, dim: int, hidden: int, heads: int = 1, value_dim: int | None = None):
         super().__init__()
+        self.heads = heads
         self.v = nn.Linear(dim, hidden)
         self.u = nn.Linear(dim, hidden)
-        self.w = nn.Linear(hidden, 1)
+        self.w = nn.Linear(hidden, heads)
+        e = value_dim or dim
+        self.merge = nn.Linear(heads * e, e) if heads > 1 else nn.Identity()
 
     def forward(
         self, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """keys (B, M, D), values (B, M, E), bias (B, M) -> pooled (B, E), alpha (B, M)."""
-        score = self.w(torch.tanh(self.v(keys)) * torch.sigmoid(self.u(keys))).squeeze(-1)  # (B, M)
+        score = self.w(torch.tanh(self.v(keys)) * torch.sigmoid(self.u(keys)))  # (B, M, heads)
         if bias is not None:
-            score = score + bias
-        alpha = torch.softmax(score, dim=-1)
-        return torch.einsum("bm,bme->be", alpha, values), alpha
+            score = score + bias[..., None]
+        alpha = torch.softmax(score, dim=1)  # over the M positions, per head
+        pooled = torch.einsum("bmk,bme->bke", alpha, values)  # (B, heads, E)
+        return self.merge(rearrange(pooled, "b k e -> b (k e)")), alpha.mean(dim=-1)
 
 
 def grid_attention(alpha: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -308,7 +337,7 @@ class STFN(nn.Module):
         self.align = build_alignment(cfg.alignment, d, cfg.mfb_factor)
         self.value_norm = nn.LayerNorm(d)
         self.frame_bias = nn.Linear(d, 1)
-        self.pool = AttentionPooling(d, cfg.attention_hidden)
+        self.pool = AttentionPooling(d, cfg.attention_hidden, cfg.attention_heads)
         self.head = _head(d, d, cfg.n_outputs, cfg.dropout)
         # each frame (or tubelet of t frames) is aligned with the series step at which it ends
         steps = cfg.frame_steps[self.spatial.tubelet - 1 :: self.spatial.tubelet]

@@ -160,6 +160,7 @@ def train(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train STFN on the features; writes models/<name>/model.pt (best), last.pt, history.json."""
+    from stfn.efficiency import flops_per_sample, peak_memory_mb
     from stfn.features import load_features
     from stfn.training import fit
 
@@ -167,6 +168,15 @@ def train(
     fs = load_features(paths.features_dir(name))
     out = paths.model_dir(name)
     result = fit(fs, params.model, params.train, params.seed, out, on_epoch=on_epoch, on_batch=on_batch)
+    flops = flops_per_sample(result.config)
+    rates = [h["samples_per_s"] for h in result.history]
+    efficiency = {
+        "n_parameters": int(flops["n_parameters"]),
+        "flops_forward_per_sample": flops["flops_forward"],
+        "flops_train_step_per_sample": flops["flops_train_step"],
+        "train_samples_per_s": float(np.median(rates)) if rates else 0.0,
+        "peak_memory_mb": round(peak_memory_mb(result.device), 1),
+    }
     summary = {
         "checkpoint": str(out / "model.pt"),
         "best_epoch": result.best_epoch,
@@ -176,6 +186,7 @@ def train(
         "device": result.device,
         "history": result.history,
         "n_parameters": sum(p.numel() for p in result.model.parameters()),
+        "efficiency": efficiency,
     }
     write_json(out / "history.json", summary)
     return summary
@@ -302,6 +313,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         "n_train": int(len(fs.rows("train"))),
         "n_test": int(len(test_rows)),
         "train_seconds": history["train_seconds"],
+        "efficiency": history.get("efficiency", {}),
         "mlflow_run_id": None,
         "registered_version": None,
         "promoted": False,
@@ -357,7 +369,7 @@ def log_evaluation(
         {
             "train_seconds": trained["train_seconds"],
             "best_epoch": trained["best_epoch"],
-            "n_parameters": trained["n_parameters"],
+            **trained.get("efficiency", {"n_parameters": trained["n_parameters"]}),
         },
     )
     for path in evaluation["plots"].values():

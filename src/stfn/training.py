@@ -68,6 +68,7 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
         patch=mp.patch,
         patch_depth=mp.patch_depth,
         heads=mp.heads,
+        attention_heads=mp.attention_heads,
     )
 
 

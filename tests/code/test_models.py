@@ -27,7 +27,7 @@ def inputs(seed=0):
     return torch.randn(B, T, C, generator=g), torch.randn(B, F, 1, H, W, generator=g)
 
 
-@pytest.mark.parametrize("temporal", ["lstm", "gru"])
+@pytest.mark.parametrize("temporal", ["lstm", "gru", "tcn"])
 @pytest.mark.parametrize("alignment", ["mfb", "film", "gmu", "bilinear"])
 def test_shapes_and_attention_sums_to_one(temporal, alignment):
     model = build_model(config(temporal_encoder=temporal, alignment=alignment), seed=0).eval()
@@ -51,10 +51,11 @@ def test_same_seed_same_model_and_output():
     assert not torch.allclose(a(s, f)["output"], c(s, f)["output"])
 
 
+@pytest.mark.parametrize("temporal", ["lstm", "gru", "tcn"])
 @pytest.mark.parametrize("alignment", ["mfb", "film", "gmu", "bilinear"])
-def test_alignment_never_reads_a_future_step(alignment):
+def test_alignment_never_reads_a_future_step(alignment, temporal):
     """Z of frame k must not change when series steps after frame k's step change."""
-    model = build_model(config(alignment=alignment), seed=0).eval()
+    model = build_model(config(alignment=alignment, temporal_encoder=temporal), seed=0).eval()
     s, f = inputs()
     steps = config().frame_steps
     with torch.no_grad():
@@ -153,3 +154,10 @@ def test_spacetime_time_attention_is_causal():
 def test_patch_sizes_must_divide_the_frames():
     with pytest.raises(ValueError, match="model.tubelet"):
         build_model(config(spatial_encoder="patches", tubelet=3))
+
+
+def test_multi_head_attention_pooling_weights_sum_to_one():
+    model = build_model(config(attention_heads=3), seed=0).eval()
+    out = model(*inputs())
+    assert out["output"].shape == (B, 10)
+    torch.testing.assert_close(out["attention"].sum(dim=(1, 2, 3)), torch.ones(B))

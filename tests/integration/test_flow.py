@@ -37,11 +37,22 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     }
     assert metrics["mlflow_run_id"] == first["mlflow_run_id"] and metrics["promoted"] is True
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["n_train"] == 160
+    eff = metrics["efficiency"]
+    assert eff["flops_train_step_per_sample"] > eff["flops_forward_per_sample"] > 0 and eff["peak_memory_mb"] > 0
     client = MlflowClient()
     run = client.get_run(first["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert {"git_sha", "data_md5", "params_hash", "prefect_flow_run_id"} <= set(run.data.tags)
-    assert {"val_accuracy", "best_val_accuracy", "test_accuracy", "test_macro_f1"} <= set(run.data.metrics)
+    assert {
+        "val_accuracy",
+        "best_val_accuracy",
+        "test_accuracy",
+        "test_macro_f1",
+        "flops_train_step_per_sample",
+        "train_samples_per_s",
+        "peak_memory_mb",
+        "n_parameters",
+    } <= set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
