@@ -268,6 +268,38 @@ def plot_predicted_vs_actual(y: np.ndarray, pred: np.ndarray, unit: str | None, 
     return path
 
 
+def plot_samples(
+    frames: np.ndarray, series: np.ndarray, frame_steps: list[int], channels: list[str], titles: list[str], path: Path
+) -> Path:
+    """A few input samples: the frames in a row and, below, the series with the frames' steps
+    marked. frames (S, F, C, H, W), series (S, T, C_s)."""
+    plt = _plt()
+    s, f = frames.shape[:2]
+    fig = plt.figure(figsize=(1.3 * f, 2.9 * s))
+    grid = fig.add_gridspec(2 * s, f, height_ratios=[1, 1.1] * s)
+    for i in range(s):
+        for k in range(f):
+            ax = fig.add_subplot(grid[2 * i, k])
+            ax.imshow(frames[i, k].mean(axis=0), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"step {frame_steps[k]}", fontsize=7)
+        ax = fig.add_subplot(grid[2 * i + 1, :])
+        for c, name in enumerate(channels):
+            ax.plot(series[i, :, c], lw=1, label=name)
+        for st in frame_steps:
+            ax.axvline(st, color="grey", lw=0.5, ls=":")
+        ax.set_title(titles[i], fontsize=8)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=6, ncol=len(channels), loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_attention(frames: np.ndarray, attention: np.ndarray, titles: list[str], path: Path) -> Path:
     """Attention maps overlaid on the frames: frames (S, F, C, H, W), attention (S, F, h, w)."""
     plt = _plt()

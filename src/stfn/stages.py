@@ -298,6 +298,14 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         f"{fs.index['sample_id'].iloc[r]}\ny={fs.labels[r]} pred={p}"
         for r, p in zip(test_rows[:show], pred, strict=True)
     ]
+    files["input_samples"] = ev.plot_samples(
+        np.asarray(fs.frames[test_rows[:3]]),
+        np.asarray(fs.series[test_rows[:3]]),
+        list(spec.frames.steps),
+        spec.channel_names,
+        titles[:3],
+        plots / "input_samples.png",
+    )
     if test_att is not None:
         per_frame = np.repeat(test_att[:show], spec.frames.count // test_att.shape[1], axis=1)  # tubelets
         files["attention"] = ev.plot_attention(

@@ -61,6 +61,7 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
         "plots/training_curves.png",
         "plots/attention.png",
         "plots/reliability.png",
+        "plots/input_samples.png",
     } <= artifacts
     assert {"ece", "brier", "nll", "pointing"} <= set(metrics["test"]) and 0 <= metrics["test"]["pointing"] <= 1
     name = "stfn-moving-digits"
