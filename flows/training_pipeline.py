@@ -31,8 +31,8 @@ def validate_data(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 @task(name="featurize", cache_policy=NONE)
-def featurize(params: Params, paths: Paths) -> str:
-    return str(stages.featurize(params, paths))
+def featurize(params: Params, paths: Paths, data_md5: str) -> str:
+    return str(stages.featurize(params, paths, data_md5=data_md5))
 
 
 @task(name="open-mlflow-run", cache_policy=NONE, retries=2, retry_delay_seconds=2)
@@ -81,7 +81,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     params = load_params(paths.root / "params.yaml", overrides)
     prepared = prepare_data(params, paths)
     validation = validate_data(params, paths)
-    featurize(params, paths)
+    featurize(params, paths, validation["data_md5"])
     run = open_run(params, paths, validation["data_md5"], prepared.get("dvc_md5"))
     try:
         trained = train(params, paths, run["run_id"])

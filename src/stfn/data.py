@@ -168,9 +168,10 @@ def load_spec(folder: Path) -> DatasetSpec:
         raise DataValidationError(str(raw.get("name", name)), failures) from None
 
 
-def read_parquet(folder: Path, file: str, dataset: str) -> pd.DataFrame:
+def read_parquet(folder: Path, file: str, dataset: str, filters: list | None = None) -> pd.DataFrame:
+    """Read one table of the contract (optionally only the rows matching pyarrow `filters`)."""
     try:
-        return pd.read_parquet(Path(folder) / file)
+        return pd.read_parquet(Path(folder) / file, filters=filters)
     except Exception as exc:  # noqa: BLE001 - any reader error becomes a contract failure
         raise DataValidationError(
             dataset, [Failure(file, None, "a readable parquet file", f"{type(exc).__name__}: {exc}")]

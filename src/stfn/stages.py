@@ -128,15 +128,18 @@ def validate(
 # --------------------------------------------------------------------------------------------- featurize
 
 
-def featurize(params: Params, paths: Paths, progress: Callable[[int, int], None] | None = None) -> Path:
+def featurize(
+    params: Params, paths: Paths, progress: Callable[[int, int], None] | None = None, data_md5: str | None = None
+) -> Path:
     """Fit normalisation on train, write memory-mappable float32 arrays. Skipped when the
-    dataset and the split parameters are unchanged since the last run."""
+    dataset and the split parameters are unchanged since the last run. `data_md5`: the dataset's
+    hash when the caller has it already (validation computes it), so it is not hashed twice."""
     from stfn.features import build_features
 
     folder = paths.dataset_dir(params.data.dataset)
     out = paths.features_dir(folder.name)
     inputs = {
-        "data_md5": dir_md5(folder),
+        "data_md5": data_md5 or dir_md5(folder),
         "val_fraction": params.data.val_fraction,
         "test_fraction": params.data.test_fraction,
         "seed": params.seed,
@@ -405,11 +408,11 @@ def register(
     fs = load_features(paths.features_dir(name))
     rows = fs.rows("test")[:2]
     folder = paths.dataset_dir(params.data.dataset)
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, name)
-    series_long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, name)
-    ids = samples["sample_id"].iloc[rows]
+    ids = fs.index["sample_id"].iloc[rows]  # features keep samples.parquet's row order
+    # only the example's rows of the (long) series table
+    series_long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, name, filters=[("sample_id", "in", list(ids))])
     example = {
-        "series": data_mod.series_array(series_long[series_long["sample_id"].isin(ids)], ids, fs.spec),
+        "series": data_mod.series_array(series_long, ids, fs.spec),
         "frames": np.asarray(data_mod.open_frames(folder, fs.spec)[rows]),
     }
     model_uri = tracking.log_model(run_id, paths.model_dir(name) / "model.pt", fs.meta, example)
