@@ -68,7 +68,7 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
