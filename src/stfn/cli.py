@@ -103,11 +103,77 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
     table.add_row("metrics file", str(root / "reports" / "metrics.json"))
     table.add_row("DVC", r.get("dvc", ""))
     console.print(table)
+    if m.get("baselines"):
+        _print_baselines(m)
     if r["tracking_uri"].startswith("sqlite:"):
         console.print(
             f"Open the MLflow UI:  [bold]make ui[/]   (or: .venv/bin/mlflow ui --backend-store-uri "
             f"{r['tracking_uri']} --host 127.0.0.1 --port 5000)"
         )
+
+
+def _print_baselines(m: dict[str, Any]) -> None:
+    """The model's test metrics beside the reference forecasts' (regression)."""
+    keys = list(m["test"])
+    table = Table(title=f"{m['dataset']}: test metrics, STFN vs baselines (same test split)", title_justify="left")
+    for col in ("model", *keys, "how"):
+        table.add_column(col)
+    table.add_row("[bold]stfn[/]", *(f"{m['test'][k]:.3f}" for k in keys), m["model"])
+    for name, b in m["baselines"].items():
+        table.add_row(name, *(f"{b['test'].get(k, float('nan')):.3f}" for k in keys), b["note"])
+    console.print(table)
+
+
+def _track(root: Path, folder: Path, msg: str) -> None:
+    """`dvc add` a dataset folder under data/raw/ (in a DVC repo), then say what to run next."""
+    from stfn import versioning
+
+    if versioning.is_dvc_initialised(root):
+        _guard(versioning.dvc, root, "add", str(folder.relative_to(root)))
+        msg += f"; tracked by DVC ({folder.relative_to(root)}.dvc: commit it with git)"
+    console.print(msg)
+    console.print(f"next: stfn run --dataset {folder.name}")
+
+
+@app.command(name="import")
+def import_(
+    name: Annotated[str, typer.Argument(help="Which recording: irish-wind.")],
+    source: Annotated[
+        Path | None,
+        typer.Option(help="The file or folder to read (e.g. wind.rda or a r-cran-gstat .deb); default: fetch it."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
+) -> None:
+    """Import a real recording that ships inside a package as a dataset in the contract,
+    validate it, and track it with DVC.
+
+    irish-wind: daily wind at 12 Irish stations 1961-1978 (gstat's wind.rda; fetched with
+    `apt-get download r-cran-gstat` on Debian/Ubuntu, or give --source).
+
+    Example: stfn import irish-wind && stfn run --dataset irish-wind
+    """
+    root = _root()
+    params = _guard(load_params, root / "params.yaml")
+    from stfn import importers
+    from stfn.validation import validate_dataset
+
+    if name not in importers.IMPORTERS:
+        _fail(ValueError(f"unknown recording '{name}'; available: {', '.join(importers.IMPORTERS)}"), 2)
+    paths = Paths(root)
+    target = paths.raw / name
+    if target.exists() and not force:
+        _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
+    try:
+        folder, spec = importers.IMPORTERS[name](target, paths.state / "cache" / name, source)
+    except importers.ImportError_ as exc:
+        _fail(exc, 2)
+    rep = _guard(validate_dataset, folder, params.data.max_missing_ratio, paths.validation_report(name))
+    s = rep.summary()
+    _track(
+        root,
+        folder,
+        f"[green]imported[/] {name} -> {folder}: {s['n_samples']} samples, {s['expectations']} expectations passed",
+    )
 
 
 @app.command()
@@ -143,7 +209,6 @@ def ingest(
     root = _root()
     params = _guard(load_params, root / "params.yaml")
     from stfn import data as data_mod
-    from stfn import versioning
     from stfn.fileio import atomic_dir
     from stfn.validation import validate_dataset
 
@@ -156,12 +221,7 @@ def ingest(
     with atomic_dir(target) as tmp:
         for f in data_mod.CONTRACT_FILES:
             shutil.copy2(path / f, tmp / f)
-    msg = f"[green]ingested[/] {spec.name} -> {target}"
-    if versioning.is_dvc_repo(root):
-        _guard(versioning.dvc, root, "add", str(target.relative_to(root)))
-        msg += f"; tracked by DVC ({target.relative_to(root)}.dvc: commit it with git)"
-    console.print(msg)
-    console.print(f"next: stfn run --dataset {spec.name}")
+    _track(root, target, f"[green]ingested[/] {spec.name} -> {target}")
 
 
 @app.command()

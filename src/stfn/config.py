@@ -30,6 +30,9 @@ class DataParams(_Section):
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     max_missing_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    # median: remove each sample's per-channel median (offsets vary per sample; moving-digits);
+    # global: subtract the train mean per channel (the level itself matters; forecasting)
+    series_norm: Literal["median", "global"] = "median"
 
 
 class MovingDigitsParams(_Section):
@@ -65,6 +68,7 @@ class ModelParams(_Section):
     mfb_factor: int = Field(4, ge=1)
     attention_hidden: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    linear_skip: bool = False  # regression: add a linear map of the whole series window to the output
 
 
 class TrainParams(_Section):
@@ -77,6 +81,7 @@ class TrainParams(_Section):
     patience: int = Field(4, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
+    regression_loss: Literal["mse", "l1", "huber"] = "mse"
 
 
 class RegistryParams(_Section):
@@ -90,6 +95,8 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     registry: RegistryParams = RegistryParams()
+    # per-dataset settings, merged over the sections above when `data.dataset` names the dataset
+    datasets: dict[str, dict[str, Any]] = {}
 
     def digest(self) -> str:
         """A short stable hash of every parameter (tagged on each model version)."""
@@ -150,8 +157,18 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_params(path: Path | None = None, overrides: list[str] | None = None) -> Params:
-    """Load and validate `params.yaml` (default: the project's), applying overrides."""
+    """Load and validate `params.yaml` (default: the project's), applying overrides.
+
+    Precedence: command-line overrides > the `datasets.<name>` section of the dataset being run
+    > the top-level sections. Every `datasets.<name>` section is checked, used or not."""
     path = path or find_project_root() / "params.yaml"
     raw: dict[str, Any] = {}
     if path.is_file():
@@ -161,9 +178,24 @@ def load_params(path: Path | None = None, overrides: list[str] | None = None) ->
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    raw = apply_overrides(raw, overrides)
+    profiles = raw.get("datasets") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise ConfigError(f"{path}: datasets: expected a mapping of dataset name -> sections")
+    base = {k: v for k, v in raw.items() if k != "datasets"}
+    for name, profile in profiles.items():
+        if "datasets" in profile:
+            raise ConfigError(f"{path}: datasets.{name}: may not hold another 'datasets' section")
+        try:
+            Params.model_validate(_merge(base, profile))
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(f"{path} (datasets.{name})", exc)) from None
+    merged = apply_overrides(raw, overrides)
+    dataset = str((merged.get("data") or {}).get("dataset", DataParams().dataset))
+    name = Path(dataset).name
+    if name in profiles:
+        merged = apply_overrides(_merge(merged, profiles[name]), overrides)
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(str(path), exc)) from None
 

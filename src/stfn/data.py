@@ -54,6 +54,7 @@ class Target(_Strict):
     name: str
     classes: list[str] | None = None
     unit: str | None = None
+    channel: str | None = None  # regression: the series channel whose future value the target is (persistence)
 
 
 class Channel(_Strict):
@@ -109,6 +110,8 @@ class DatasetSpec(_Strict):
         elif self.target.classes:
             raise ValueError("target.classes: a regression dataset has a unit, not classes")
         names = [c.name for c in self.series.channels]
+        if self.target.channel is not None and self.target.channel not in names:
+            raise ValueError(f"target.channel: '{self.target.channel}' is not a series channel {names}")
         if len(set(names)) != len(names):
             raise ValueError(f"series.channels: duplicate channel names {names}")
         clash = RESERVED_COLUMNS & set(names)

@@ -275,7 +275,7 @@ def plot_samples(
     marked. frames (S, F, C, H, W), series (S, T, C_s)."""
     plt = _plt()
     s, f = frames.shape[:2]
-    fig = plt.figure(figsize=(1.3 * f, 2.9 * s))
+    fig = plt.figure(figsize=(max(1.3 * f, 6.5), 2.9 * s))
     grid = fig.add_gridspec(2 * s, f, height_ratios=[1, 1.1] * s)
     for i in range(s):
         for k in range(f):
@@ -292,7 +292,7 @@ def plot_samples(
         ax.set_title(titles[i], fontsize=8)
         ax.tick_params(labelsize=7)
         if i == 0:
-            ax.legend(fontsize=6, ncol=len(channels), loc="upper left")
+            ax.legend(fontsize=6, ncol=min(len(channels), 6), loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

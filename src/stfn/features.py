@@ -44,11 +44,23 @@ def center_series(series: np.ndarray) -> np.ndarray:
 
 
 def fit_stats(
-    spec: DatasetSpec, series: np.ndarray, frames: np.ndarray, labels: np.ndarray, train: np.ndarray
+    spec: DatasetSpec,
+    series: np.ndarray,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    train: np.ndarray,
+    series_norm: str = "median",
 ) -> dict[str, Any]:
     """Normalisation statistics from the training rows only."""
-    centred = center_series(series[train])
-    scale = np.nanstd(centred, axis=(0, 1))
+    import warnings
+
+    if series_norm not in ("median", "global"):
+        raise ValueError(f"data.series_norm {series_norm!r}: expected 'median' or 'global'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel gets mean 0, scale 1
+        series_mean = np.nan_to_num(np.nanmean(series[train], axis=(0, 1)))
+        centred = center_series(series[train]) if series_norm == "median" else series[train] - series_mean
+        scale = np.nanstd(centred, axis=(0, 1))
     scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
     c = spec.frames.channels
     s1, s2, count = np.zeros(c), np.zeros(c), 0
@@ -61,6 +73,8 @@ def fit_stats(
     mean = s1 / max(count, 1)
     std = np.sqrt(np.maximum(s2 / max(count, 1) - mean**2, 1e-12))
     stats: dict[str, Any] = {
+        "series_norm": series_norm,
+        "series_mean": series_mean.tolist(),
         "series_scale": scale.tolist(),
         "frames_mean": mean.tolist(),
         "frames_std": np.where(std > 1e-6, std, 1.0).tolist(),
@@ -73,7 +87,12 @@ def fit_stats(
 
 def transform_series(series: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     """(N, T, C) raw readings -> (N, T, C) float32 features; NaN (missing) stays NaN."""
-    return (center_series(series.astype(np.float32)) / np.asarray(stats["series_scale"], np.float32)).astype(np.float32)
+    series = series.astype(np.float32)
+    if stats.get("series_norm", "median") == "median":
+        centred = center_series(series)
+    else:
+        centred = series - np.asarray(stats["series_mean"], np.float32)
+    return (centred / np.asarray(stats["series_scale"], np.float32)).astype(np.float32)
 
 
 def transform_frames(frames: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
@@ -90,6 +109,7 @@ def build_features(
     test_fraction: float,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    series_norm: str = "median",
 ) -> Path:
     """Read a validated dataset, fit normalisation on train, write the features folder."""
     spec = load_spec(dataset_dir)
@@ -106,7 +126,7 @@ def build_features(
             raise ValueError(
                 f"{spec.name}: the split has no '{name}' samples ({how}); add samples or change the fractions"
             )
-    stats = fit_stats(spec, series, frames, labels, split == "train")
+    stats = fit_stats(spec, series, frames, labels, split == "train", series_norm)
     if spec.task == "regression":
         labels = ((labels - stats["target_mean"]) / stats["target_std"]).astype(np.float32)
     n = len(samples)

@@ -45,6 +45,7 @@ class STFNConfig:
     patch_depth: int = 2  # factorised transformer blocks after the patch embedding
     heads: int = 4
     attention_heads: int = 1  # heads of the gated attention pooling
+    linear_skip: bool = False  # regression: + a linear map of the whole (NaN -> 0) series window
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -345,6 +346,8 @@ class STFN(nn.Module):
         self.frame_bias = nn.Linear(d, 1)
         self.pool = AttentionPooling(d, cfg.attention_hidden, cfg.attention_heads)
         self.head = _head(d, d, cfg.n_outputs, cfg.dropout)
+        # LSTNet's "autoregressive highway": the fusion then models what a linear forecast misses
+        self.skip = nn.Linear(cfg.steps * cfg.series_channels, cfg.n_outputs) if cfg.linear_skip else None
         # each frame (or tubelet of t frames) is aligned with the series step at which it ends
         steps = cfg.frame_steps[self.spatial.tubelet - 1 :: self.spatial.tubelet]
         self.register_buffer("frame_steps", torch.as_tensor(steps, dtype=torch.long), persistent=False)
@@ -366,6 +369,8 @@ class STFN(nn.Module):
             rearrange(bias, "b f n -> b (f n)"),
         )
         out = self.head(pooled)
+        if self.skip is not None:
+            out = out + self.skip(torch.nan_to_num(series, nan=0.0).flatten(1))
         return {"output": out, "attention": grid_attention(alpha, self.spatial.grid)}
 
 

@@ -142,13 +142,16 @@ def featurize(
         "data_md5": data_md5 or dir_md5(folder),
         "val_fraction": params.data.val_fraction,
         "test_fraction": params.data.test_fraction,
+        "series_norm": params.data.series_norm,
         "seed": params.seed,
     }
     stamp = out / "inputs.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == inputs:
         log.info("features for %s are up to date", folder.name)
         return out
-    build_features(folder, out, params.data.val_fraction, params.data.test_fraction, params.seed, progress)
+    build_features(
+        folder, out, params.data.val_fraction, params.data.test_fraction, params.seed, progress, params.data.series_norm
+    )
     write_json(stamp, inputs)
     return out
 
@@ -247,6 +250,30 @@ def pointing_for(params: Params, paths: Paths, fs: Any, rows: np.ndarray, attent
     )
 
 
+def regression_baselines_for(params: Params, paths: Paths, fs: Any) -> dict[str, dict[str, Any]]:
+    """Persistence, climatology and ridge (those the dataset allows) scored on the same val and
+    test rows as the model: {name: {"test": metrics, "val": metrics, "note": how}}."""
+    from stfn import evaluation as ev
+    from stfn.baselines import regression_baselines
+
+    folder = paths.dataset_dir(params.data.dataset)
+    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, fs.spec.name)
+    series = data_mod.series_array(
+        data_mod.read_parquet(folder, data_mod.SERIES_FILE, fs.spec.name), samples["sample_id"], fs.spec
+    )
+    split = np.empty(len(samples), dtype=object)
+    split[fs.index["row"].to_numpy()] = fs.index["split"].to_numpy()  # the split the model was trained on
+    labels = samples["label"].to_numpy(np.float64)
+    out: dict[str, dict[str, Any]] = {}
+    for name, b in regression_baselines(fs.spec, samples, series, split).items():
+        scores = {}
+        for part in ("val", "test"):
+            rows = np.flatnonzero((split == part) & np.isfinite(b["pred"]))
+            scores[part] = ev.regression_metrics(labels[rows], b["pred"][rows])["metrics"]
+        out[name] = {**scores, "note": b["note"]}
+    return out
+
+
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     """Evaluate the best checkpoint on val and test; writes reports/metrics.json and plots."""
     from stfn import evaluation as ev
@@ -289,6 +316,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
             )
     else:
         st = fs.stats
+        baselines = regression_baselines_for(params, paths, fs)
         files["predicted_vs_actual"] = ev.plot_predicted_vs_actual(
             fs.labels[test_rows] * st["target_std"] + st["target_mean"],
             test_out[:, 0] * st["target_std"] + st["target_mean"],
@@ -296,10 +324,17 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
             plots / "predicted_vs_actual.png",
         )
     show = min(4, len(test_rows))
-    pred = test_out[:show].argmax(-1) if spec.task == "classification" else test_out[:show, 0]
+    if spec.task == "classification":
+        names = spec.target.classes or []
+        truth = [names[int(fs.labels[r])] for r in test_rows[:show]]
+        pred = [names[int(k)] for k in test_out[:show].argmax(-1)]
+    else:  # back to the target's unit
+        st, unit = fs.stats, spec.target.unit or ""
+        truth = [f"{fs.labels[r] * st['target_std'] + st['target_mean']:.2f} {unit}" for r in test_rows[:show]]
+        pred = [f"{v * st['target_std'] + st['target_mean']:.2f} {unit}" for v in test_out[:show, 0]]
     titles = [
-        f"{fs.index['sample_id'].iloc[r]}\ny={fs.labels[r]} pred={p}"
-        for r, p in zip(test_rows[:show], pred, strict=True)
+        f"{fs.index['sample_id'].iloc[r]}\ny={t} pred={p}"
+        for r, t, p in zip(test_rows[:show], truth, pred, strict=True)
     ]
     files["input_samples"] = ev.plot_samples(
         np.asarray(fs.frames[test_rows[:3]]),
@@ -325,6 +360,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         "n_test": int(len(test_rows)),
         "train_seconds": history["train_seconds"],
         "efficiency": history.get("efficiency", {}),
+        **({"baselines": baselines} if spec.task == "regression" else {}),
         "mlflow_run_id": None,
         "registered_version": None,
         "promoted": False,
@@ -375,6 +411,8 @@ def log_evaluation(
     m = evaluation["metrics"]
     tracking.log_metrics(run_id, {f"test_{k}": v for k, v in m["test"].items()})
     tracking.log_metrics(run_id, {f"best_val_{k}": v for k, v in m["val"].items()})  # val_* are per-epoch curves
+    for base, scores in m.get("baselines", {}).items():  # e.g. baseline_ridge_test_mae
+        tracking.log_metrics(run_id, {f"baseline_{base}_test_{k}": v for k, v in scores["test"].items()})
     tracking.log_metrics(
         run_id,
         {

@@ -69,6 +69,7 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
         patch_depth=mp.patch_depth,
         heads=mp.heads,
         attention_heads=mp.attention_heads,
+        linear_skip=mp.linear_skip,
     )
 
 
@@ -95,10 +96,17 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01)
     return factor
 
 
-def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor, regression_loss: str = "mse") -> torch.Tensor:
+    """Cross-entropy for classification; for regression (standardised target) MSE, L1 (the
+    median: what MAE rewards) or Huber (MSE within one standard deviation, L1 beyond)."""
     if task == "classification":
         return F.cross_entropy(output, target)
-    return F.mse_loss(output.squeeze(-1), target)
+    pred = output.squeeze(-1)
+    if regression_loss == "l1":
+        return F.l1_loss(pred, target)
+    if regression_loss == "huber":
+        return F.huber_loss(pred, target, delta=1.0)
+    return F.mse_loss(pred, target)
 
 
 @torch.no_grad()
@@ -192,7 +200,7 @@ def fit(
             s_t = torch.as_tensor(s, device=device)
             f_t = torch.as_tensor(f, device=device)
             y_t = torch.as_tensor(y, device=device)
-            loss = loss_fn(task, model(s_t, f_t)["output"], y_t)
+            loss = loss_fn(task, model(s_t, f_t)["output"], y_t, tp.regression_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tp.grad_clip:
@@ -207,7 +215,7 @@ def fit(
         out, _ = predict_arrays(model, fs.series[val_rows], fs.frames[val_rows], device=device)
         val_out = torch.as_tensor(out)
         val_y = torch.as_tensor(fs.labels[val_rows])
-        val_loss = float(loss_fn(task, val_out, val_y))
+        val_loss = float(loss_fn(task, val_out, val_y, tp.regression_loss))
         val = score(task, out, fs.labels[val_rows])
         key = next(iter(val))
         row = {

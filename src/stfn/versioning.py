@@ -23,8 +23,14 @@ class DvcError(RuntimeError):
     """A dvc command failed; the message holds its output."""
 
 
+def is_dvc_initialised(root: Path) -> bool:
+    """`dvc init` was run here: data can be tracked with `dvc add`."""
+    return (Path(root) / ".dvc").is_dir()
+
+
 def is_dvc_repo(root: Path) -> bool:
-    return (Path(root) / ".dvc").is_dir() and (Path(root) / "dvc.yaml").is_file()
+    """A DVC repo with the pipeline declared (`dvc.yaml`): stages can be reproduced."""
+    return is_dvc_initialised(root) and (Path(root) / "dvc.yaml").is_file()
 
 
 def dvc(root: Path, *args: str, timeout: float = 600) -> str:

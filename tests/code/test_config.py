@@ -37,3 +37,31 @@ def test_override_without_equals_is_rejected():
 def test_digest_changes_with_params():
     a, b = Params(), Params.model_validate({"train": {"epochs": 2}})
     assert a.digest() != b.digest() and a.digest() == Params().digest()
+
+
+PROFILED = """
+train: {epochs: 8, lr: 0.002}
+data: {dataset: moving-digits}
+datasets:
+  irish-wind:
+    data: {series_norm: global}
+    train: {epochs: 20}
+"""
+
+
+def test_dataset_section_applies_only_to_its_dataset_and_overrides_still_win(tmp_path):
+    (tmp_path / "params.yaml").write_text(PROFILED)
+    base = load_params(tmp_path / "params.yaml")
+    assert base.train.epochs == 8 and base.data.series_norm == "median"
+    wind = load_params(tmp_path / "params.yaml", ["data.dataset=irish-wind"])
+    assert wind.train.epochs == 20 and wind.data.series_norm == "global" and wind.train.lr == 0.002
+    forced = load_params(tmp_path / "params.yaml", ["data.dataset=irish-wind", "train.epochs=2"])
+    assert forced.train.epochs == 2 and forced.data.series_norm == "global"
+    by_path = load_params(tmp_path / "params.yaml", [f"data.dataset={tmp_path}/irish-wind"])
+    assert by_path.train.epochs == 20  # a folder path uses its folder name
+
+
+def test_typo_in_an_unused_dataset_section_is_still_an_error(tmp_path):
+    (tmp_path / "params.yaml").write_text(PROFILED.replace("epochs: 20", "epohcs: 20"))
+    with pytest.raises(ConfigError, match=r"(?s)datasets\.irish-wind.*train\.epohcs: unknown key"):
+        load_params(tmp_path / "params.yaml")

@@ -109,3 +109,28 @@ def test_split_by_time_when_timestamps_exist():
     assert "time" in how
     ts = plain["timestamp"].to_numpy()
     assert ts[split == "train"].max() < ts[split == "val"].min() <= ts[split == "val"].max() < ts[split == "test"].min()
+
+
+def test_series_normalisation_median_removes_each_samples_offset_global_keeps_the_level():
+    from stfn.features import fit_stats, transform_series
+
+    spec = make_moving_digits(MovingDigitsParams(n_train=8, n_val=4, n_test=4))[0]
+    rng = np.random.default_rng(0)
+    series = rng.normal(size=(20, spec.series.steps, 4)).astype(np.float32)
+    series[:10] += 5.0  # half the samples sit at a higher level
+    frames = np.zeros((20, *spec.frames.shape), np.uint8)
+    train = np.ones(20, bool)
+    med = transform_series(series, fit_stats(spec, series, frames, np.zeros(20), train, "median"))
+    glob = transform_series(series, fit_stats(spec, series, frames, np.zeros(20), train, "global"))
+    assert abs(med[:10].mean() - med[10:].mean()) < 0.2  # level removed per sample
+    assert glob[:10].mean() - glob[10:].mean() > 1.5  # level kept: higher samples stay higher
+    assert abs(glob.mean()) < 1e-4  # centred on the training mean
+    with pytest.raises(ValueError, match="series_norm"):
+        fit_stats(spec, series, frames, np.zeros(20), train, "minmax")
+
+
+def test_target_channel_must_be_a_series_channel():
+    spec = make_moving_digits(MovingDigitsParams(n_train=8, n_val=4, n_test=4))[0].model_dump()
+    spec.update(task="regression", target={"name": "x", "unit": "m", "channel": "nope"})
+    with pytest.raises(Exception, match="target.channel"):
+        DatasetSpec.model_validate(spec)

@@ -161,3 +161,31 @@ def test_multi_head_attention_pooling_weights_sum_to_one():
     out = model(*inputs())
     assert out["output"].shape == (B, 10)
     torch.testing.assert_close(out["attention"].sum(dim=(1, 2, 3)), torch.ones(B))
+
+
+def test_linear_skip_adds_a_linear_map_of_the_series_window():
+    model = build_model(config(n_outputs=1, task="regression", linear_skip=True), seed=0).eval()
+    plain = build_model(config(n_outputs=1, task="regression"), seed=0)
+    assert plain.skip is None and count_parameters(model) == count_parameters(plain) + T * C + 1
+    s, f = inputs()
+    with torch.no_grad():
+        with_skip = model(s, f)["output"]
+        model.skip.weight.zero_()
+        model.skip.bias.zero_()
+        without = model(s, f)["output"]
+        expected = torch.nn.functional.linear(s.flatten(1), build_model(model.cfg, seed=0).skip.weight)
+    assert with_skip.shape == (B, 1)
+    bias = build_model(model.cfg, seed=0).skip.bias
+    assert torch.allclose(with_skip - without, expected + bias, atol=1e-5)
+    s[0, 3, 1] = float("nan")  # a missing reading does not poison the skip path
+    with torch.no_grad():
+        assert torch.isfinite(model(s, f)["output"]).all()
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "huber"])
+def test_regression_losses(loss):
+    from stfn.training import loss_fn
+
+    out, y = torch.tensor([[0.0], [3.0]]), torch.tensor([0.0, 0.0])
+    value = float(loss_fn("regression", out, y, loss))
+    assert value == pytest.approx({"mse": 4.5, "l1": 1.5, "huber": 1.25}[loss])

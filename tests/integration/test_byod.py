@@ -1,0 +1,62 @@
+"""Bring your own data: the README's pandas/numpy example, run as written, then `stfn ingest`
+(validate, copy, `dvc add`) and the real flow on it (regression end to end, baselines beside)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("Writing one from pandas/numpy")
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+def sh(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_readme_dataset_is_ingested_and_runs_through_the_flow(tmp_path, write_tiny_params, monkeypatch):
+    from flows.training_pipeline import training_pipeline
+    from mlflow import MlflowClient
+
+    work = tmp_path / "incoming"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    exec(compile(readme_example(), "README.md", "exec"), {})  # noqa: S102 - our own README's example
+    monkeypatch.chdir(tmp_path)
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_tiny_params(project / "params.yaml")
+    assert sh(project, "git", "init", "-q").returncode == 0
+    assert sh(project, str(BIN / "dvc"), "init", "-q").returncode == 0
+    proc = sh(project, str(BIN / "stfn"), "ingest", str(work / "my-dataset"))
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "data" / "raw" / "my-dataset.dvc").is_file()
+
+    result = training_pipeline(overrides=["data.dataset=my-dataset", "train.epochs=3"], root=str(project))
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["task"] == "regression" and metrics["primary_metric"] == "mae"
+    assert set(metrics["test"]) == {"mae", "rmse", "r2"}
+    # no target.channel in this dataset: no persistence; a timestamp: climatology; always ridge
+    assert set(metrics["baselines"]) == {"climatology", "ridge"}
+    assert metrics["baselines"]["ridge"]["test"]["mae"] < metrics["baselines"]["climatology"]["test"]["mae"]
+    stats = json.loads((project / "data" / "features" / "my-dataset" / "stats.json").read_text())
+    assert stats["split_method"].startswith("by time")  # a timestamp column: split by time
+    assert (project / "reports" / "plots" / "predicted_vs_actual.png").is_file()
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("stfn-my-dataset", "champion")
+    assert str(version.version) == str(result["version"])
+    run = client.get_run(result["mlflow_run_id"])
+    assert {"test_mae", "baseline_ridge_test_mae", "baseline_climatology_test_mae"} <= set(run.data.metrics)

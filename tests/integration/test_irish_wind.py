@@ -1,0 +1,69 @@
+"""The irish-wind importer on the real file (gstat's wind.rda from Debian's r-cran-gstat,
+fetched with `apt-get download`), then the regression flow on it with its baselines."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".stfn" / "cache" / "irish-wind"  # the download cache `stfn import` uses too (git-ignored)
+
+
+@pytest.fixture(scope="module")
+def wind_dataset(tmp_path_factory) -> Path:
+    from stfn import importers
+
+    if shutil.which("apt-get") is None and not (CACHE / "unpacked" / importers.RDA_IN_DEB).is_file():
+        pytest.skip("apt-get not available (not Debian/Ubuntu) and no cached r-cran-gstat: cannot fetch wind.rda")
+    root = tmp_path_factory.mktemp("wind")
+    folder, _ = importers.import_irish_wind(root / "data" / "raw" / "irish-wind", CACHE)
+    return folder
+
+
+@pytest.mark.slow
+def test_real_record_becomes_a_dataset_in_the_contract(wind_dataset, tmp_path):
+    from stfn.data import load_spec, open_frames
+    from stfn.validation import validate_dataset
+
+    spec = load_spec(wind_dataset)
+    assert spec.task == "regression" and spec.target.channel == "DUB" and spec.target.unit == "knots"
+    assert len(spec.channel_names) == 12 and spec.series.steps == 14 and spec.frames.steps == [11, 12, 13]
+    assert len(spec.sensors) == 12 and spec.source["md5"]
+    samples = pd.read_parquet(wind_dataset / "samples.parquet")
+    assert (
+        len(samples) == 6574 - 14
+    )  # 18 years of days, less the first 13 (no 14-day history) and the last (no next day)
+    assert samples["split"].value_counts().to_dict() == {"train": 4734, "test": 1096, "val": 730}
+    first = samples.iloc[0]
+    assert first["sample_id"] == "1961-01-15" and first["label"] == pytest.approx(2.50)  # DUB, 15 Jan 1961
+    years = samples.groupby("split")["timestamp"].agg(["min", "max"])
+    assert years.loc["train", "max"] < years.loc["val", "min"] and years.loc["val", "max"] < years.loc["test", "min"]
+    frames = open_frames(wind_dataset, spec)
+    assert frames.shape == (6560, 3, 1, 32, 32) and np.isfinite(frames[:100]).all()
+    report = validate_dataset(wind_dataset, 0.05, tmp_path / "report.json")
+    assert report.summary()["n_samples"] == 6560
+
+
+@pytest.mark.slow
+def test_regression_flow_on_the_real_record_with_baselines(wind_dataset, tmp_path, write_tiny_params):
+    from flows.training_pipeline import training_pipeline
+    from mlflow import MlflowClient
+
+    shutil.copytree(wind_dataset, tmp_path / "data" / "raw" / "irish-wind")
+    write_tiny_params(tmp_path / "params.yaml")
+    # command-line overrides win over params.yaml's `datasets.irish-wind` section
+    result = training_pipeline(
+        overrides=["data.dataset=irish-wind", "train.epochs=1", "model.dim=16", "model.attention_hidden=16"],
+        root=str(tmp_path),
+    )
+    m = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert m["primary_metric"] == "mae" and set(m["baselines"]) == {"persistence", "climatology", "ridge"}
+    for b in m["baselines"].values():
+        assert 1.0 < b["test"]["mae"] < 6.0  # knots: daily wind at Dublin
+    assert m["baselines"]["ridge"]["test"]["mae"] < m["baselines"]["persistence"]["test"]["mae"]
+    version = MlflowClient().get_model_version_by_alias("stfn-irish-wind", "champion")
+    assert str(version.version) == str(result["version"])
