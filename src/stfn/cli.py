@@ -250,6 +250,84 @@ def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>
         for r in mine:
             if r["reason"]:
                 console.print(f"  v{r['version']}: {r['reason']}", highlight=False)
+        history = _guard(tracking.champion_history, name)
+        if history:
+            moves = ", ".join(f"{e['action']} v{e['version']} ({e['at']})" for e in history[-5:])
+            console.print(f"  @champion history (latest 5): {moves}", highlight=False)
+
+
+def _registered(dataset: str | None) -> tuple[Any, str]:
+    """(the tracking module, configured, and the registered model name for `dataset`)."""
+    root = _root()
+    from stfn import tracking
+
+    if dataset is None:
+        dataset = Path(_guard(load_params, root / "params.yaml").data.dataset).name
+    tracking.configure(Paths(root).mlflow_dir)
+    return tracking, tracking.model_name(dataset)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The model version to make @champion.")],
+    dataset: Annotated[str | None, typer.Option(help="Which stfn-<dataset> (default: params.yaml's).")] = None,
+    reason: Annotated[str, typer.Option(help="Recorded in the alias history and on the version.")] = "manual",
+) -> None:
+    """Make a registered version the champion by hand (no gate); the move is recorded so that
+    `stfn rollback` can undo it.
+
+    Example: stfn promote 3 --dataset moving-digits --reason "approved after review"
+    """
+    tracking, name = _registered(dataset)
+    previous = _guard(tracking.promote, name, version, f"manual promotion: {reason}")
+    if previous == version:
+        console.print(f"{name} v{version} is already @champion")
+    else:
+        console.print(f"{name}: @champion -> v{version} (was {'v' + previous if previous else 'none'})")
+
+
+@app.command()
+def rollback(
+    dataset: Annotated[str | None, typer.Option(help="Which stfn-<dataset> (default: params.yaml's).")] = None,
+) -> None:
+    """Put the previous champion back, from the alias history recorded on the registered model.
+
+    Example: stfn rollback --dataset moving-digits
+    """
+    tracking, name = _registered(dataset)
+    before, after = _guard(tracking.rollback, name)
+    console.print(f"{name}: @champion rolled back from v{before} to v{after}")
+
+
+@app.command()
+def predict(
+    dataset: Annotated[Path, typer.Option(help="A dataset folder in the contract (labels optional).")],
+    out: Annotated[Path | None, typer.Option(help="Where to write the parquet (default reports/predictions/).")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model (default stfn-<dataset name>).")] = None,
+    alias: Annotated[str, typer.Option(help="Which version: an alias.")] = "champion",
+    split: Annotated[str | None, typer.Option(help="Only this split (train, val, test).")] = None,
+) -> None:
+    """Batch prediction with the champion: checks the input against the model's contract,
+    writes predictions.parquet (sample_id, prediction, probabilities or value, model version),
+    logs the run to MLflow, and prints the metrics when the input has labels.
+
+    Example: stfn predict --dataset data/raw/moving-digits --split test
+    """
+    root = _root()
+    from stfn import data as data_mod
+    from stfn import tracking
+    from stfn.predict import batch_predict
+
+    paths = Paths(root)
+    spec = _guard(data_mod.load_spec, dataset)
+    name = model or tracking.model_name(spec.name)
+    target = out or paths.reports / "predictions" / f"{spec.name}{'-' + split if split else ''}.parquet"
+    tracking.configure(paths.mlflow_dir)
+    result = _guard(batch_predict, dataset, target, name, alias, split, f"{spec.name}-predictions", paths.mlflow_dir)
+    console.print(f"{result['n']} predictions by {result['model']} (version {result['version']}) -> {target}")
+    if result["metrics"]:
+        console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items()))
+    console.print(f"MLflow run {result.get('mlflow_run_id')} (experiment '{spec.name}-predictions')")
 
 
 @app.command()

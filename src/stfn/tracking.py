@@ -283,7 +283,7 @@ def promote_if_better(name: str, version: str, metric: str, value: float, min_im
                 f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})"
             )
     if promoted and (current is None or str(current.version) != str(version)):
-        client.set_registered_model_alias(name, CHAMPION, version)
+        set_champion(name, str(version), f"gate: {reason}")
     decision = "promoted" if promoted else "rejected"
     for k, v in {"decision": decision, "decision_reason": reason, "judged_on": f"test_{metric}"}.items():
         client.set_model_version_tag(name, version, k, v)
@@ -297,6 +297,83 @@ def promote_if_better(name: str, version: str, metric: str, value: float, min_im
         None if current is None else str(current.version),
         champ_value,
     )
+
+
+HISTORY_TAG = "champion_history"  # on the registered model; MLflow keeps no alias history itself
+
+
+def champion_history(name: str) -> list[dict[str, Any]]:
+    """Every move of @champion, oldest first: {action, version, previous, reason, at}."""
+    try:
+        raw = (_client().get_registered_model(name).tags or {}).get(HISTORY_TAG)
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"no registered model '{name}' ({exc})") from None
+    return json.loads(raw) if raw else []
+
+
+def set_champion(name: str, version: str, reason: str, action: str = "promote") -> None:
+    """Move @champion to `version` and append the move to the model's alias history."""
+    import time
+
+    client = _client()
+    current = champion(name)
+    history = champion_history(name)
+    history.append(
+        {
+            "action": action,
+            "version": str(version),
+            "previous": None if current is None else str(current.version),
+            "reason": reason,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
+
+
+def champion_stack(history: list[dict[str, Any]]) -> list[str]:
+    """Replay the history: a promotion pushes its version, a rollback pops the current one."""
+    stack: list[str] = []
+    for event in history:
+        if event["action"] == "rollback":
+            if stack:
+                stack.pop()
+        elif not stack or stack[-1] != event["version"]:
+            stack.append(event["version"])
+    return stack
+
+
+def promote(name: str, version: str, reason: str = "manual promotion") -> str | None:
+    """Make `version` the champion by hand (no gate); returns the previous champion."""
+    client = _client()
+    try:
+        mv = client.get_model_version(name, str(version))
+    except Exception:  # noqa: BLE001
+        raise TrackingError(f"'{name}' has no version {version}") from None
+    current = champion(name)
+    if current is not None and str(current.version) == str(mv.version):
+        return str(current.version)
+    set_champion(name, str(mv.version), reason)
+    client.set_model_version_tag(name, str(mv.version), "decision", "promoted")
+    client.set_model_version_tag(name, str(mv.version), "decision_reason", reason)
+    return None if current is None else str(current.version)
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Put the previous champion back (from the recorded alias history); returns (from, to)."""
+    current = champion(name)
+    if current is None:
+        raise TrackingError(f"'{name}' has no champion to roll back")
+    stack = champion_stack(champion_history(name))
+    if len(stack) < 2 or stack[-1] != str(current.version):
+        raise TrackingError(
+            f"'{name}': no earlier champion recorded before v{current.version} (history: {stack or 'empty'})"
+        )
+    target = stack[-2]
+    set_champion(name, target, f"rollback from v{current.version}", action="rollback")
+    client = _client()
+    client.set_model_version_tag(name, str(current.version), "rolled_back", f"champion moved back to v{target}")
+    return str(current.version), target
 
 
 def _version_metric(mv: Any, metric: str) -> float | None:

@@ -78,6 +78,29 @@ def test_promotion_gate_and_tags_on_real_registry():
     assert rows[0]["aliases"] == ["challenger", "champion"]
 
 
+def test_manual_promotion_and_rollback_walk_the_recorded_alias_history():
+    client = MlflowClient()
+    name = f"stfn-roll-{uuid.uuid4().hex[:8]}"
+    v1 = _version(client, name, "accuracy", 0.8)
+    tracking.promote_if_better(name, v1, "accuracy", 0.8, 0.0)
+    v2 = _version(client, name, "accuracy", 0.9)
+    assert tracking.promote_if_better(name, v2, "accuracy", 0.9, 0.0).promoted
+    v3 = _version(client, name, "accuracy", 0.7)  # worse: the gate rejects it ...
+    assert not tracking.promote_if_better(name, v3, "accuracy", 0.7, 0.0).promoted
+    assert tracking.promote(name, v3, "manual: approved by hand") == v2  # ... a person promotes it anyway
+    champion = lambda: str(client.get_model_version_by_alias(name, "champion").version)  # noqa: E731
+    assert champion() == v3
+    assert tracking.rollback(name) == (v3, v2) and champion() == v2
+    assert client.get_model_version(name, v3).tags["rolled_back"] == f"champion moved back to v{v2}"
+    assert tracking.rollback(name) == (v2, v1) and champion() == v1
+    with pytest.raises(tracking.TrackingError, match="no earlier champion"):
+        tracking.rollback(name)
+    actions = [(e["action"], e["version"]) for e in tracking.champion_history(name)]
+    assert actions == [("promote", v1), ("promote", v2), ("promote", v3), ("rollback", v2), ("rollback", v1)]
+    with pytest.raises(tracking.TrackingError, match="no version 99"):
+        tracking.promote(name, "99")
+
+
 def test_register_twice_for_one_run_makes_one_version():
     client = MlflowClient()
     name = f"stfn-idem-{uuid.uuid4().hex[:8]}"

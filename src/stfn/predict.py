@@ -1,0 +1,144 @@
+"""Batch prediction with a registered model (default `models:/stfn-<dataset>@champion`).
+
+The input is a dataset folder in the contract; it must match the model's contract (task,
+channel names and order, steps, frame shape and dtype) or it is refused naming the field.
+Predictions go to a parquet file (written atomically): sample_id, prediction, the class
+probabilities (`prob_<class>`) or the value, and the model version; when the input carries
+labels, the metrics are computed too. Each batch run is logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stfn import data as data_mod
+from stfn.errors import DataValidationError, Failure
+from stfn.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+CHUNK = 512
+
+
+def check_contract(spec: data_mod.DatasetSpec, trained: dict[str, Any]) -> None:
+    """Refuse input whose shape differs from what the model was trained on (every mismatch named)."""
+    problems: list[Failure] = []
+
+    def differ(field: str, expected: Any, got: Any) -> None:
+        if expected != got:
+            problems.append(Failure(data_mod.SPEC_FILE, field, f"{expected!r} (as the model was trained)", f"{got!r}"))
+
+    tf, sf = trained["frames"], spec.frames
+    differ("task", trained["task"], spec.task)
+    differ("series.channels", [c["name"] for c in trained["series"]["channels"]], spec.channel_names)
+    differ("series.steps", trained["series"]["steps"], spec.series.steps)
+    differ("frames.shape [F, C, H, W]", [tf["count"], tf["channels"], tf["height"], tf["width"]], list(sf.shape))
+    differ("frames.dtype", tf["dtype"], sf.dtype)
+    differ("frames.steps", tf["steps"], sf.steps)
+    if trained["task"] == "classification":
+        differ("target.classes", trained["target"]["classes"], spec.target.classes)
+    if problems:
+        raise DataValidationError(spec.name, problems)
+
+
+def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame, split: str | None) -> np.ndarray:
+    """Row numbers to predict: all, or one split (the `split` column, else the split the
+    features of a dataset of this name were made with)."""
+    if split is None:
+        return np.arange(len(samples))
+    if "split" in samples.columns:
+        return np.flatnonzero(samples["split"].astype(str).to_numpy() == split)
+    index = folder.parents[1] / "features" / spec.name / "index.parquet"  # data/raw/<name> -> data/features/<name>
+    if index.is_file():
+        idx = pd.read_parquet(index)
+        return np.sort(idx.loc[idx["split"] == split, "row"].to_numpy())
+    raise DataValidationError(
+        spec.name,
+        [Failure(data_mod.SAMPLES_FILE, "split", f"a split column to select '{split}'", "none, and no features")],
+    )
+
+
+def batch_predict(
+    folder: Path,
+    out_path: Path,
+    model_name: str,
+    alias: str = "champion",
+    split: str | None = None,
+    experiment: str | None = None,
+    mlflow_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Predict every (or one split's) sample of `folder` with `models:/<model_name>@<alias>`."""
+    import mlflow.pyfunc
+
+    from stfn import evaluation as ev
+    from stfn import tracking
+
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    spec = data_mod.load_spec(folder)
+    client = tracking._client()
+    try:
+        mv = client.get_model_version_by_alias(model_name, alias)
+    except Exception:  # noqa: BLE001
+        raise tracking.TrackingError(f"no model '{model_name}@{alias}' in the registry (train one: stfn run)") from None
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+    meta = model.unwrap_python_model().meta
+    check_contract(spec, meta["spec"])
+    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    rows = select_rows(folder, spec, samples, split)
+    frames = data_mod.open_frames(folder, spec, len(samples))
+    ids = samples["sample_id"].astype(str).iloc[rows].reset_index(drop=True)
+    outputs = []
+    for i in range(0, len(rows), CHUNK):
+        part = rows[i : i + CHUNK]
+        chunk_ids = samples["sample_id"].astype(str).iloc[part]
+        wanted = [("sample_id", "in", list(chunk_ids))]
+        long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted)
+        series = data_mod.series_array(long, chunk_ids, spec)
+        outputs.append(model.predict({"series": series, "frames": np.asarray(frames[part])}))
+    out = np.concatenate(outputs) if outputs else np.zeros((0,))
+    table = pd.DataFrame({"sample_id": ids})
+    metrics: dict[str, float] = {}
+    labels = samples["label"].to_numpy()[rows] if "label" in samples.columns else None
+    if spec.task == "classification":
+        classes = spec.target.classes or []
+        table["prediction"] = out.argmax(axis=1)
+        table["predicted_class"] = [classes[k] for k in table["prediction"]]
+        for k, name in enumerate(classes):
+            table[f"prob_{name}"] = out[:, k]
+        if labels is not None and len(rows):
+            metrics = ev.classification_metrics(labels.astype(np.int64), out, classes)["metrics"]
+    else:
+        table["prediction"] = out
+        if labels is not None and len(rows):
+            metrics = ev.regression_metrics(labels.astype(np.float64), out.astype(np.float64))["metrics"]
+    table["model_version"] = int(mv.version)
+    table["model"] = f"{model_name}@{alias}"
+    with atomic_path(Path(out_path)) as tmp:
+        table.to_parquet(tmp, index=False)
+    result = {
+        "predictions": str(out_path),
+        "n": len(table),
+        "model": f"{model_name}@{alias}",
+        "version": str(mv.version),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if experiment and mlflow_dir is not None:
+        run_id = tracking.start_run(
+            experiment,
+            mlflow_dir,
+            run_name=f"predict-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"kind": "batch-predict", "model": result["model"], "model_version": result["version"]},
+        )
+        tracking.log_params(run_id, {"input": str(folder), "split": split or "all", "n": len(table)})
+        tracking.log_metrics(run_id, {f"predict_{k}": v for k, v in metrics.items()})
+        tracking.log_artifact(run_id, Path(out_path), "predictions")
+        tracking.end_run(run_id)
+        result["mlflow_run_id"] = run_id
+    return result
