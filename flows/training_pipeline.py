@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
@@ -81,6 +82,10 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     params = load_params(paths.root / "params.yaml", overrides)
     prepared = prepare_data(params, paths)
     validation = validate_data(params, paths)
+    name = stages.dataset_name(params, paths)
+    create_markdown_artifact(
+        stages.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
+    )
     featurize(params, paths, validation["data_md5"])
     run = open_run(params, paths, validation["data_md5"], prepared.get("dvc_md5"))
     try:
@@ -92,7 +97,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         raise
     tracking.end_run(run["run_id"])
     dvc_outputs = record_versions(params, paths)
-    return {
+    result = {
         "dataset": stages.dataset_name(params, paths),
         "dataset_folder": prepared["folder"],
         "data_md5": validation["data_md5"],
@@ -106,6 +111,12 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "dvc": f"{prepared['dvc']}; {dvc_outputs}",
         **registered,
     }
+    create_markdown_artifact(
+        stages.run_markdown({**result, "experiment_id": run.get("experiment_id")}),
+        key=f"{name}-training-run",
+        description=f"Metrics and promotion decision of {name}",
+    )
+    return result
 
 
 if __name__ == "__main__":

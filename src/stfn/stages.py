@@ -395,7 +395,12 @@ def open_run(
     tracking.log_params(run_id, params.model_dump(mode="json"))
     if (paths.root / "params.yaml").is_file():
         tracking.log_artifact(run_id, paths.root / "params.yaml")
-    return {"run_id": run_id, "tracking_uri": tracking.scrub_uri(uri), "lineage": lineage}
+    return {
+        "run_id": run_id,
+        "tracking_uri": tracking.scrub_uri(uri),
+        "experiment_id": tracking.experiment_id(name, paths.mlflow_dir),
+        "lineage": lineage,
+    }
 
 
 def log_evaluation(
@@ -572,3 +577,50 @@ def ablate(
         tracking.end_run(parent)
     report["mlflow_run_id"] = parent
     return report
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+def run_markdown(result: dict[str, Any]) -> str:
+    """The summary of one pipeline run as markdown (published as a Prefect artifact)."""
+    m = result["metrics"]
+    keys = list(m["test"])
+    lines = [
+        f"# {result['dataset']}: {m['model']}",
+        "",
+        "| model | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+        "| **stfn** | " + " | ".join(f"{m['test'][k]:.4f}" for k in keys) + " |",
+    ]
+    for name, b in m.get("baselines", {}).items():
+        lines.append(
+            f"| {name} (baseline) | " + " | ".join(f"{b['test'].get(k, float('nan')):.4f}" for k in keys) + " |"
+        )
+    uri = result.get("tracking_uri", "")
+    run_id = result["mlflow_run_id"]
+    link = (
+        f"[{run_id}]({uri.rstrip('/')}/#/experiments/{result['experiment_id']}/runs/{run_id})"
+        if uri.startswith("http") and result.get("experiment_id")
+        else f"`{run_id}` (`make ui`, experiment '{result['experiment']}')"
+    )
+    decision = "promoted to @champion" if result["promoted"] else "not promoted; @champion kept"
+    lines += [
+        "",
+        f"**Decision:** {result['registered_model']} version {result['version']} {decision}: {result['reason']}",
+        "",
+        f"**MLflow run:** {link}  ",
+        f"**Data:** md5 `{result['data_md5']}`; {result.get('dvc', '')}  ",
+        f"**Training:** {result['epochs_run']} epochs, {result['train_seconds']:.0f} s on {m['n_train']} samples",
+    ]
+    return "\n".join(lines)
+
+
+def validation_markdown(summary: dict[str, Any]) -> str:
+    """The validation summary of one run as markdown (a Prefect artifact)."""
+    return (
+        f"# Validation of {summary['dataset']}\n\n"
+        f"**{summary['expectations']} expectations passed** on {summary['n_samples']} samples "
+        f"in {summary['seconds']} s (Great Expectations).\n\nFull report: `{summary['report']}` "
+        "(and `.html`, logged to the MLflow run under `validation/`)."
+    )

@@ -69,6 +69,16 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     assert str(champion.version) == str(first["version"]) and champion.tags["decision"] == "promoted"
     assert (tmp_path / "reports" / "validation" / "moving-digits.html").is_file()
 
+    # Prefect artifacts: the run summary and the validation summary, under lowercase-dashed keys
+    from prefect.artifacts import Artifact
+
+    summary = Artifact.get("moving-digits-training-run")
+    assert summary is not None and summary.type == "markdown"
+    assert first["mlflow_run_id"] in summary.data and "promoted to @champion" in summary.data
+    assert "| **stfn** |" in summary.data and "accuracy" in summary.data
+    checked = Artifact.get("moving-digits-validation")
+    assert checked is not None and "expectations passed" in checked.data
+
     # the registered model predicts from raw inputs of the contract
     import mlflow.pyfunc
     import numpy as np
