@@ -105,8 +105,15 @@ def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = 
             info["dvc"] = result["output"] + (" (pushed to the DVC remote)" if result["pushed"] else "")
             info["dvc_md5"] = versioning.locked_md5(paths.root, "prepare", "data/raw/moving-digits")
             log.info("dvc: %s", info["dvc"])
+        elif params.data.dataset not in BUILTIN:
+            tracked = paths.dataset_dir(params.data.dataset).with_suffix(".dvc")
+            info["dvc"] = (
+                f"data tracked by {tracked.relative_to(paths.root)}"
+                if tracked.is_file() and tracked.is_relative_to(paths.root)
+                else "data not tracked by DVC (stfn ingest / stfn import track it)"
+            )
         else:
-            info["dvc"] = "skipped (dataset or prepare parameters differ from params.yaml)"
+            info["dvc"] = "skipped (prepare parameters differ from params.yaml)"
     info["folder"] = str(prepare(params, paths, progress=progress))
     return info
 
