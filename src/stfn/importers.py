@@ -10,6 +10,7 @@ Debian package fetched with `apt-get download` and unpacked with `dpkg-deb -x`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -84,12 +85,17 @@ def _apt_download(cache: Path, runner: Callable[..., Any]) -> Path:
     log.info("fetching %s with apt-get download into %s", DEB_PACKAGE, cache)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         proc = runner(["apt-get", "download", DEB_PACKAGE], cwd=tmp, capture_output=True, text=True)
+        if proc.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+            # a fresh system may have no package lists yet: update them once (root only) and retry
+            log.info("apt-get download failed; running apt-get update and trying again")
+            runner(["apt-get", "update", "-q"], capture_output=True, text=True)
+            proc = runner(["apt-get", "download", DEB_PACKAGE], cwd=tmp, capture_output=True, text=True)
         debs = sorted(Path(tmp).glob(f"{DEB_PACKAGE}_*.deb"))
         if proc.returncode != 0 or not debs:
             detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no .deb written"]
             raise ImportError_(
-                f"`apt-get download {DEB_PACKAGE}` failed ({detail[0]}); without network access, give the file: "
-                f"stfn import irish-wind --source PATH"
+                f"`apt-get download {DEB_PACKAGE}` failed ({detail[0]}); try `sudo apt-get update` first, or, "
+                f"without network access, give the file: stfn import irish-wind --source PATH"
             )
         final = cache / debs[0].name
         debs[0].replace(final)

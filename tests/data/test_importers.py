@@ -95,3 +95,20 @@ def test_without_apt_get_the_cli_says_what_to_do(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "apt-get" in proc.stderr and "--source" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "data" / "raw" / "irish-wind").exists()
+
+
+def test_a_failed_apt_download_is_a_clear_error_and_is_retried_after_an_update(tmp_path, monkeypatch):
+    calls = []
+
+    class Proc:
+        returncode, stdout, stderr = 100, "", "E: Unable to locate package r-cran-gstat"
+
+    def runner(cmd, **kwargs):
+        calls.append(cmd[:2])
+        return Proc()
+
+    monkeypatch.setattr(importers.shutil, "which", lambda exe: f"/usr/bin/{exe}")
+    monkeypatch.setattr(importers.os, "geteuid", lambda: 0)
+    with pytest.raises(importers.ImportError_, match="Unable to locate package.*--source PATH"):
+        importers.find_rda(None, tmp_path / "cache", runner)
+    assert calls == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]
