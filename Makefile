@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-fast lint ui dvc-repro clean
+.PHONY: help install install-dev run test test-fast lint ui dvc-repro clean servers servers-stop
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -70,6 +70,12 @@ ui: $(VENV)/.installed ## Start the MLflow UI on 127.0.0.1:$(UI_PORT) against th
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (Ctrl-C stops it)"
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow/mlflow.db}" \
 		--default-artifact-root "$(CURDIR)/mlflow/artifacts" --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+servers: $(VENV)/.installed ## Team mode: Prefect + MLflow servers on 127.0.0.1 (PostgreSQL when STFN_DB_URL / STFN_PREFECT_DB_URL are set)
+	$(BIN)/stfn servers start
+
+servers-stop: $(VENV)/.installed ## Stop exactly the servers `make servers` started (PID files in .stfn/servers)
+	$(BIN)/stfn servers stop
 
 clean: ## Remove pipeline outputs and local state (keeps .venv and the MLflow store)
 	rm -rf data/features models reports .stfn/prefect

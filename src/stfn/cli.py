@@ -53,7 +53,7 @@ def _guard(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (DataValidationError, ConfigError) as exc:
         _fail(exc, 2)
-    except (TrackingError, DvcError, FileNotFoundError, ValueError) as exc:
+    except (TrackingError, DvcError, FileNotFoundError, ValueError, RuntimeError) as exc:
         _fail(exc, 1)
 
 
@@ -328,6 +328,42 @@ def predict(
     if result["metrics"]:
         console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items()))
     console.print(f"MLflow run {result.get('mlflow_run_id')} (experiment '{spec.name}-predictions')")
+
+
+@app.command()
+def servers(
+    action: Annotated[str, typer.Argument(help="start | stop | status")],
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",
+    mlflow_port: Annotated[int, typer.Option(help="MLflow tracking server port.")] = 5000,
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
+) -> None:
+    """Team mode: start / stop a Prefect server and an MLflow tracking server (PID files under
+    .stfn/servers). MLflow uses PostgreSQL when STFN_DB_URL is set, Prefect when
+    STFN_PREFECT_DB_URL is set; SQLite otherwise.
+
+    Example: STFN_DB_URL=postgresql://postgres@127.0.0.1:5432/mlflow stfn servers start
+    """
+    root = _root()
+    from stfn import servers as srv
+
+    paths = Paths(root)
+    if action == "start":
+        info = _guard(srv.start, paths, host, mlflow_port, prefect_port)
+        for name, rec in info.items():
+            extra = " (already running)" if rec.get("already_running") else ""
+            console.print(f"{name}: {rec['url']} on {rec['backend']}, pid {rec['pid']}{extra}; log {rec['log']}")
+        console.print(
+            f"point the pipeline at them:\n  export MLFLOW_TRACKING_URI={info['mlflow']['url']} "
+            f"PREFECT_API_URL={info['prefect']['url']}\nstop them: make servers-stop"
+        )
+    elif action == "stop":
+        stopped = srv.stop(paths)
+        console.print("stopped " + ", ".join(stopped) if stopped else "no servers recorded as started")
+    elif action == "status":
+        for name, rec in srv.status(paths).items():
+            console.print(f"{name}: {rec['url']} {'running' if rec['running'] else 'NOT running'} (pid {rec['pid']})")
+    else:
+        _fail(ValueError(f"unknown action '{action}' (start | stop | status)"), 2)
 
 
 @app.command()

@@ -1,0 +1,184 @@
+"""Team mode: a Prefect server and an MLflow tracking server on this machine, started and
+stopped as background processes with PID files (`make servers`, `make servers-stop`).
+
+- MLflow: `mlflow server` with the backend store `STFN_DB_URL` (PostgreSQL, e.g.
+  postgresql://mlflow@127.0.0.1:5432/mlflow) or else the project's SQLite file; artifacts proxied
+  by the server (`--serve-artifacts`) into `mlflow/artifacts` (or `STFN_ARTIFACTS_DESTINATION`,
+  e.g. s3://bucket/mlflow); one worker and job execution off, for a quick start.
+- Prefect: `prefect server start`, on PostgreSQL when `STFN_PREFECT_DB_URL` is set
+  (postgresql+asyncpg://…), else SQLite under `.stfn/prefect-server`.
+Both bind to 127.0.0.1 unless told otherwise. Each runs in its own process group, so stopping
+it stops its workers too; `stop` only ever signals the processes whose PIDs it recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from stfn.config import Paths
+
+SERVICES = ("mlflow", "prefect")
+
+
+def _state(paths: Paths) -> Path:
+    folder = paths.state / "servers"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+            raise RuntimeError(f"server exited with code {proc.returncode} before {url} answered:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own loopback URL
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s (log: {log})")
+
+
+def commands(paths: Paths, host: str, mlflow_port: int, prefect_port: int) -> dict[str, dict[str, Any]]:
+    """The command line and environment of each server (what `start` runs)."""
+    db = os.environ.get("STFN_DB_URL") or f"sqlite:///{paths.mlflow_dir.resolve() / 'mlflow.db'}"
+    if db.startswith("postgresql://"):  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
+        db = "postgresql+psycopg2://" + db[len("postgresql://") :]
+    artifacts = os.environ.get("STFN_ARTIFACTS_DESTINATION") or str(paths.mlflow_dir.resolve() / "artifacts")
+    prefect_env = {"PREFECT_HOME": str(paths.state / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if os.environ.get("STFN_PREFECT_DB_URL"):
+        prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = os.environ["STFN_PREFECT_DB_URL"]
+    return {
+        "mlflow": {
+            "argv": [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                db,
+                "--artifacts-destination",
+                artifacts,
+                "--serve-artifacts",
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],  # fmt: skip
+            "env": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+            "url": f"http://{host}:{mlflow_port}",
+            "health": f"http://{host}:{mlflow_port}/health",
+            "backend": "postgresql" if db.startswith("postgresql") else "sqlite",
+        },
+        "prefect": {
+            "argv": [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+            "env": prefect_env,
+            "url": f"http://{host}:{prefect_port}/api",
+            "health": f"http://{host}:{prefect_port}/api/health",
+            "backend": "postgresql" if "STFN_PREFECT_DB_URL" in os.environ else "sqlite",
+        },
+    }
+
+
+def start(
+    paths: Paths, host: str = "127.0.0.1", mlflow_port: int = 5000, prefect_port: int = 4200, timeout: float = 180
+) -> dict[str, dict[str, Any]]:
+    """Start both servers (each unless already running) and wait until they answer."""
+    from stfn.tracking import scrub_uri
+
+    state = _state(paths)
+    (paths.state / "prefect-server").mkdir(parents=True, exist_ok=True)
+    paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    info: dict[str, dict[str, Any]] = {}
+    for name, spec in commands(paths, host, mlflow_port, prefect_port).items():
+        pid_file = state / f"{name}.pid"
+        if pid_file.is_file() and _alive(int(pid_file.read_text())):
+            info[name] = {**json.loads((state / f"{name}.json").read_text()), "already_running": True}
+            continue
+        log = state / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                spec["argv"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **spec["env"]},
+                start_new_session=True,  # its own process group: stop() ends its workers too
+                cwd=paths.root,
+            )
+        pid_file.write_text(str(proc.pid))
+        try:
+            _wait_healthy(spec["health"], proc, log, timeout)
+        except RuntimeError:
+            _stop_one(state, name)
+            raise
+        record = {"pid": proc.pid, "url": spec["url"], "backend": spec["backend"], "log": str(log)}
+        record["argv"] = [scrub_uri(a) for a in spec["argv"]]
+        (state / f"{name}.json").write_text(json.dumps(record, indent=2))
+        info[name] = record
+    return info
+
+
+def _stop_one(state: Path, name: str, timeout: float = 20) -> str | None:
+    pid_file = state / f"{name}.pid"
+    if not pid_file.is_file():
+        return None
+    pid = int(pid_file.read_text())
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)  # the group it leads (start_new_session)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it when we are its parent
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return f"{name} (pid {pid})"
+
+
+def stop(paths: Paths) -> list[str]:
+    """Stop exactly the servers `start` recorded; returns what was stopped."""
+    state = _state(paths)
+    return [s for s in (_stop_one(state, name) for name in SERVICES) if s]
+
+
+def status(paths: Paths) -> dict[str, dict[str, Any]]:
+    state = _state(paths)
+    out = {}
+    for name in SERVICES:
+        pid_file, record = state / f"{name}.pid", state / f"{name}.json"
+        if pid_file.is_file() and record.is_file():
+            rec = json.loads(record.read_text())
+            out[name] = {**rec, "running": _alive(int(pid_file.read_text()))}
+    return out
