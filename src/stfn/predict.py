@@ -63,6 +63,45 @@ def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame,
     )
 
 
+def predict_rows(
+    model: Any, folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray
+) -> np.ndarray:
+    """A loaded pyfunc's outputs for `rows` of a dataset folder, read from the raw files in chunks."""
+    frames = data_mod.open_frames(folder, spec, len(samples))
+    outputs = []
+    for i in range(0, len(rows), CHUNK):
+        part = rows[i : i + CHUNK]
+        chunk_ids = samples["sample_id"].astype(str).iloc[part]
+        wanted = [("sample_id", "in", list(chunk_ids))]
+        long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted)
+        series = data_mod.series_array(long, chunk_ids, spec)
+        outputs.append(model.predict({"series": series, "frames": np.asarray(frames[part])}))
+    return np.concatenate(outputs) if outputs else np.zeros((0,))
+
+
+def metrics_for(spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray, out: np.ndarray) -> dict:
+    """The evaluation metrics of predictions `out` for `rows`, when the samples carry labels."""
+    from stfn import evaluation as ev
+
+    if "label" not in samples.columns or not len(rows):
+        return {}
+    labels = samples["label"].to_numpy()[rows]
+    if spec.task == "classification":
+        return ev.classification_metrics(labels.astype(np.int64), out, spec.target.classes or [])["metrics"]
+    return ev.regression_metrics(labels.astype(np.float64), out.astype(np.float64))["metrics"]
+
+
+def score_model(model_uri: str, folder: Path, rows: np.ndarray) -> dict[str, float]:
+    """Load `model_uri` and compute its metrics on `rows` of `folder` (raw inputs, as served)."""
+    import mlflow.pyfunc
+
+    spec = data_mod.load_spec(folder)
+    model = mlflow.pyfunc.load_model(model_uri)
+    check_contract(spec, model.unwrap_python_model().meta["spec"])
+    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    return metrics_for(spec, samples, rows, predict_rows(model, folder, spec, samples, rows))
+
+
 def batch_predict(
     folder: Path,
     out_path: Path,
@@ -75,7 +114,6 @@ def batch_predict(
     """Predict every (or one split's) sample of `folder` with `models:/<model_name>@<alias>`."""
     import mlflow.pyfunc
 
-    from stfn import evaluation as ev
     from stfn import tracking
 
     t0 = time.perf_counter()
@@ -86,37 +124,22 @@ def batch_predict(
         mv = client.get_model_version_by_alias(model_name, alias)
     except Exception:  # noqa: BLE001
         raise tracking.TrackingError(f"no model '{model_name}@{alias}' in the registry (train one: stfn run)") from None
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{mv.version}")  # the version resolved above
     meta = model.unwrap_python_model().meta
     check_contract(spec, meta["spec"])
     samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
     rows = select_rows(folder, spec, samples, split)
-    frames = data_mod.open_frames(folder, spec, len(samples))
-    ids = samples["sample_id"].astype(str).iloc[rows].reset_index(drop=True)
-    outputs = []
-    for i in range(0, len(rows), CHUNK):
-        part = rows[i : i + CHUNK]
-        chunk_ids = samples["sample_id"].astype(str).iloc[part]
-        wanted = [("sample_id", "in", list(chunk_ids))]
-        long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted)
-        series = data_mod.series_array(long, chunk_ids, spec)
-        outputs.append(model.predict({"series": series, "frames": np.asarray(frames[part])}))
-    out = np.concatenate(outputs) if outputs else np.zeros((0,))
-    table = pd.DataFrame({"sample_id": ids})
-    metrics: dict[str, float] = {}
-    labels = samples["label"].to_numpy()[rows] if "label" in samples.columns else None
+    out = predict_rows(model, folder, spec, samples, rows)
+    table = pd.DataFrame({"sample_id": samples["sample_id"].astype(str).iloc[rows].reset_index(drop=True)})
     if spec.task == "classification":
         classes = spec.target.classes or []
         table["prediction"] = out.argmax(axis=1)
         table["predicted_class"] = [classes[k] for k in table["prediction"]]
         for k, name in enumerate(classes):
             table[f"prob_{name}"] = out[:, k]
-        if labels is not None and len(rows):
-            metrics = ev.classification_metrics(labels.astype(np.int64), out, classes)["metrics"]
     else:
         table["prediction"] = out
-        if labels is not None and len(rows):
-            metrics = ev.regression_metrics(labels.astype(np.float64), out.astype(np.float64))["metrics"]
+    metrics = metrics_for(spec, samples, rows, out)
     table["model_version"] = int(mv.version)
     table["model"] = f"{model_name}@{alias}"
     with atomic_path(Path(out_path)) as tmp:

@@ -446,6 +446,39 @@ def log_evaluation(
                 tracking.log_artifact(run_id, f, "validation")
 
 
+def test_set_md5(fs: Any, data_md5: str) -> str:
+    """Identity of the held-out data a test metric was computed on: the data version and the
+    test samples' ids (a new data version or another split gives another identity)."""
+    import hashlib
+
+    ids = fs.index.loc[fs.index["split"] == "test", "sample_id"].astype(str)
+    return hashlib.md5((data_md5 + "\n" + "\n".join(ids)).encode()).hexdigest()
+
+
+def champion_on_current_test_set(
+    registered: str, version: str, metric: str, test_set: str, folder: Path, fs: Any
+) -> tuple[float | None, str]:
+    """The champion's `metric` on the *current* test set: its recorded value when it was
+    computed on this same test set, else re-evaluated now (never compare numbers computed on
+    different data). (None, "") when there is no other champion."""
+    from stfn import tracking
+    from stfn.predict import score_model
+
+    current = tracking.champion(registered)
+    if current is None or str(current.version) == str(version):
+        return None, ""
+    if (current.tags or {}).get("test_set_md5") == test_set:
+        recorded = (current.tags or {}).get(f"test_{metric}")
+        if recorded is not None:
+            return float(recorded), "recorded on this same test set"
+    log.info("re-evaluating champion v%s on the current test split", current.version)
+    scores = score_model(f"models:/{registered}/{current.version}", folder, fs.rows("test"))
+    tracking.set_model_version_tags(
+        registered, str(version), {f"champion_v{current.version}_current_test_{metric}": scores[metric]}
+    )
+    return float(scores[metric]), f"champion re-evaluated on the current test split ({len(fs.rows('test'))} samples)"
+
+
 def register(
     params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any], lineage: dict[str, str]
 ) -> dict[str, Any]:
@@ -469,10 +502,14 @@ def register(
     m = evaluation["metrics"]
     metric = m["primary_metric"]
     value = m["test"][metric]
-    tags = {**lineage, "test_" + metric: value, "model_uri": model_uri}
+    test_set = test_set_md5(fs, lineage.get("data_md5", ""))
+    tags = {**lineage, "test_" + metric: value, "model_uri": model_uri, "test_set_md5": test_set}
     registered = tracking.model_name(name)
     version = tracking.register(model_uri, registered, run_id, tags)
-    decision = tracking.promote_if_better(registered, version, metric, value, params.registry.min_improvement)
+    champion_value, basis = champion_on_current_test_set(registered, version, metric, test_set, folder, fs)
+    decision = tracking.promote_if_better(
+        registered, version, metric, value, params.registry.min_improvement, champion_value, basis
+    )
     tracking.set_tags(
         run_id,
         {

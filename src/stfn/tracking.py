@@ -258,7 +258,21 @@ def champion(name: str) -> Any | None:
         return None
 
 
-def promote_if_better(name: str, version: str, metric: str, value: float, min_improvement: float) -> Decision:
+def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    client = _client()
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), k, str(v))
+
+
+def promote_if_better(
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    min_improvement: float,
+    champion_value: float | None = None,
+    basis: str = "",
+) -> Decision:
     """The gate: `version` becomes champion when there is none, or when it beats the champion's
     test `metric` by `min_improvement` (direction from `HIGHER_IS_BETTER`). The decision and the
     reason are tagged on the version; a losing challenger never moves the champion alias."""
@@ -270,7 +284,7 @@ def promote_if_better(name: str, version: str, metric: str, value: float, min_im
     elif str(current.version) == str(version):
         promoted, reason = True, "already champion"
     else:
-        champ_value = _version_metric(current, metric)
+        champ_value = champion_value if champion_value is not None else _version_metric(current, metric)
         if champ_value is None:
             promoted, reason = True, f"champion v{current.version} has no recorded test {metric}"
         else:
@@ -281,6 +295,7 @@ def promote_if_better(name: str, version: str, metric: str, value: float, min_im
             reason = (
                 f"test {metric} {value:.4f} {verb} champion v{current.version}'s {champ_value:.4f} "
                 f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})"
+                + (f"; {basis}" if basis else "")
             )
     if promoted and (current is None or str(current.version) != str(version)):
         set_champion(name, str(version), f"gate: {reason}")

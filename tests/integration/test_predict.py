@@ -91,3 +91,29 @@ def test_promote_and_rollback_from_the_cli(trained, write_tiny_params):
     assert "rollback v" in models.stdout and "rolled" not in models.stderr
     again = stfn(root, "rollback")
     assert again.returncode == 1 and "no earlier champion" in again.stderr
+
+
+@pytest.mark.slow
+def test_new_data_the_champion_is_re_evaluated_on_the_current_test_split(trained, write_tiny_params):
+    from flows.training_pipeline import training_pipeline
+    from mlflow import MlflowClient
+
+    from stfn.config import MovingDigitsParams
+    from stfn.data import make_moving_digits, write_dataset
+
+    root, _ = trained
+    name = "stfn-predict-digits"
+    client = MlflowClient()
+    before = client.get_model_version_by_alias(name, "champion")
+    write_dataset(  # a new data version: other videos, other test samples
+        root / "data" / "raw" / "predict-digits",
+        *make_moving_digits(MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=9), name="predict-digits"),
+    )
+    write_tiny_params(root / "params.yaml", **{"data.dataset": "predict-digits"})
+    result = training_pipeline(root=str(root))
+    mv = client.get_model_version(name, str(result["version"]))
+    assert mv.tags["test_set_md5"] != before.tags["test_set_md5"]
+    assert "champion re-evaluated on the current test split (48 samples)" in mv.tags["decision_reason"]
+    rescored = float(mv.tags[f"champion_v{before.version}_current_test_accuracy"])
+    assert 0.0 <= rescored <= 1.0
+    assert f"{rescored:.4f}" in mv.tags["decision_reason"]  # the gate compared against the re-evaluated value
