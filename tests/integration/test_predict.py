@@ -97,7 +97,6 @@ def test_promote_and_rollback_from_the_cli(trained, write_tiny_params):
 def test_new_data_the_champion_is_re_evaluated_on_the_current_test_split(trained, write_tiny_params):
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
-
     from stfn.config import MovingDigitsParams
     from stfn.data import make_moving_digits, write_dataset
 
