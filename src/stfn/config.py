@@ -82,6 +82,15 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
     regression_loss: Literal["mse", "l1", "huber"] = "mse"
+    # "": train in the calling process; a work pool name: run the `training-pipeline/train-<pool>`
+    # deployment there (e.g. a pool whose workers run on GPU hosts)
+    work_pool: str = ""
+
+
+class RetrainParams(_Section):
+    cron: str = "0 3 * * 1"  # the scheduled retraining (prefect.yaml's deployment `retrain-scheduled`)
+    timezone: str = "UTC"
+    work_pool: str = "stfn-cpu"
 
 
 class RegistryParams(_Section):
@@ -95,6 +104,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     registry: RegistryParams = RegistryParams()
+    retrain: RetrainParams = RetrainParams()
     # per-dataset settings, merged over the sections above when `data.dataset` names the dataset
     datasets: dict[str, dict[str, Any]] = {}
 

@@ -89,6 +89,22 @@ def record_versions(params: Params, paths: Paths) -> str:
     return "outputs recorded in dvc.lock" + (" and pushed to the DVC remote" if result["pushed"] else "")
 
 
+def refresh_data(params: Params, paths: Paths) -> str:
+    """Before a scheduled retrain: bring the newest recorded data version into the workspace.
+    A built-in dataset is reproduced by `prepare` (`dvc repro prepare`); an ingested or imported
+    one is pulled from the DVC remote when its `.dvc` file is there."""
+    from stfn import versioning
+
+    if not versioning.is_dvc_initialised(paths.root):
+        return "not a DVC repo: using the workspace data"
+    if params.data.dataset in BUILTIN:
+        return "built-in dataset: `dvc repro prepare` brings it up to date"
+    tracked = paths.dataset_dir(params.data.dataset).with_suffix(".dvc")
+    if not tracked.is_file():
+        return f"{tracked.name} not found: using the workspace data"
+    return versioning.pull(paths.root, str(tracked.relative_to(paths.root)))
+
+
 def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = None) -> dict[str, Any]:
     """`prepare`, through DVC when it can be: in a DVC repo, for the built-in dataset that
     `dvc.yaml` declares with the parameters of `params.yaml`, run `dvc repro prepare` (it skips

@@ -400,6 +400,22 @@ def _version_metric(mv: Any, metric: str) -> float | None:
     return None
 
 
+def version_for_flow_run(name: str, flow_run_id: str) -> dict[str, Any]:
+    """The version a given Prefect flow run registered (its lineage tag), with its decision."""
+    client = _client()
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if (mv.tags or {}).get("prefect_flow_run_id") == flow_run_id:
+            tags = mv.tags or {}
+            return {
+                "registered_model": name,
+                "version": str(mv.version),
+                "mlflow_run_id": mv.run_id,
+                "promoted": tags.get("decision") == "promoted",
+                "reason": tags.get("decision_reason", ""),
+            }
+    raise TrackingError(f"flow run {flow_run_id} registered no version of '{name}'")
+
+
 def list_versions(name: str | None = None) -> list[dict[str, Any]]:
     """Registered versions with their aliases, metrics and decision (newest first)."""
     client = _client()

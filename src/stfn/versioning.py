@@ -91,3 +91,17 @@ def commit(root: Path, stages: list[str], push: bool = True) -> dict[str, bool]:
         dvc(root, "push", *stages)
         pushed = True
     return {"committed": True, "pushed": pushed}
+
+
+def pull(root: Path, target: str) -> str:
+    """`dvc pull TARGET` from the default remote: the newest recorded version of the data.
+    A remote without the data is not an error here (the workspace data is used); returns what
+    happened, in words."""
+    if not has_remote(root):
+        return "no DVC remote configured: using the workspace data"
+    try:
+        out = dvc(root, "pull", target)
+    except DvcError as exc:
+        log.warning("dvc pull %s failed, using the workspace data: %s", target, exc)
+        return f"`dvc pull {target}` failed, using the workspace data"
+    return f"`dvc pull {target}`: " + (out.strip().splitlines() or ["done"])[-1]

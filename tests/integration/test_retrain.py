@@ -1,0 +1,18 @@
+"""The `retrain` flow: refresh data, train, register, gate on the current test split."""
+
+import pytest
+
+
+@pytest.mark.slow
+def test_retrain_in_process_registers_and_gates(tmp_path, write_tiny_params):
+    from flows.retrain import retrain
+    from mlflow import MlflowClient
+
+    write_tiny_params(tmp_path / "params.yaml")
+    first = retrain(root=str(tmp_path))
+    assert first["where"] == "in-process" and first["promoted"] is True
+    assert first["data"] == "not a DVC repo: using the workspace data"
+    second = retrain(root=str(tmp_path), overrides=["registry.min_improvement=1.0"])
+    assert int(second["version"]) == int(first["version"]) + 1 and second["promoted"] is False
+    mv = MlflowClient().get_model_version("stfn-moving-digits", str(second["version"]))
+    assert "recorded on this same test set" in mv.tags["decision_reason"]
