@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-fast lint ui dvc-repro clean servers servers-stop
+.PHONY: help install install-dev run test test-fast lint ui dvc-repro clean servers servers-stop deploy
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ ui: $(VENV)/.installed ## Start the MLflow UI on 127.0.0.1:$(UI_PORT) against th
 
 servers: $(VENV)/.installed ## Team mode: Prefect + MLflow servers on 127.0.0.1 (PostgreSQL when STFN_DB_URL / STFN_PREFECT_DB_URL are set)
 	$(BIN)/stfn servers start
+
+deploy: $(VENV)/.installed ## Scheduled retraining: work pool + prefect.yaml deployments (schedule from params.yaml) + a worker; needs `make servers`
+	$(BIN)/stfn deploy
 
 servers-stop: $(VENV)/.installed ## Stop exactly the servers `make servers` started (PID files in .stfn/servers)
 	$(BIN)/stfn servers stop

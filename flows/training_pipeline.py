@@ -7,6 +7,7 @@ at `PREFECT_API_URL` when it is set.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     from stfn import tracking
 
     paths = Paths(Path(root) if root else Path.cwd())
+    if os.environ.get("STFN_TRAIN_DEVICE"):  # set by a (GPU) work pool's job variables
+        overrides = [*(overrides or []), f"train.device={os.environ['STFN_TRAIN_DEVICE']}"]
     params = load_params(paths.root / "params.yaml", overrides)
     prepared = prepare_data(params, paths)
     validation = validate_data(params, paths)

@@ -367,6 +367,28 @@ def servers(
 
 
 @app.command()
+def deploy(
+    worker: Annotated[bool, typer.Option(help="Also start a process worker for the retrain pool.")] = True,
+) -> None:
+    """Scheduled retraining: create the work pool(s), deploy prefect.yaml's `retrain-scheduled`
+    (cron and timezone from params.yaml `retrain`; `train-<pool>` too when `train.work_pool` is
+    set) to the Prefect server, and start a process worker. Needs a server: `make servers`.
+
+    Example: make servers && stfn deploy
+    """
+    root = _root()
+    params = _guard(load_params, root / "params.yaml")
+    from stfn.deploy import deploy as do_deploy
+
+    out = _guard(do_deploy, params, Paths(root), worker)
+    console.print(f"deployed {', '.join(out['deployments'])} to {out['api_url']} (pools {', '.join(out['pools'])})")
+    console.print(f"schedule: {out['schedule']}; at most one retrain at a time (CANCEL_NEW)")
+    if "worker" in out:
+        console.print(f"worker for {out['pools'][0]}: pid {out['worker']['pid']}, log {out['worker']['log']}")
+    console.print("run one now: .venv/bin/prefect deployment run retrain/retrain-scheduled; stop: make servers-stop")
+
+
+@app.command()
 def ablate(
     seeds: Annotated[int, typer.Option(help="Seeds per model (>= 3 for error bars worth reading).")] = 3,
     variant: Annotated[list[str] | None, typer.Option(help="Models to train (default: all four).")] = None,

@@ -167,10 +167,34 @@ def _stop_one(state: Path, name: str, timeout: float = 20) -> str | None:
     return f"{name} (pid {pid})"
 
 
-def stop(paths: Paths) -> list[str]:
-    """Stop exactly the servers `start` recorded; returns what was stopped."""
+def start_worker(paths: Paths, pool: str, env: dict[str, str]) -> dict[str, Any]:
+    """A Prefect process worker for `pool` in the background (PID file worker-<pool>.pid);
+    `stop` stops it with the servers."""
     state = _state(paths)
-    return [s for s in (_stop_one(state, name) for name in SERVICES) if s]
+    name = f"worker-{pool}"
+    pid_file = state / f"{name}.pid"
+    if pid_file.is_file() and _alive(int(pid_file.read_text())):
+        return {"pid": int(pid_file.read_text()), "already_running": True, "log": str(state / f"{name}.log")}
+    log = state / f"{name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [_bin("prefect"), "worker", "start", "--pool", pool, "--name", f"stfn-{pool}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+            cwd=paths.root,
+        )
+    pid_file.write_text(str(proc.pid))
+    return {"pid": proc.pid, "log": str(log)}
+
+
+def stop(paths: Paths) -> list[str]:
+    """Stop exactly the servers and workers that `start` / `start_worker` recorded."""
+    state = _state(paths)
+    names = [*SERVICES, *sorted(p.stem for p in state.glob("worker-*.pid"))]
+    return [s for s in (_stop_one(state, name) for name in names) if s]
 
 
 def status(paths: Paths) -> dict[str, dict[str, Any]]:

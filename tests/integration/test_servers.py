@@ -5,73 +5,30 @@ reports to them; `stfn servers stop` stops exactly what was started."""
 import json
 import os
 import socket
-import subprocess
-import sys
 import urllib.request
-import uuid
-from pathlib import Path
 
 import pytest
-
-BIN = Path(sys.executable).parent
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pg_connect():
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(connect_timeout=3, **PG)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 (trust auth, database test): {exc}")
-    conn.autocommit = True
-    return conn
-
-
-@pytest.fixture
-def databases():
-    conn = pg_connect()
-    names = [f"stfn_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "prefect")]
-    with conn.cursor() as cur:
-        for n in names:
-            cur.execute(f'CREATE DATABASE "{n}"')
-    yield names
-    with conn.cursor() as cur:
-        for n in names:
-            cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-    conn.close()
-
-
-def stfn(cwd: Path, env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env}
-    argv = [str(BIN / "stfn"), *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout)
+from teamlib import PG, free_port, stfn_cmd
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_path, databases, write_tiny_params):
-    mlflow_db, prefect_db = databases
+def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_path, pg_databases, write_tiny_params):
+    mlflow_db, prefect_db = pg_databases
     write_tiny_params(tmp_path / "params.yaml")
     mp, pp = free_port(), free_port()
     env = {
         "STFN_DB_URL": f"postgresql://postgres@127.0.0.1:5432/{mlflow_db}",
         "STFN_PREFECT_DB_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}",
     }
-    started = stfn(tmp_path, env, "servers", "start", "--mlflow-port", str(mp), "--prefect-port", str(pp))
+    started = stfn_cmd(tmp_path, env, "servers", "start", "--mlflow-port", str(mp), "--prefect-port", str(pp))
     try:
         assert started.returncode == 0, started.stderr + started.stdout
         assert "on postgresql" in started.stdout
         state = tmp_path / ".stfn" / "servers"
         pids = {name: int((state / f"{name}.pid").read_text()) for name in ("mlflow", "prefect")}
         client_env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mp}", "PREFECT_API_URL": f"http://127.0.0.1:{pp}/api"}
-        run = stfn(tmp_path, client_env, "run")
+        run = stfn_cmd(tmp_path, client_env, "run")
         assert run.returncode == 0, run.stderr[-3000:]
 
         from mlflow import MlflowClient
@@ -97,7 +54,7 @@ def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_
             cur.execute("SELECT count(*) FROM flow_run WHERE id = %s", (flow_run_id,))
             assert cur.fetchone()[0] == 1
     finally:
-        stopped = stfn(tmp_path, {}, "servers", "stop")
+        stopped = stfn_cmd(tmp_path, {}, "servers", "stop")
     assert stopped.returncode == 0 and "mlflow" in stopped.stdout and "prefect" in stopped.stdout
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):

@@ -1,0 +1,83 @@
+"""`stfn deploy` / `make deploy`: the work pool(s), the deployments of `prefect.yaml` with the
+schedule from `params.yaml`, and a process worker — against a real Prefect server
+(`PREFECT_API_URL`, or the one `stfn servers start` recorded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from stfn.config import Params, Paths
+
+POOL_TEMPLATE = Path("deploy") / "work-pools" / "process.json"
+
+
+def _prefect(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    exe = str(Path(sys.executable).with_name("prefect"))
+    proc = subprocess.run(
+        [exe, "--no-prompt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        )
+    return proc.stdout
+
+
+def api_url(paths: Paths) -> str:
+    """The Prefect server to deploy to: PREFECT_API_URL, else the one `stfn servers start` runs."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    record = paths.state / "servers" / "prefect.json"
+    if record.is_file():
+        return json.loads(record.read_text())["url"]
+    raise RuntimeError(
+        "no Prefect server: deployments and workers need one. Start one with `make servers` "
+        "(or set PREFECT_API_URL to your team's server) and run `make deploy` again"
+    )
+
+
+def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
+    """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train-<pool>` when
+    `train.work_pool` is set), optionally start a process worker for the retrain pool."""
+    from stfn import servers
+
+    url = api_url(paths)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": url,
+        "STFN_DEPLOY_ROOT": str(paths.root),
+        "STFN_RETRAIN_POOL": params.retrain.work_pool,
+        "STFN_RETRAIN_CRON": params.retrain.cron,
+        "STFN_RETRAIN_TIMEZONE": params.retrain.timezone,
+        "STFN_TRAIN_POOL": params.train.work_pool,
+        "STFN_CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+        "STFN_TRAIN_DEVICE": "cuda" if params.train.work_pool else "",
+    }
+    template = paths.root / POOL_TEMPLATE
+    pools = [params.retrain.work_pool] + ([params.train.work_pool] if params.train.work_pool else [])
+    for pool in dict.fromkeys(pools):
+        args = ["work-pool", "create", pool, "--type", "process", "--overwrite"]
+        _prefect(args + (["--base-job-template", str(template)] if template.is_file() else []), env, paths.root)
+    names = ["retrain-scheduled"] + ([f"train-{params.train.work_pool}"] if params.train.work_pool else [])
+    _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
+    out: dict[str, Any] = {
+        "api_url": url,
+        "pools": list(dict.fromkeys(pools)),
+        "deployments": ["retrain/retrain-scheduled"] + [f"training-pipeline/{n}" for n in names[1:]],
+        "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
+    }
+    if start_worker:
+        worker_env = {k: v for k, v in env.items() if not k.startswith("STFN_")}
+        out["worker"] = servers.start_worker(paths, params.retrain.work_pool, worker_env)
+    return out

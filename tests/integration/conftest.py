@@ -1,0 +1,58 @@
+"""Fixtures of the team-mode tests: PostgreSQL databases made for one test, servers started
+for one test."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from teamlib import PG, free_port, stfn_cmd
+
+
+@pytest.fixture
+def pg_databases():
+    """Two fresh PostgreSQL databases (MLflow's and Prefect's), dropped afterwards; the test is
+    skipped, saying why, when PostgreSQL is not reachable."""
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(connect_timeout=3, **PG)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 (trust auth, database test): {exc}")
+    conn.autocommit = True
+    names = [f"stfn_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "prefect")]
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'CREATE DATABASE "{n}"')
+    yield names
+    with conn.cursor() as cur:
+        for n in names:
+            cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture
+def team_servers(tmp_path, pg_databases):
+    """`stfn servers start` in `tmp_path` on PostgreSQL and free ports; stopped afterwards."""
+    mlflow_db, prefect_db = pg_databases
+    mp, pp = free_port(), free_port()
+    env = {
+        "STFN_DB_URL": f"postgresql://postgres@127.0.0.1:5432/{mlflow_db}",
+        "STFN_PREFECT_DB_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}",
+    }
+    started = stfn_cmd(tmp_path, env, "servers", "start", "--mlflow-port", str(mp), "--prefect-port", str(pp))
+    info = {
+        "started": started,
+        "mlflow_port": mp,
+        "prefect_port": pp,
+        "mlflow_db": mlflow_db,
+        "prefect_db": prefect_db,
+        "client_env": {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mp}",
+            "PREFECT_API_URL": f"http://127.0.0.1:{pp}/api",
+        },
+    }
+    try:
+        yield info
+    finally:
+        info["stopped"] = stfn_cmd(tmp_path, {}, "servers", "stop")

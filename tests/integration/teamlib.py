@@ -1,0 +1,24 @@
+"""Helpers of the team-mode tests: free ports, running the `stfn` command, PostgreSQL settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stfn_cmd(cwd: Path, env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env}
+    argv = [str(BIN / "stfn"), *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout)
