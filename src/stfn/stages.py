@@ -473,26 +473,28 @@ def test_set_md5(fs: Any, data_md5: str) -> str:
 
 def champion_on_current_test_set(
     registered: str, version: str, metric: str, test_set: str, folder: Path, fs: Any
-) -> tuple[float | None, str]:
+) -> tuple[float | None, str, str | None]:
     """The champion's `metric` on the *current* test set: its recorded value when it was
     computed on this same test set, else re-evaluated now (never compare numbers computed on
-    different data). (None, "") when there is no other champion."""
+    different data). Returns (value, how it was obtained, the champion's version); (None, "",
+    None) when there is no other champion."""
     from stfn import tracking
     from stfn.predict import score_model
 
     current = tracking.champion(registered)
     if current is None or str(current.version) == str(version):
-        return None, ""
+        return None, "", None
     if (current.tags or {}).get("test_set_md5") == test_set:
         recorded = (current.tags or {}).get(f"test_{metric}")
         if recorded is not None:
-            return float(recorded), "recorded on this same test set"
+            return float(recorded), "recorded on this same test set", str(current.version)
     log.info("re-evaluating champion v%s on the current test split", current.version)
     scores = score_model(f"models:/{registered}/{current.version}", folder, fs.rows("test"))
     tracking.set_model_version_tags(
         registered, str(version), {f"champion_v{current.version}_current_test_{metric}": scores[metric]}
     )
-    return float(scores[metric]), f"champion re-evaluated on the current test split ({len(fs.rows('test'))} samples)"
+    how = f"champion re-evaluated on the current test split ({len(fs.rows('test'))} samples)"
+    return float(scores[metric]), how, str(current.version)
 
 
 def register(
@@ -522,9 +524,9 @@ def register(
     tags = {**lineage, "test_" + metric: value, "model_uri": model_uri, "test_set_md5": test_set}
     registered = tracking.model_name(name)
     version = tracking.register(model_uri, registered, run_id, tags)
-    champion_value, basis = champion_on_current_test_set(registered, version, metric, test_set, folder, fs)
+    champion_value, basis, measured = champion_on_current_test_set(registered, version, metric, test_set, folder, fs)
     decision = tracking.promote_if_better(
-        registered, version, metric, value, params.registry.min_improvement, champion_value, basis
+        registered, version, metric, value, params.registry.min_improvement, champion_value, basis, measured
     )
     tracking.set_tags(
         run_id,

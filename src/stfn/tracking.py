@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,40 @@ def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> Non
         client.set_model_version_tag(name, str(version), k, str(v))
 
 
+@contextmanager
+def promotion_lock(name: str, timeout: float = 300.0):
+    """Serialise promotions of one registered model across processes, so that the champion is
+    re-read and compared inside the lock (never on stale information). With a local store
+    (SQLite), an exclusive `flock` on `<store folder>/.locks/<name>.lock`. A tracking server
+    gives no lock of its own: there the caller runs unlocked, with a warning."""
+    import fcntl
+    import time as _time
+
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:"):
+        log.warning("promotion of %s is not serialised across processes with tracking URI %s", name, scrub_uri(uri))
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).parent / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as fh:
+        deadline = _time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if _time.monotonic() > deadline:
+                    raise TrackingError(f"could not take the promotion lock of {name} in {timeout:.0f} s") from None
+                _time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def promote_if_better(
     name: str,
     version: str,
@@ -272,10 +307,28 @@ def promote_if_better(
     min_improvement: float,
     champion_value: float | None = None,
     basis: str = "",
+    champion_value_for: str | None = None,
 ) -> Decision:
     """The gate: `version` becomes champion when there is none, or when it beats the champion's
     test `metric` by `min_improvement` (direction from `HIGHER_IS_BETTER`). The decision and the
-    reason are tagged on the version; a losing challenger never moves the champion alias."""
+    reason are tagged on the version; a losing challenger never moves the champion alias.
+    `champion_value`: the champion's metric on the current test set when the caller measured it."""
+    with promotion_lock(name):
+        current = champion(name)
+        if champion_value is not None and current is not None and str(current.version) != str(champion_value_for):
+            champion_value, basis = None, f"champion changed to v{current.version} meanwhile: its recorded value"
+        return _promote_if_better(name, version, metric, value, min_improvement, champion_value, basis)
+
+
+def _promote_if_better(
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    min_improvement: float,
+    champion_value: float | None,
+    basis: str,
+) -> Decision:
     client = _client()
     current = champion(name)
     champ_value = None
@@ -360,6 +413,11 @@ def champion_stack(history: list[dict[str, Any]]) -> list[str]:
 
 def promote(name: str, version: str, reason: str = "manual promotion") -> str | None:
     """Make `version` the champion by hand (no gate); returns the previous champion."""
+    with promotion_lock(name):
+        return _promote(name, version, reason)
+
+
+def _promote(name: str, version: str, reason: str) -> str | None:
     client = _client()
     try:
         mv = client.get_model_version(name, str(version))
@@ -376,6 +434,11 @@ def promote(name: str, version: str, reason: str = "manual promotion") -> str | 
 
 def rollback(name: str) -> tuple[str, str]:
     """Put the previous champion back (from the recorded alias history); returns (from, to)."""
+    with promotion_lock(name):
+        return _rollback(name)
+
+
+def _rollback(name: str) -> tuple[str, str]:
     current = champion(name)
     if current is None:
         raise TrackingError(f"'{name}' has no champion to roll back")

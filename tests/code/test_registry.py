@@ -137,3 +137,54 @@ def test_pointing_score_checks_frame_and_cell_overlap():
     att[1, 0, 0, 0] = 1.0  # frame 0, but the digit is at frame 2
     frame, row, col = np.array([1, 2]), np.array([18, 0]), np.array([20, 0])
     assert pointing_score(att, frame, row, col, (32, 32)) == 0.5
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from stfn import tracking
+name, version, value, delay, go = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
+slow_read = tracking._version_metric
+def reads_slowly(mv, metric):  # widen the window between reading the champion and moving the alias
+    out = slow_read(mv, metric)
+    time.sleep(1.0)
+    return out
+tracking._version_metric = reads_slowly
+while not go.exists():
+    time.sleep(0.01)
+time.sleep(delay)
+d = tracking.promote_if_better(name, version, "accuracy", value, 0.0)
+print(d.promoted, d.champion_version)
+"""
+
+
+def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
+    import subprocess
+    import sys
+
+    client = MlflowClient()
+    name = f"stfn-race-{uuid.uuid4().hex[:8]}"
+    v1 = _version(client, name, "accuracy", 0.5)
+    tracking.promote_if_better(name, v1, "accuracy", 0.5, 0.0)
+    v2 = _version(client, name, "accuracy", 0.7)
+    v3 = _version(client, name, "accuracy", 0.6)
+    go = tmp_path / "go"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, name, v2, "0.7", "0", str(go)], stdout=subprocess.PIPE, text=True
+        ),
+        # the worse one reads the champion while the better one is between reading and writing
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, name, v3, "0.6", "0.3", str(go)], stdout=subprocess.PIPE, text=True
+        ),
+    ]
+    import time
+
+    time.sleep(8)  # both have imported MLflow and wait for the signal
+    go.touch()
+    outs = [p.communicate(timeout=120)[0].split() for p in racers]
+    assert all(p.returncode == 0 for p in racers)
+    assert outs[0] == ["True", v1]  # v2 beat v1
+    assert outs[1] == ["False", v2]  # v3 was compared with v2, the champion it found inside the lock
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v2
+    assert [e["version"] for e in tracking.champion_history(name)] == [v1, v2]
