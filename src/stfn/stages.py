@@ -416,6 +416,9 @@ def open_run(
         name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=lineage
     )
     tracking.log_params(run_id, params.model_dump(mode="json"))
+    folder = paths.dataset_dir(params.data.dataset)
+    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, name)
+    tracking.log_dataset(run_id, name, folder, data_md5, samples)
     if (paths.root / "params.yaml").is_file():
         tracking.log_artifact(run_id, paths.root / "params.yaml")
     return {

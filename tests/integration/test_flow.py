@@ -43,6 +43,9 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     run = client.get_run(first["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert {"git_sha", "data_md5", "params_hash", "prefect_flow_run_id"} <= set(run.data.tags)
+    inputs = run.inputs.dataset_inputs  # linked with mlflow.log_input
+    assert len(inputs) == 1 and inputs[0].dataset.name == "moving-digits"
+    assert inputs[0].dataset.digest == run.data.tags["data_md5"][:36] and inputs[0].tags[0].value == "training"
     assert {
         "val_accuracy",
         "best_val_accuracy",
