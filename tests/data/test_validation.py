@@ -98,6 +98,135 @@ def unknown_yaml_key(d):
     return "dataset.yaml", "colour", "unknown key"
 
 
+def _spec(d: Path) -> dict:
+    return yaml.safe_load((d / "dataset.yaml").read_text())
+
+
+def _write_spec(d: Path, spec: dict) -> None:
+    (d / "dataset.yaml").write_text(yaml.safe_dump(spec))
+
+
+def _float_frames(d: Path, poison: float) -> None:
+    f = np.load(d / "frames.npy").astype(np.float32)
+    f[3, 1, 0, 5, 5] = poison
+    np.save(d / "frames.npy", f)
+    spec = _spec(d)
+    spec["frames"]["dtype"] = "float32"
+    _write_spec(d, spec)
+
+
+def series_as_text(d):
+    s = _series(d)
+    s["zone-3"] = s["zone-3"].astype(str)
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "zone-3", "expect_column_values_to_be_in_type_list"
+
+
+def inf_in_frames(d):
+    _float_frames(d, np.inf)
+    return "frames.npy", "nonfinite_count", "expect_column_values_to_be_between"
+
+
+def nan_in_frames(d):
+    _float_frames(d, np.nan)
+    return "frames.npy", "nonfinite_count", "expect_column_values_to_be_between"
+
+
+def nan_label(d):
+    s = _samples(d)
+    s["label"] = s["label"].astype(float)
+    s.loc[2, "label"] = np.nan
+    s.to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", "label", "expect_column_values_to_not_be_null"
+
+
+def duplicated_step(d):
+    s = _series(d)
+    first = s[s["sample_id"] == s["sample_id"].iloc[0]]
+    s.loc[first.index[4], "step"] = 3
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "sample_id,step", "expect_compound_columns_to_be_unique"
+
+
+def step_out_of_range(d):
+    s = _series(d)
+    s.loc[s.index[0], "step"] = 32
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "step", "expect_column_values_to_be_between"
+
+
+def id_only_in_samples(d):
+    s = _series(d)
+    s[s["sample_id"] != s["sample_id"].iloc[0]].to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", "n_steps", "every sample has exactly T steps"
+
+
+def empty_samples(d):
+    _samples(d).iloc[:0].to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", None, "expect_table_row_count_to_be_between(min_value=1)"
+
+
+def empty_series_file(d):
+    (d / "series.parquet").write_bytes(b"")
+    return "series.parquet", None, "parquet"
+
+
+def frames_wrong_dtype(d):
+    np.save(d / "frames.npy", np.load(d / "frames.npy").astype(np.int16))
+    return "frames.npy", "dtype", "expect_column_values_to_be_in_set"
+
+
+def frames_fewer_rows(d):
+    np.save(d / "frames.npy", np.load(d / "frames.npy")[:-1])
+    return "frames.npy", None, "expect_table_row_count_to_equal(value=256)"
+
+
+def yaml_wrong_type(d):
+    spec = _spec(d)
+    spec["series"]["steps"] = "many"
+    _write_spec(d, spec)
+    return "dataset.yaml", "series.steps", "integer"
+
+
+def yaml_path_traversal_name(d):
+    spec = _spec(d)
+    spec["name"] = "../../etc/evil"
+    _write_spec(d, spec)
+    return "dataset.yaml", None, "a-z, 0-9"
+
+
+def yaml_huge_dimensions(d):
+    spec = _spec(d)
+    spec["frames"]["height"] = spec["frames"]["width"] = 100_000
+    _write_spec(d, spec)
+    return "dataset.yaml", None, "too large"
+
+
+def yaml_future_frame_step(d):
+    spec = _spec(d)
+    spec["frames"]["steps"][-1] = 40
+    _write_spec(d, spec)
+    return "dataset.yaml", None, "frames.steps"
+
+
+def missing_frames_file(d):
+    (d / "frames.npy").unlink()
+    return "frames.npy", None, "missing"
+
+
+def yaml_not_yaml(d):
+    (d / "dataset.yaml").write_text("name: [unclosed\n  task: : :")
+    return "dataset.yaml", None, "valid YAML"
+
+
+def invalid_split_value(d):
+    s = _samples(d)
+    s["split"] = "train"
+    s.loc[0, "split"] = "training"
+    s.to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", "split", "expect_column_values_to_be_in_set"
+
+
 CORRUPTIONS = [
     nan_channel,
     missing_column,
@@ -111,6 +240,24 @@ CORRUPTIONS = [
     pickled_frames,
     not_parquet,
     unknown_yaml_key,
+    series_as_text,
+    inf_in_frames,
+    nan_in_frames,
+    nan_label,
+    duplicated_step,
+    step_out_of_range,
+    id_only_in_samples,
+    empty_samples,
+    empty_series_file,
+    frames_wrong_dtype,
+    frames_fewer_rows,
+    yaml_wrong_type,
+    yaml_path_traversal_name,
+    yaml_huge_dimensions,
+    yaml_future_frame_step,
+    missing_frames_file,
+    yaml_not_yaml,
+    invalid_split_value,
 ]
 
 
