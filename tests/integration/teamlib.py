@@ -20,5 +20,8 @@ def free_port() -> int:
 
 def stfn_cmd(cwd: Path, env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env}
+    if "MLFLOW_TRACKING_URI" in env and "MLFLOW_REGISTRY_URI" not in env:
+        # mlflow.set_registry_uri() in this process exports MLFLOW_REGISTRY_URI: do not inherit it
+        full["MLFLOW_REGISTRY_URI"] = env["MLFLOW_TRACKING_URI"]
     argv = [str(BIN / "stfn"), *args]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout)

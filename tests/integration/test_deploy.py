@@ -6,6 +6,7 @@ COMPLETED, a new model version with lineage tags, the alias decided by the gate.
 import asyncio
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ from teamlib import BIN, stfn_cmd
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def _runs(deployment: str, flow_run_id: str | None = None):
-    from prefect.client.orchestration import get_client
+async def _runs(api_url: str, deployment: str, flow_run_id: str | None = None):
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -25,7 +26,7 @@ async def _runs(deployment: str, flow_run_id: str | None = None):
         FlowRunFilterStateType,
     )
 
-    async with get_client() as client:
+    async with PrefectClient(api_url) as client:  # this server, whatever the process-wide settings say
         dep = await client.read_deployment_by_name(deployment)
         scheduled = await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
@@ -42,6 +43,7 @@ def test_deployed_retrain_runs_on_a_process_worker(tmp_path, team_servers, write
     env = team_servers["client_env"]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", env["MLFLOW_TRACKING_URI"])  # the worker's runs inherit these
     pool = "stfn-test-pool"
     write_tiny_params(tmp_path / "params.yaml", **{"retrain.work_pool": pool, "retrain.cron": "0 3 * * 1"})
     shutil.copy2(REPO / "prefect.yaml", tmp_path / "prefect.yaml")
@@ -52,7 +54,11 @@ def test_deployed_retrain_runs_on_a_process_worker(tmp_path, team_servers, write
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
     assert "retrain/retrain-scheduled" in deployed.stdout
 
-    dep, scheduled, _ = asyncio.run(_runs("retrain/retrain-scheduled"))
+    for _ in range(60):  # the server's scheduler makes the runs within seconds of the deploy
+        dep, scheduled, _ = asyncio.run(_runs(env["PREFECT_API_URL"], "retrain/retrain-scheduled"))
+        if scheduled:
+            break
+        time.sleep(0.5)
     assert dep.work_pool_name == pool and dep.schedules[0].schedule.cron == "0 3 * * 1"
     assert dep.global_concurrency_limit.limit == 1  # never two retrains at once
     assert str(dep.concurrency_options.collision_strategy.value) == "CANCEL_NEW"
@@ -73,12 +79,13 @@ def test_deployed_retrain_runs_on_a_process_worker(tmp_path, team_servers, write
         timeout=600,
     )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-    _, _, run = asyncio.run(_runs("retrain/retrain-scheduled", flow_run_id))
+    _, _, run = asyncio.run(_runs(env["PREFECT_API_URL"], "retrain/retrain-scheduled", flow_run_id))
     assert run.state.is_completed(), (run.state, worker.stdout[-3000:])
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    url = env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=url, registry_uri=url)  # not the process-wide registry URI
     versions = client.search_model_versions("name='stfn-moving-digits'")
     assert len(versions) == 1
     mv = versions[0]

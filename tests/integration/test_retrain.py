@@ -7,12 +7,17 @@ import pytest
 def test_retrain_in_process_registers_and_gates(tmp_path, write_tiny_params):
     from flows.retrain import retrain
     from mlflow import MlflowClient
+    from stfn.config import MovingDigitsParams
+    from stfn.data import make_moving_digits, write_dataset
 
-    write_tiny_params(tmp_path / "params.yaml")
+    # a dataset of its own: a registered model no other test touches
+    small = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=4)
+    write_dataset(tmp_path / "data" / "raw" / "retrain-digits", *make_moving_digits(small, name="retrain-digits"))
+    write_tiny_params(tmp_path / "params.yaml", **{"data.dataset": "retrain-digits"})
     first = retrain(root=str(tmp_path))
     assert first["where"] == "in-process" and first["promoted"] is True
     assert first["data"] == "not a DVC repo: using the workspace data"
     second = retrain(root=str(tmp_path), overrides=["registry.min_improvement=1.0"])
     assert int(second["version"]) == int(first["version"]) + 1 and second["promoted"] is False
-    mv = MlflowClient().get_model_version("stfn-moving-digits", str(second["version"]))
+    mv = MlflowClient().get_model_version("stfn-retrain-digits", str(second["version"]))
     assert "recorded on this same test set" in mv.tags["decision_reason"]

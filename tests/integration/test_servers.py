@@ -33,7 +33,8 @@ def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_
 
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
+        url = client_env["MLFLOW_TRACKING_URI"]
+        client = MlflowClient(tracking_uri=url, registry_uri=url)  # not the process-wide registry URI
         champion = client.get_model_version_by_alias("stfn-moving-digits", "champion")
         assert {"git_sha", "data_md5", "params_hash", "prefect_flow_run_id"} <= set(champion.tags)
         mlflow_run = client.get_run(champion.run_id)
