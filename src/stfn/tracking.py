@@ -144,10 +144,14 @@ def set_tags(run_id: str, tags: dict[str, Any]) -> None:
 def log_dataset(run_id: str, name: str, folder: Path, digest: str, samples: Any, context: str = "training") -> None:
     """Link the run to its dataset (`mlflow.log_input`): name, digest (the data md5), source
     folder, and the samples table's schema and profile."""
+    import warnings
+
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.entities import DatasetInput, InputTag
 
-    ds = from_pandas(samples, source=str(folder), targets="label", name=name, digest=digest[:36])
+    with warnings.catch_warnings():  # schema hints about integer columns and local sources: not actionable here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = from_pandas(samples, source=str(folder), targets="label", name=name, digest=digest[:36])
     tag = InputTag(key="mlflow.data.context", value=context)
     _client().log_inputs(run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
 
