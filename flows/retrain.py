@@ -1,5 +1,5 @@
 """Scheduled retraining as a Prefect 3 flow: refresh the data (DVC), run the training pipeline
-(in this process, or as the `training-pipeline/train-<pool>` deployment on `train.work_pool`,
+(in this process, or as the `training-pipeline/train` deployment on `train.work_pool`,
 e.g. GPU workers), and let the gate judge the challenger against the champion on the same,
 current test split (the champion is re-evaluated there when its recorded test set differs).
 
@@ -45,7 +45,7 @@ def retrain(dataset: str | None = None, overrides: list[str] | None = None, root
     data = refresh_data(overrides, root)
     if not params.train.work_pool:
         return {"data": data, "where": "in-process", **training_pipeline(overrides=overrides, root=root)}
-    name = f"training-pipeline/train-{params.train.work_pool}"
+    name = "training-pipeline/train"  # prefect.yaml puts it on train.work_pool
     child = run_deployment(name=name, parameters={"overrides": overrides, "root": root}, as_subflow=True)
     if not child.state or not child.state.is_completed():
         raise RuntimeError(f"deployment {name} ended {child.state.type if child.state else 'without a state'}")

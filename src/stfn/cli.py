@@ -371,7 +371,7 @@ def deploy(
     worker: Annotated[bool, typer.Option(help="Also start a process worker for the retrain pool.")] = True,
 ) -> None:
     """Scheduled retraining: create the work pool(s), deploy prefect.yaml's `retrain-scheduled`
-    (cron and timezone from params.yaml `retrain`; `train-<pool>` too when `train.work_pool` is
+    (cron and timezone from params.yaml `retrain`; `training-pipeline/train` too when `train.work_pool` is
     set) to the Prefect server, and start a process worker. Needs a server: `make servers`.
 
     Example: make servers && stfn deploy

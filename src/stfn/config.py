@@ -82,7 +82,7 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
     regression_loss: Literal["mse", "l1", "huber"] = "mse"
-    # "": train in the calling process; a work pool name: run the `training-pipeline/train-<pool>`
+    # "": train in the calling process; a work pool name: run the `training-pipeline/train`
     # deployment there (e.g. a pool whose workers run on GPU hosts)
     work_pool: str = ""
 

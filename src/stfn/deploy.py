@@ -48,7 +48,7 @@ def api_url(paths: Paths) -> str:
 
 
 def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
-    """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train-<pool>` when
+    """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train` on that pool when
     `train.work_pool` is set), optionally start a process worker for the retrain pool."""
     from stfn import servers
 
@@ -69,7 +69,7 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
     for pool in dict.fromkeys(pools):
         args = ["work-pool", "create", pool, "--type", "process", "--overwrite"]
         _prefect(args + (["--base-job-template", str(template)] if template.is_file() else []), env, paths.root)
-    names = ["retrain-scheduled"] + ([f"train-{params.train.work_pool}"] if params.train.work_pool else [])
+    names = ["retrain-scheduled"] + (["train"] if params.train.work_pool else [])
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
         "api_url": url,
