@@ -62,7 +62,8 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         "STFN_RETRAIN_TIMEZONE": params.retrain.timezone,
         "STFN_TRAIN_POOL": params.train.work_pool,
         "STFN_CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
-        "STFN_TRAIN_DEVICE": "cuda" if params.train.work_pool else "",
+        # the training pool's device: cuda unless told otherwise (STFN_TRAIN_DEVICE=cpu for a CPU pool)
+        "STFN_TRAIN_DEVICE": os.environ.get("STFN_TRAIN_DEVICE") or ("cuda" if params.train.work_pool else ""),
     }
     template = paths.root / POOL_TEMPLATE
     pools = [params.retrain.work_pool] + ([params.train.work_pool] if params.train.work_pool else [])

@@ -93,3 +93,64 @@ def test_deployed_retrain_runs_on_a_process_worker(tmp_path, team_servers, write
     assert mv.tags["decision"] == "promoted" and mv.tags["decision_reason"] == "no champion yet"
     assert str(client.get_model_version_by_alias("stfn-moving-digits", "champion").version) == str(mv.version)
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["retrain"]["work_pool"] == pool
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_retrain_sends_training_to_its_own_work_pool(tmp_path, team_servers, write_tiny_params, monkeypatch):
+    """train.work_pool set: `retrain` runs the `training-pipeline/train` deployment on that pool
+    with run_deployment (the pool's job variables reach it) and reads the outcome from MLflow."""
+    import os
+
+    assert team_servers["started"].returncode == 0, team_servers["started"].stderr
+    env = team_servers["client_env"]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", env["MLFLOW_TRACKING_URI"])
+    write_tiny_params(
+        tmp_path / "params.yaml", **{"retrain.work_pool": "stfn-test-cpu", "train.work_pool": "stfn-test-train"}
+    )
+    shutil.copy2(REPO / "prefect.yaml", tmp_path / "prefect.yaml")
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    shutil.copytree(REPO / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    # no GPU here: this "training pool" runs on the CPU (its job variable says so)
+    deployed = stfn_cmd(tmp_path, {**env, "STFN_TRAIN_DEVICE": "cpu"}, "deploy", "--no-worker")
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    assert "training-pipeline/train " in deployed.stdout
+
+    prefect = str(BIN / "prefect")
+    train_worker = subprocess.Popen(  # polls in the background until the child run appears
+        [prefect, "worker", "start", "--pool", "stfn-test-train", "--name", "train-test"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        trig = subprocess.run(
+            [prefect, "deployment", "run", "retrain/retrain-scheduled"], capture_output=True, text=True, timeout=120
+        )
+        assert trig.returncode == 0, trig.stderr
+        flow_run_id = next(line.split()[-1] for line in trig.stdout.splitlines() if "UUID" in line)
+        retrain_worker = subprocess.run(
+            [prefect, "worker", "start", "--pool", "stfn-test-cpu", "--run-once"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        train_worker.terminate()
+        train_out = train_worker.communicate(timeout=60)[0]
+    assert retrain_worker.returncode == 0, retrain_worker.stdout[-3000:]
+    _, _, run = asyncio.run(_runs(env["PREFECT_API_URL"], "retrain/retrain-scheduled", flow_run_id))
+    assert run.state.is_completed(), (run.state.message, train_out[-2000:])
+
+    from mlflow import MlflowClient
+
+    url = env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    (mv,) = client.search_model_versions("name='stfn-moving-digits'")
+    assert mv.tags["decision"] == "promoted"
+    assert client.get_run(mv.run_id).data.params["train.device"] == "cpu"  # the pool's job variable reached it
