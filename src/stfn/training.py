@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stfn.baselines import RIDGE_ALPHAS  # the same penalty grid as the ridge baseline
 from stfn.config import ModelParams, TrainParams
 from stfn.features import FeatureSet
 from stfn.fileio import atomic_path
@@ -161,9 +162,6 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
-
-
-RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 def init_linear_skip(model: nn.Module, fs: FeatureSet, train_rows: np.ndarray, val_rows: np.ndarray) -> float:
