@@ -85,6 +85,10 @@ class TrainParams(_Section):
     # "": train in the calling process; a work pool name: run the `training-pipeline/train`
     # deployment there (e.g. a pool whose workers run on GPU hosts)
     work_pool: str = ""
+    # the type of that pool, and so its base job template in deploy/work-pools/: process (a worker
+    # on the GPU host runs the code in place), docker (GPU device request) or kubernetes
+    # (nvidia.com/gpu limit); the docker and kubernetes workers need prefect-docker / prefect-kubernetes
+    work_pool_type: Literal["process", "docker", "kubernetes"] = "process"
 
 
 class RetrainParams(_Section):

@@ -13,7 +13,13 @@ from typing import Any
 
 from stfn.config import Params, Paths
 
-POOL_TEMPLATE = Path("deploy") / "work-pools" / "process.json"
+TEMPLATES = Path("deploy") / "work-pools"
+# the base job template of each pool type this project deploys to
+POOL_TEMPLATES = {"process": "process.json", "docker": "docker-gpu.json", "kubernetes": "kubernetes-gpu.json"}
+
+
+def pool_template(root: Path, pool_type: str) -> Path:
+    return root / TEMPLATES / POOL_TEMPLATES[pool_type]
 
 
 def _prefect(args: list[str], env: dict[str, str], cwd: Path) -> str:
@@ -65,16 +71,27 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         # the training pool's device: cuda unless told otherwise (STFN_TRAIN_DEVICE=cpu for a CPU pool)
         "STFN_TRAIN_DEVICE": os.environ.get("STFN_TRAIN_DEVICE") or ("cuda" if params.train.work_pool else ""),
     }
-    template = paths.root / POOL_TEMPLATE
-    pools = [params.retrain.work_pool] + ([params.train.work_pool] if params.train.work_pool else [])
-    for pool in dict.fromkeys(pools):
-        args = ["work-pool", "create", pool, "--type", "process", "--overwrite"]
-        _prefect(args + (["--base-job-template", str(template)] if template.is_file() else []), env, paths.root)
+    pools = {params.retrain.work_pool: "process"}  # the retrain flow itself runs on a process worker
+    if params.train.work_pool:
+        if pools.get(params.train.work_pool, params.train.work_pool_type) != params.train.work_pool_type:
+            raise RuntimeError(
+                f"params.yaml: train.work_pool '{params.train.work_pool}' is also retrain.work_pool (a process "
+                f"pool) but train.work_pool_type is {params.train.work_pool_type}: give training its own pool"
+            )
+        pools[params.train.work_pool] = params.train.work_pool_type
+    for pool, kind in pools.items():
+        args = ["work-pool", "create", pool, "--type", kind, "--overwrite"]
+        template = pool_template(paths.root, kind)
+        if template.is_file():
+            args += ["--base-job-template", str(template)]
+        elif kind != "process":
+            raise RuntimeError(f"{template} is missing: the {kind} pool's base job template (GPU requests)")
+        _prefect(args, env, paths.root)
     names = ["retrain-scheduled"] + (["train"] if params.train.work_pool else [])
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
         "api_url": url,
-        "pools": list(dict.fromkeys(pools)),
+        "pools": [f"{p} ({k})" for p, k in pools.items()],
         "deployments": ["retrain/retrain-scheduled"] + [f"training-pipeline/{n}" for n in names[1:]],
         "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
     }

@@ -402,6 +402,7 @@ def open_run(
     from stfn import tracking
 
     uri = tracking.configure(paths.mlflow_dir)
+    tracking.lock_kind()  # refuse now, not at the gate after training, when promotion cannot be serialised
     name = dataset_name(params, paths)
     lineage = {
         "git_sha": tracking.git_sha(paths.root),

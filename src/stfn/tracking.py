@@ -280,25 +280,72 @@ def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> Non
         client.set_model_version_tag(name, str(version), k, str(v))
 
 
+PROMOTION_LIMIT = "stfn-promote-{name}"  # the Prefect global concurrency limit of a team's promotions
+
+
 @contextmanager
 def promotion_lock(name: str, timeout: float = 300.0):
-    """Serialise promotions of one registered model across processes, so that the champion is
-    re-read and compared inside the lock (never on stale information). With a local store
-    (SQLite), an exclusive `flock` on `<store folder>/.locks/<name>.lock`. A tracking server
-    gives no lock of its own: there the caller runs unlocked, with a warning."""
-    import fcntl
-    import time as _time
+    """Serialise promotions of one registered model across processes and hosts, so that the
+    champion is re-read and compared inside the lock (never on stale information).
 
+    - Local store (SQLite): an exclusive `flock` on `<store folder>/.locks/<name>.lock`.
+    - Tracking server with a Prefect server (`PREFECT_API_URL`, team mode): the Prefect global
+      concurrency limit `stfn-promote-<name>` with one slot, created on first use.
+    - Tracking server without a Prefect API: refused unless STFN_UNLOCKED_PROMOTION=1 (a racing
+      pipeline could otherwise promote on stale information)."""
+    kind, where = lock_kind()
+    if kind == "file":
+        with _file_lock(Path(where) / ".locks" / f"{name}.lock", name, timeout):
+            yield
+    elif kind == "prefect":
+        with _prefect_lock(PROMOTION_LIMIT.format(name=name), timeout):
+            yield
+    else:
+        log.warning("promotion of %s is not serialised (STFN_UNLOCKED_PROMOTION=1)", name)
+        yield
+
+
+def lock_kind() -> tuple[str, str]:
+    """How promotions will be serialised with the current settings: ("file", store folder),
+    ("prefect", API URL) or ("unlocked", reason); raises TrackingError when none is safe. The
+    pipeline asks before training, so a run cannot fail at the gate after hours of work."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:"):
-        log.warning("promotion of %s is not serialised across processes with tracking URI %s", name, scrub_uri(uri))
-        yield
-        return
-    folder = Path(uri.removeprefix("sqlite:///")).parent / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{name}.lock", "w") as fh:
+    local = _local_store_folder(uri)
+    if local is not None:
+        return "file", str(local)
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return "prefect", str(PREFECT_API_URL.value())
+    if os.environ.get("STFN_UNLOCKED_PROMOTION") == "1":
+        return "unlocked", "STFN_UNLOCKED_PROMOTION=1"
+    raise TrackingError(
+        f"cannot promote models safely: the tracking store {scrub_uri(uri)} is a server and no Prefect API "
+        "is configured to hold the promotion lock. Set PREFECT_API_URL to the team's Prefect server "
+        "(or STFN_UNLOCKED_PROMOTION=1 when no other pipeline can promote at the same time)"
+    )
+
+
+def _local_store_folder(uri: str) -> Path | None:
+    """The folder of a tracking store on this host's disk (SQLite file or file store), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+@contextmanager
+def _file_lock(path: Path, name: str, timeout: float):
+    import fcntl
+    import time as _time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         deadline = _time.monotonic() + timeout
         while True:
             try:
@@ -312,6 +359,40 @@ def promotion_lock(name: str, timeout: float = 300.0):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _prefect_lock(limit: str, timeout: float):
+    """One slot of a Prefect global concurrency limit, held while the body runs (its lease is
+    renewed meanwhile and expires if this process dies, so a crash cannot wedge promotions)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            gcl = client.read_global_concurrency_limit_by_name(limit)
+            if gcl.limit != 1 or not gcl.active:
+                raise TrackingError(
+                    f"the Prefect concurrency limit '{limit}' must be active with limit 1 to serialise "
+                    f"promotions (it has limit {gcl.limit}, active={gcl.active})"
+                )
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+            except ObjectAlreadyExists:
+                pass  # another pipeline created it first
+    from contextlib import ExitStack
+
+    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
+
+    with ExitStack() as held:  # leaving it releases the slot, whatever the body raised
+        try:
+            held.enter_context(concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True))
+        except AcquireConcurrencySlotTimeoutError as exc:
+            raise TrackingError(f"could not take the promotion lock '{limit}' in {timeout:.0f} s") from exc
+        yield
 
 
 def promote_if_better(

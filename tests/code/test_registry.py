@@ -139,23 +139,7 @@ def test_pointing_score_checks_frame_and_cell_overlap():
     assert pointing_score(att, frame, row, col, (32, 32)) == 0.5
 
 
-RACER = """
-import sys, time
-from pathlib import Path
-from stfn import tracking
-name, version, value, delay, go = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
-slow_read = tracking._version_metric
-def reads_slowly(mv, metric):  # widen the window between reading the champion and moving the alias
-    out = slow_read(mv, metric)
-    time.sleep(1.0)
-    return out
-tracking._version_metric = reads_slowly
-while not go.exists():
-    time.sleep(0.01)
-time.sleep(delay)
-d = tracking.promote_if_better(name, version, "accuracy", value, 0.0)
-print(d.promoted, d.champion_version)
-"""
+RACER = str(Path(__file__).resolve().parents[1] / "racer.py")  # the promoting process
 
 
 def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
@@ -170,13 +154,9 @@ def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
     v3 = _version(client, name, "accuracy", 0.6)
     go = tmp_path / "go"
     racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, name, v2, "0.7", "0", str(go)], stdout=subprocess.PIPE, text=True
-        ),
+        subprocess.Popen([sys.executable, RACER, name, v2, "0.7", "0", str(go)], stdout=subprocess.PIPE, text=True),
         # the worse one reads the champion while the better one is between reading and writing
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, name, v3, "0.6", "0.3", str(go)], stdout=subprocess.PIPE, text=True
-        ),
+        subprocess.Popen([sys.executable, RACER, name, v3, "0.6", "0.3", str(go)], stdout=subprocess.PIPE, text=True),
     ]
     import time
 

@@ -1,0 +1,63 @@
+"""The gate with a genuinely worse challenger: a model trained for one epoch is registered but
+not promoted, with the reason tagged on its version; `stfn rollback` walks back the champions."""
+
+from __future__ import annotations
+
+import pytest
+from teamlib import stfn_cmd
+
+SMALL = {  # small enough for a test, big enough to learn (see test_encoders_learn.py)
+    "data.dataset": "gate-digits",
+    "prepare.moving_digits.n_train": 1600,
+    "prepare.moving_digits.n_val": 160,
+    "prepare.moving_digits.n_test": 200,
+    "prepare.moving_digits.digits_per_video": 1,
+    "prepare.moving_digits.frames": 4,
+    "prepare.moving_digits.steps": 16,
+    "train.epochs": 8,
+    "train.batch_size": 32,
+    "train.patience": 8,
+    "model.dim": 32,
+    "model.attention_hidden": 32,
+}
+
+
+@pytest.mark.slow
+def test_a_one_epoch_challenger_is_registered_not_promoted(tmp_path, write_tiny_params):
+    from flows.training_pipeline import training_pipeline
+    from mlflow import MlflowClient
+    from stfn.config import MovingDigitsParams
+    from stfn.data import make_moving_digits, write_dataset
+
+    write_tiny_params(tmp_path / "params.yaml", **SMALL)
+    digits = MovingDigitsParams(
+        **{k.rsplit(".", 1)[1]: v for k, v in SMALL.items() if k.startswith("prepare.")}, seed=11
+    )  # a dataset of its own name: a registered model no other test touches
+    write_dataset(tmp_path / "data" / "raw" / "gate-digits", *make_moving_digits(digits, name="gate-digits"))
+    good = training_pipeline(root=str(tmp_path))
+    acc = good["metrics"]["test"]["accuracy"]
+    assert good["promoted"] is True and acc >= 0.4, good["metrics"]["test"]  # chance is 0.1
+    worse = training_pipeline(root=str(tmp_path), overrides=["train.epochs=1"])
+    worse_acc = worse["metrics"]["test"]["accuracy"]
+    print(f"8 epochs: test accuracy {acc:.3f}; 1 epoch: {worse_acc:.3f}")
+    assert worse_acc < acc and worse["promoted"] is False and worse["version"] != good["version"]
+
+    name = "stfn-gate-digits"
+    client = MlflowClient()
+    mv = client.get_model_version(name, str(worse["version"]))
+    assert client.get_run(mv.run_id).data.params["train.epochs"] == "1"
+    assert mv.tags["decision"] == "rejected"
+    assert (
+        f"test accuracy {worse_acc:.4f} does not beat champion v{good['version']}'s {acc:.4f}"
+        in mv.tags["decision_reason"]
+    )
+    champion = lambda: str(client.get_model_version_by_alias(name, "champion").version)  # noqa: E731
+    challenger = str(client.get_model_version_by_alias(name, "challenger").version)
+    assert champion() == str(good["version"]) and challenger == str(worse["version"])
+
+    promoted = stfn_cmd(tmp_path, {}, "promote", str(worse["version"]), "--reason", "tried by hand")
+    assert promoted.returncode == 0 and champion() == str(worse["version"]), promoted.stderr
+    rolled = stfn_cmd(tmp_path, {}, "rollback")
+    assert rolled.returncode == 0 and champion() == str(good["version"]), rolled.stderr
+    again = stfn_cmd(tmp_path, {}, "rollback")
+    assert again.returncode == 1 and "no earlier champion" in again.stderr and champion() == str(good["version"])

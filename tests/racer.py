@@ -1,0 +1,29 @@
+"""A promoting process for the race tests: waits for a signal file, then runs the gate with the
+champion read slowed down (a wider window between reading the champion and moving the alias).
+
+python tests/racer.py NAME VERSION VALUE DELAY GO_FILE [READ_SECONDS]  ->  prints "promoted champion_version"
+"""
+
+import sys
+import time
+from pathlib import Path
+
+from stfn import tracking
+
+name, version, value, delay, go = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
+read_seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 1.0
+read = tracking._version_metric
+
+
+def reads_slowly(mv, metric):
+    out = read(mv, metric)
+    time.sleep(read_seconds)
+    return out
+
+
+tracking._version_metric = reads_slowly
+while not go.exists():
+    time.sleep(0.01)
+time.sleep(delay)
+d = tracking.promote_if_better(name, version, "accuracy", value, 0.0)
+print(d.promoted, d.champion_version)
