@@ -42,14 +42,18 @@ def open_run(params: Params, paths: Paths, data_md5: str, dvc_md5: str | None) -
     return stages.open_run(params, paths, str(flow_run.get_id() or ""), data_md5, dvc_md5)
 
 
-@task(name="train", cache_policy=NONE)
+@task(name="train", cache_policy=NONE, retries=1, retry_delay_seconds=2)
 def train(params: Params, paths: Paths, run_id: str) -> dict[str, Any]:
+    """A retry (or a rerun after a crash) resumes from the last epoch's checkpoint."""
     from stfn import tracking
 
     def on_epoch(row: dict[str, float]) -> None:
         tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
-    return stages.train(params, paths, on_epoch=on_epoch)
+    summary = stages.train(params, paths, on_epoch=on_epoch)
+    if summary["resumed_from_epoch"]:
+        tracking.set_tags(run_id, {"resumed_from_epoch": summary["resumed_from_epoch"]})
+    return summary
 
 
 @task(name="evaluate", cache_policy=NONE)

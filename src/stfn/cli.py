@@ -167,7 +167,13 @@ def import_(
         folder, spec = importers.IMPORTERS[name](target, paths.state / "cache" / name, source)
     except importers.ImportError_ as exc:
         _fail(exc, 2)
-    rep = _guard(validate_dataset, folder, params.data.max_missing_ratio, paths.validation_report(name))
+    rep = _guard(
+        validate_dataset,
+        folder,
+        params.data.max_missing_ratio,
+        paths.validation_report(name),
+        refused_report_path=paths.refused_report(name),
+    )
     s = rep.summary()
     _track(
         root,
@@ -186,9 +192,15 @@ def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the 
     params = _guard(load_params, root / "params.yaml")
     from stfn.validation import validate_dataset
 
-    report_path = Paths(root).validation_report(path.resolve().name)
+    name = path.resolve().name
+    report_path = Paths(root).validation_report(name)
     rep = _guard(
-        validate_dataset, path, params.data.max_missing_ratio, report_path, lambda msg: console.print(f"[dim]{msg}[/]")
+        validate_dataset,
+        path,
+        params.data.max_missing_ratio,
+        report_path,
+        lambda msg: console.print(f"[dim]{msg}[/]"),
+        refused_report_path=Paths(root).refused_report(name),
     )
     s = rep.summary()
     console.print(
@@ -214,7 +226,13 @@ def ingest(
 
     spec = _guard(data_mod.load_spec, path)
     paths = Paths(root)
-    _guard(validate_dataset, path, params.data.max_missing_ratio, paths.validation_report(spec.name))
+    _guard(
+        validate_dataset,
+        path,
+        params.data.max_missing_ratio,
+        paths.validation_report(spec.name),
+        refused_report_path=paths.refused_report(spec.name),
+    )
     target = paths.raw / spec.name
     if target.exists() and not force:
         _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
@@ -336,10 +354,15 @@ def servers(
     host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",
     mlflow_port: Annotated[int, typer.Option(help="MLflow tracking server port.")] = 5000,
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
+    auth: Annotated[
+        bool | None,
+        typer.Option("--auth/--no-auth", help="MLflow's basic-auth app (default: STFN_MLFLOW_AUTH=1)."),
+    ] = None,
 ) -> None:
     """Team mode: start / stop a Prefect server and an MLflow tracking server (PID files under
     .stfn/servers). MLflow uses PostgreSQL when STFN_DB_URL is set, Prefect when
-    STFN_PREFECT_DB_URL is set; SQLite otherwise.
+    STFN_PREFECT_DB_URL is set; SQLite otherwise. With --auth every MLflow request needs a user
+    (admin password from MLFLOW_AUTH_ADMIN_PASSWORD).
 
     Example: STFN_DB_URL=postgresql://postgres@127.0.0.1:5432/mlflow stfn servers start
     """
@@ -348,9 +371,10 @@ def servers(
 
     paths = Paths(root)
     if action == "start":
-        info = _guard(srv.start, paths, host, mlflow_port, prefect_port)
+        info = _guard(srv.start, paths, host, mlflow_port, prefect_port, auth=auth)
         for name, rec in info.items():
             extra = " (already running)" if rec.get("already_running") else ""
+            extra += " with basic auth" if rec.get("auth") == "basic-auth" else ""
             console.print(f"{name}: {rec['url']} on {rec['backend']}, pid {rec['pid']}{extra}; log {rec['log']}")
         console.print(
             f"point the pipeline at them:\n  export MLFLOW_TRACKING_URI={info['mlflow']['url']} "

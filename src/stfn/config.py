@@ -101,6 +101,12 @@ class RegistryParams(_Section):
     min_improvement: float = Field(0.0, ge=0.0)
 
 
+class TrackingParams(_Section):
+    # how long tracking calls retry an unreachable MLflow server (back-off 0.5 s doubling to 10 s)
+    # before the run fails with a clear message
+    retry_seconds: float = Field(120.0, ge=0.0)
+
+
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
@@ -108,6 +114,7 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     registry: RegistryParams = RegistryParams()
+    tracking: TrackingParams = TrackingParams()
     retrain: RetrainParams = RetrainParams()
     # per-dataset settings, merged over the sections above when `data.dataset` names the dataset
     datasets: dict[str, dict[str, Any]] = {}
@@ -242,6 +249,10 @@ class Paths:
 
     def validation_report(self, dataset: str) -> Path:
         return self.reports / "validation" / f"{dataset}.json"
+
+    def refused_report(self, dataset: str) -> Path:
+        """Where the report of a refused dataset goes: local state, never among the outputs."""
+        return self.state / "refused" / f"{dataset}.json"
 
     @property
     def metrics_file(self) -> Path:

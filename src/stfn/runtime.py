@@ -36,14 +36,15 @@ def configure_environment(root: Path) -> None:
 
 class _NoTracebackForUserErrors:
     """A logging filter: Prefect logs a failed task/flow with its traceback; for errors in the
-    user's input (bad data, bad parameters) the message alone says what to fix."""
+    user's input (bad data, bad parameters) or setting (an unreachable tracking server) the message
+    alone says what to fix."""
 
     def filter(self, record) -> bool:  # noqa: ANN001
         from stfn.config import ConfigError
-        from stfn.errors import DataValidationError
+        from stfn.errors import DataValidationError, TrackingError
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (DataValidationError, ConfigError)):
+        if isinstance(exc, (DataValidationError, ConfigError, TrackingError)):
             record.exc_info, record.exc_text = None, None
             record.msg = str(record.msg).split(":", 1)[0] + f": {type(exc).__name__} (details below)"
             record.args = ()
@@ -62,5 +63,6 @@ def quiet_logs(debug: bool = False) -> None:
 
     for name in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils", "great_expectations"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # stfn.tracking reports retries itself
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

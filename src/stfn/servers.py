@@ -7,6 +7,10 @@ stopped as background processes with PID files (`make servers`, `make servers-st
   e.g. s3://bucket/mlflow); one worker and job execution off, for a quick start.
 - Prefect: `prefect server start`, on PostgreSQL when `STFN_PREFECT_DB_URL` is set
   (postgresql+asyncpg://…), else SQLite under `.stfn/prefect-server`.
+- With `auth=True` (`stfn servers start --auth`, or STFN_MLFLOW_AUTH=1) MLflow runs its basic-auth
+  app: every request needs a user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the
+  clients); the admin's password comes from MLFLOW_AUTH_ADMIN_PASSWORD (never written to disk
+  by us), the users live in STFN_AUTH_DB_URL or `.stfn/servers/mlflow-auth.db`.
 Both bind to 127.0.0.1 unless told otherwise. Each runs in its own process group, so stopping
 it stops its workers too; `stop` only ever signals the processes whose PIDs it recorded.
 """
@@ -64,7 +68,41 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s (log: {log})")
 
 
-def commands(paths: Paths, host: str, mlflow_port: int, prefect_port: int) -> dict[str, dict[str, Any]]:
+def auth_settings(paths: Paths) -> dict[str, str]:
+    """The environment of MLflow's basic-auth app: its config file (written here, no secret in
+    it), the CSRF secret key (MLFLOW_FLASK_SERVER_SECRET_KEY, else one generated once and kept
+    0600 beside the PID files) and the admin password, which must be given."""
+    import secrets
+
+    if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise RuntimeError(
+            "MLflow basic auth needs the admin's password: set MLFLOW_AUTH_ADMIN_PASSWORD (and "
+            "MLFLOW_AUTH_ADMIN_USERNAME, default 'admin') for the first start; clients then use "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        )
+    state = _state(paths)
+    users = os.environ.get("STFN_AUTH_DB_URL") or f"sqlite:///{(state / 'mlflow-auth.db').resolve()}"
+    ini = state / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = {users}\n"
+        f"admin_username = {os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME', 'admin')}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    key = os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY")
+    if not key:
+        key_file = state / "flask-secret-key"
+        if not key_file.is_file():
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_hex(32))
+        key = key_file.read_text().strip()
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
+
+
+def commands(
+    paths: Paths, host: str, mlflow_port: int, prefect_port: int, auth: bool = False
+) -> dict[str, dict[str, Any]]:
     """The command line and environment of each server (what `start` runs)."""
     db = os.environ.get("STFN_DB_URL") or f"sqlite:///{paths.mlflow_dir.resolve() / 'mlflow.db'}"
     if db.startswith("postgresql://"):  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
@@ -89,8 +127,14 @@ def commands(paths: Paths, host: str, mlflow_port: int, prefect_port: int) -> di
                 str(mlflow_port),
                 "--workers",
                 "1",
+                *(["--app-name", "basic-auth"] if auth else []),
             ],  # fmt: skip
-            "env": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+            "env": {
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                **(auth_settings(paths) if auth else {}),
+            },
+            "auth": "basic-auth" if auth else "none",
             "url": f"http://{host}:{mlflow_port}",
             "health": f"http://{host}:{mlflow_port}/health",
             "backend": "postgresql" if db.startswith("postgresql") else "sqlite",
@@ -106,7 +150,12 @@ def commands(paths: Paths, host: str, mlflow_port: int, prefect_port: int) -> di
 
 
 def start(
-    paths: Paths, host: str = "127.0.0.1", mlflow_port: int = 5000, prefect_port: int = 4200, timeout: float = 180
+    paths: Paths,
+    host: str = "127.0.0.1",
+    mlflow_port: int = 5000,
+    prefect_port: int = 4200,
+    timeout: float = 180,
+    auth: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Start both servers (each unless already running) and wait until they answer."""
     from stfn.tracking import scrub_uri
@@ -115,7 +164,9 @@ def start(
     (paths.state / "prefect-server").mkdir(parents=True, exist_ok=True)
     paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
     info: dict[str, dict[str, Any]] = {}
-    for name, spec in commands(paths, host, mlflow_port, prefect_port).items():
+    if auth is None:
+        auth = os.environ.get("STFN_MLFLOW_AUTH") == "1"
+    for name, spec in commands(paths, host, mlflow_port, prefect_port, auth).items():
         pid_file = state / f"{name}.pid"
         if pid_file.is_file() and _alive(int(pid_file.read_text())):
             info[name] = {**json.loads((state / f"{name}.json").read_text()), "already_running": True}
@@ -138,6 +189,8 @@ def start(
             _stop_one(state, name)
             raise
         record = {"pid": proc.pid, "url": spec["url"], "backend": spec["backend"], "log": str(log)}
+        if spec.get("auth"):
+            record["auth"] = spec["auth"]
         record["argv"] = [scrub_uri(a) for a in spec["argv"]]
         (state / f"{name}.json").write_text(json.dumps(record, indent=2))
         info[name] = record

@@ -144,7 +144,13 @@ def validate(
     from stfn.validation import validate_dataset
 
     folder = folder or paths.dataset_dir(params.data.dataset)
-    report = validate_dataset(folder, params.data.max_missing_ratio, paths.validation_report(folder.name), progress)
+    report = validate_dataset(
+        folder,
+        params.data.max_missing_ratio,
+        paths.validation_report(folder.name),
+        progress,
+        refused_report_path=paths.refused_report(folder.name),
+    )
     return {**report.summary(), "report": str(paths.validation_report(folder.name)), "data_md5": dir_md5(folder)}
 
 
@@ -211,6 +217,7 @@ def train(
         "best_epoch": result.best_epoch,
         "best_val": result.best_val,
         "epochs_run": len(result.history),
+        "resumed_from_epoch": result.resumed_from_epoch,  # > 0: continued an interrupted run's checkpoint
         "train_seconds": round(result.seconds, 2),
         "device": result.device,
         "history": result.history,
@@ -401,7 +408,7 @@ def open_run(
     """Start the MLflow run of one pipeline run; log params, params.yaml and lineage tags."""
     from stfn import tracking
 
-    uri = tracking.configure(paths.mlflow_dir)
+    uri = tracking.configure(paths.mlflow_dir, params.tracking.retry_seconds)
     tracking.lock_kind()  # refuse now, not at the gate after training, when promotion cannot be serialised
     name = dataset_name(params, paths)
     lineage = {

@@ -8,12 +8,15 @@ artifacts in `<project>/mlflow/artifacts`. Registered model `stfn-<dataset>`; al
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import subprocess
 import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +50,119 @@ def scrub_uri(uri: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
 
 
-def configure(mlflow_dir: Path) -> str:
+# How long the tracking calls keep retrying an unreachable tracking server (params.yaml
+# `tracking.retry_seconds`, or STFN_TRACKING_RETRY_SECONDS for the commands that read no params).
+_RETRY = {"seconds": float(os.environ.get("STFN_TRACKING_RETRY_SECONDS", "120"))}
+_IN_CALL = threading.local()  # only the outermost tracking call retries (no nested back-off)
+
+
+def set_retry_seconds(seconds: float) -> None:
+    _RETRY["seconds"] = float(seconds)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A fault of the connection to the tracking server (refused, reset, timed out, 502-504),
+    as opposed to an answer (not found, bad request), which no retry would change."""
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        msg = str(exc)
+        faults = (
+            "Max retries exceeded",
+            "Connection refused",
+            "Connection aborted",
+            "Read timed out",
+            "error code 502",
+            "error code 503",
+            "error code 504",
+            "RemoteDisconnected",
+        )
+        return any(f in msg for f in faults)
+    return False
+
+
+def _fault(exc: BaseException) -> str:
+    """What went wrong with the connection, in a few words (MLflow's message nests urllib3's)."""
+    msg = str(exc)
+    for needle, short in (
+        ("NewConnectionError", "connection refused"),
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("RemoteDisconnected", "connection closed by the server"),
+        ("Connection aborted", "connection aborted"),
+        ("error code 502", "HTTP 502"),
+        ("error code 503", "HTTP 503"),
+        ("error code 504", "HTTP 504"),
+    ):
+        if needle in msg:
+            return short
+    return msg.splitlines()[0][:200] if msg else type(exc).__name__
+
+
+def retrying(what: str):
+    """Retry a tracking call with exponential back-off (0.5 s doubling to 10 s) while the server is
+    unreachable, for `tracking.retry_seconds` in all; then fail with one clear TrackingError."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if getattr(_IN_CALL, "active", False):
+                return fn(*args, **kwargs)
+            import mlflow
+
+            deadline, delay, attempt = time.monotonic() + _RETRY["seconds"], 0.5, 0
+            while True:
+                _IN_CALL.active = True
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    if not unreachable(exc):
+                        raise
+                    attempt += 1
+                    left = deadline - time.monotonic()
+                    uri = scrub_uri(mlflow.get_tracking_uri())
+                    first = _fault(exc)
+                    if left <= 0:
+                        raise TrackingError(
+                            f"the MLflow tracking server {uri} stayed unreachable while {what} "
+                            f"({attempt} attempts over {_RETRY['seconds']:.0f} s, tracking.retry_seconds): {first}. "
+                            "The pipeline stopped here; what it recorded before is kept. Run it again when "
+                            "the server is back (training resumes from its checkpoint)"
+                        ) from None
+                    log.warning(
+                        "MLflow tracking server %s unreachable while %s (attempt %d): retrying in %.1f s",
+                        uri,
+                        what,
+                        attempt,
+                        min(delay, left),
+                    )
+                    time.sleep(min(delay, left))
+                    delay = min(delay * 2, 10.0)
+                finally:
+                    _IN_CALL.active = False
+
+        return call
+
+    return wrap
+
+
+def configure(mlflow_dir: Path, retry_seconds: float | None = None) -> str:
     """Point MLflow at the project's store (the environment wins); return the URI in use."""
     import mlflow
 
     uri = tracking_uri(mlflow_dir)
+    if retry_seconds is not None:
+        set_retry_seconds(retry_seconds)
     if uri.startswith("sqlite:"):
         Path(mlflow_dir).mkdir(parents=True, exist_ok=True)
+    else:  # each request fails fast; `retrying` decides how long to keep trying
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     return uri
@@ -65,6 +174,7 @@ def _client():
     return MlflowClient()
 
 
+@retrying("reading the experiment")
 def experiment_id(name: str, mlflow_dir: Path) -> str:
     """The experiment `name`, created on first use with artifacts under `mlflow/artifacts`
     when the store is local (a tracking server decides for itself)."""
@@ -107,16 +217,19 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@retrying("starting the run")
 def start_run(experiment: str, mlflow_dir: Path, run_name: str, tags: dict[str, str]) -> str:
     client = _client()
     run = client.create_run(experiment_id(experiment, mlflow_dir), run_name=run_name, tags=tags)
     return run.info.run_id
 
 
+@retrying("ending the run")
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     _client().set_terminated(run_id, status=status)
 
 
+@retrying("logging parameters")
 def log_params(run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -124,6 +237,7 @@ def log_params(run_id: str, params: dict[str, Any]) -> None:
     _client().log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
 
 
+@retrying("logging metrics")
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     import time as _t
 
@@ -135,12 +249,14 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
         _client().log_batch(run_id, metrics=rows)
 
 
+@retrying("setting tags")
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:
     client = _client()
     for k, v in tags.items():
         client.set_tag(run_id, k, str(v))
 
 
+@retrying("logging the dataset")
 def log_dataset(run_id: str, name: str, folder: Path, digest: str, samples: Any, context: str = "training") -> None:
     """Link the run to its dataset (`mlflow.log_input`): name, digest (the data md5), source
     folder, and the samples table's schema and profile."""
@@ -156,6 +272,7 @@ def log_dataset(run_id: str, name: str, folder: Path, digest: str, samples: Any,
     _client().log_inputs(run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
 
 
+@retrying("uploading an artifact")
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     _client().log_artifact(run_id, str(path), artifact_path)
 
@@ -195,6 +312,7 @@ def _python_model():
     return STFNModel()
 
 
+@retrying("logging the model")
 def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], example: dict[str, np.ndarray]) -> str:
     """Log the model (pyfunc, signature for both inputs, an input example, explicit pip
     requirements) into the run; return its model URI."""
@@ -246,6 +364,7 @@ class Decision:
     champion_value: float | None = None
 
 
+@retrying("registering the model")
 def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> str:
     """Register the run's model as a new version of `name` (once per run: a retry finds the
     version it made before) and set the `challenger` alias on it."""
@@ -254,7 +373,9 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> st
     client = _client()
     try:
         client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - not found
+    except Exception as exc:  # noqa: BLE001 - not found
+        if unreachable(exc):
+            raise
         client.create_registered_model(name, description="STFN models trained by the stfn pipeline")
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
@@ -267,13 +388,21 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> st
     return version
 
 
+@retrying("reading the champion")
 def champion(name: str) -> Any | None:
+    """The version behind @champion, None when there is none (never None because the server
+    could not be asked: that would let any challenger through the gate)."""
+    from mlflow.exceptions import MlflowException
+
     try:
         return _client().get_model_version_by_alias(name, CHAMPION)
-    except Exception:  # noqa: BLE001 - no champion yet (or no such model)
+    except MlflowException as exc:
+        if unreachable(exc) or not ("not found" in str(exc) or exc.error_code == "RESOURCE_DOES_NOT_EXIST"):
+            raise
         return None
 
 
+@retrying("tagging the version")
 def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
     client = _client()
     for k, v in tags.items():
@@ -395,6 +524,7 @@ def _prefect_lock(limit: str, timeout: float):
         yield
 
 
+@retrying("judging the challenger")
 def promote_if_better(
     name: str,
     version: str,
@@ -466,11 +596,14 @@ def _promote_if_better(
 HISTORY_TAG = "champion_history"  # on the registered model; MLflow keeps no alias history itself
 
 
+@retrying("reading the champion history")
 def champion_history(name: str) -> list[dict[str, Any]]:
     """Every move of @champion, oldest first: {action, version, previous, reason, at}."""
     try:
         raw = (_client().get_registered_model(name).tags or {}).get(HISTORY_TAG)
     except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
         raise TrackingError(f"no registered model '{name}' ({exc})") from None
     return json.loads(raw) if raw else []
 
@@ -507,6 +640,7 @@ def champion_stack(history: list[dict[str, Any]]) -> list[str]:
     return stack
 
 
+@retrying("promoting")
 def promote(name: str, version: str, reason: str = "manual promotion") -> str | None:
     """Make `version` the champion by hand (no gate); returns the previous champion."""
     with promotion_lock(name):
@@ -517,7 +651,9 @@ def _promote(name: str, version: str, reason: str) -> str | None:
     client = _client()
     try:
         mv = client.get_model_version(name, str(version))
-    except Exception:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
         raise TrackingError(f"'{name}' has no version {version}") from None
     current = champion(name)
     if current is not None and str(current.version) == str(mv.version):
@@ -528,6 +664,7 @@ def _promote(name: str, version: str, reason: str) -> str | None:
     return None if current is None else str(current.version)
 
 
+@retrying("rolling back")
 def rollback(name: str) -> tuple[str, str]:
     """Put the previous champion back (from the recorded alias history); returns (from, to)."""
     with promotion_lock(name):
@@ -559,6 +696,7 @@ def _version_metric(mv: Any, metric: str) -> float | None:
     return None
 
 
+@retrying("reading the registered version")
 def version_for_flow_run(name: str, flow_run_id: str) -> dict[str, Any]:
     """The version a given Prefect flow run registered (its lineage tag), with its decision."""
     client = _client()
@@ -575,6 +713,7 @@ def version_for_flow_run(name: str, flow_run_id: str) -> dict[str, Any]:
     raise TrackingError(f"flow run {flow_run_id} registered no version of '{name}'")
 
 
+@retrying("listing versions")
 def list_versions(name: str | None = None) -> list[dict[str, Any]]:
     """Registered versions with their aliases, metrics and decision (newest first)."""
     client = _client()
@@ -582,6 +721,8 @@ def list_versions(name: str | None = None) -> list[dict[str, Any]]:
     try:
         versions = client.search_model_versions(filt) if filt else client.search_model_versions()
     except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
         raise TrackingError(f"cannot read the model registry: {exc}") from None
     rows = []
     aliases: dict[str, dict[str, list[str]]] = {}

@@ -145,6 +145,7 @@ class FitResult:
     best_val: float = math.nan
     seconds: float = 0.0
     device: str = "cpu"
+    resumed_from_epoch: int = 0  # > 0: this run continued a checkpoint of an interrupted one
 
 
 def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any]) -> None:
@@ -162,6 +163,60 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
+
+
+# training settings that change no number: a run differing only in these resumes the same training
+_NOT_IN_RUN_KEY = {"device", "num_threads", "work_pool", "work_pool_type"}
+
+
+def run_key(cfg: STFNConfig, tp: TrainParams, seed: int, fs: FeatureSet) -> str:
+    """The identity of one training run: model, training settings, seed and the features' content.
+    A checkpoint is resumed only by a run with the same key."""
+    import hashlib
+    import json
+
+    train = {k: v for k, v in tp.model_dump(mode="json").items() if k not in _NOT_IN_RUN_KEY}
+    features = {k: fs.meta.get(k) for k in ("dataset", "split_method", "counts", "stats")}
+    blob = json.dumps(
+        {"model": cfg.to_dict(), "train": train, "seed": seed, "features": features}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random state the loop draws from (saved in the checkpoint, so a resumed run continues
+    the same random sequence: batch order, dropout)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumable(path: Path, key: str) -> dict[str, Any] | None:
+    """The state of an interrupted run with this key in `path` (last.pt), else None."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable: start over (it is rewritten atomically)
+        log.warning("ignoring checkpoint %s: %s", path, exc)
+        return None
+    if state.get("run_key") != key or state.get("finished", True) or "loop" not in state:
+        return None
+    return state
 
 
 def init_linear_skip(model: nn.Module, fs: FeatureSet, train_rows: np.ndarray, val_rows: np.ndarray) -> float:
@@ -204,8 +259,14 @@ def fit(
     out_dir: Path,
     on_epoch: EpochFn | None = None,
     on_batch: BatchFn | None = None,
+    resume: bool = True,
 ) -> FitResult:
-    """Train on the train split, early-stop on val, keep the best weights in `out_dir/model.pt`."""
+    """Train on the train split, early-stop on val, keep the best weights in `out_dir/model.pt`.
+
+    Each epoch ends with `out_dir/last.pt` written atomically: weights, optimizer, scheduler,
+    every RNG state, epoch, best metric, early-stopping count and history, under the run's key
+    (`run_key`). A later call with the same key (`resume=True`) continues from it instead of
+    starting over, so a killed run resumed ends with the weights an uninterrupted one would have."""
     t0 = time.perf_counter()
     if tp.num_threads:
         torch.set_num_threads(tp.num_threads)
@@ -229,7 +290,25 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = 0
-    for epoch in range(1, tp.epochs + 1):
+    key = run_key(cfg, tp, seed, fs)
+    start = 1
+    state = resumable(out_dir / "last.pt", key) if resume else None
+    if state is not None:  # an interrupted run of this same configuration: continue it
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        loop = state["loop"]
+        rng.bit_generator.state = loop["batch_rng"]
+        set_rng_states(loop["rng"])
+        best, result.best_epoch, stale = loop["best"], loop["best_epoch"], loop["stale"]
+        result.history = list(loop["history"])
+        start = result.resumed_from_epoch = int(state["epoch"]) + 1
+        log.info("resuming run %s from the checkpoint of epoch %d in %s", key, state["epoch"], out_dir / "last.pt")
+        if on_epoch:
+            for row in result.history:  # the new tracking run gets the whole curve
+                on_epoch(row)
+    finished = False
+    for epoch in range(start, tp.epochs + 1):
         model.train()
         te = time.perf_counter()
         total, count = 0.0, 0
@@ -254,7 +333,7 @@ def fit(
         val_y = torch.as_tensor(fs.labels[val_rows])
         val_loss = float(loss_fn(task, val_out, val_y, tp.regression_loss))
         val = score(task, out, fs.labels[val_rows])
-        key = next(iter(val))
+        vkey = next(iter(val))
         row = {
             "epoch": epoch,
             "train_loss": total / max(count, 1),
@@ -264,16 +343,34 @@ def fit(
             "samples_per_s": count / max(train_seconds, 1e-9),
         }
         result.history.append(row)
-        improved = val[key] > best if higher_is_better else val[key] < best
+        improved = val[vkey] > best if higher_is_better else val[vkey] < best
         if improved:
-            best, result.best_epoch, stale = val[key], epoch, 0
-            save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{key}": val[key]})
+            best, result.best_epoch, stale = val[vkey], epoch, 0
+            save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{vkey}": val[vkey]})
         else:
             stale += 1
+        finished = stale >= tp.patience or epoch == tp.epochs
+        loop = {
+            "best": best,
+            "best_epoch": result.best_epoch,
+            "stale": stale,
+            "history": result.history,
+            "batch_rng": rng.bit_generator.state,
+            "rng": rng_states(),
+        }
         save_checkpoint(
-            out_dir / "last.pt", model, {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+            out_dir / "last.pt",
+            model,
+            {
+                "epoch": epoch,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "run_key": key,
+                "finished": finished,
+                "loop": loop,
+            },
         )
-        log.info("epoch %d/%d train_loss=%.4f val_%s=%.4f", epoch, tp.epochs, row["train_loss"], key, val[key])
+        log.info("epoch %d/%d train_loss=%.4f val_%s=%.4f", epoch, tp.epochs, row["train_loss"], vkey, val[vkey])
         if on_epoch:
             on_epoch(row)
         if stale >= tp.patience:

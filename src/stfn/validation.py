@@ -314,11 +314,13 @@ def validate_dataset(
     max_missing_ratio: float = 0.05,
     report_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    refused_report_path: Path | None = None,
 ) -> ValidationReport:
     """Validate a dataset folder against its `dataset.yaml`; raise `DataValidationError` on failure.
 
-    Writes the full report to `report_path` (.json) and beside it (.html) when given, also on
-    failure (then the error names the report).
+    Writes the full report to `report_path` (.json) and beside it (.html) when given. On failure
+    it goes to `refused_report_path` instead when given (the project's own state folder: refused
+    data leaves nothing among the project's outputs), and the error names it.
     """
     t0 = time.perf_counter()
     folder = Path(folder)
@@ -351,10 +353,11 @@ def validate_dataset(
     report = ValidationReport(
         spec.name, all(r["success"] for r in results), len(samples), results, time.perf_counter() - t0
     )
-    if report_path is not None:
-        write_report(report, Path(report_path))
+    where = report_path if report.success or refused_report_path is None else refused_report_path
+    if where is not None:
+        write_report(report, Path(where))
     if not report.success:
-        raise DataValidationError(spec.name, report.failures, str(report_path) if report_path else None)
+        raise DataValidationError(spec.name, report.failures, str(where) if where else None)
     return report
 
 

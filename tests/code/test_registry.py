@@ -63,6 +63,9 @@ def test_promotion_gate_and_tags_on_real_registry():
     v1 = _version(client, name, "mae", 2.0)
     d1 = tracking.promote_if_better(name, v1, "mae", 2.0, 0.0)
     assert d1.promoted and d1.reason == "no champion yet"
+    again = tracking.promote_if_better(name, v1, "mae", 2.0, 0.0)  # a retried promotion task
+    assert again.promoted and again.reason == "already champion"
+    assert [e["version"] for e in tracking.champion_history(name)] == [v1]  # the alias moved once
     v2 = _version(client, name, "mae", 2.5)  # worse (lower is better)
     d2 = tracking.promote_if_better(name, v2, "mae", 2.5, 0.0)
     assert not d2.promoted and "does not beat" in d2.reason

@@ -1,5 +1,6 @@
 """Each corruption of a valid dataset is caught, and the message names the problem."""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -290,3 +291,47 @@ def test_cli_validate_exits_non_zero_with_a_readable_message(corrupt, dataset_co
     assert file in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     if column:
         assert column in proc.stderr
+
+
+def _files(root: Path) -> dict[str, int]:
+    """Every file under the project but its local state folder (.stfn: Prefect home, caches, the
+    reports of refused data), with its size."""
+    files = [p for p in root.rglob("*") if p.is_file() and ".stfn" not in p.parts]
+    return {str(p.relative_to(root)): p.stat().st_size for p in files}
+
+
+def _versions() -> int:
+    from mlflow import MlflowClient
+
+    return len(MlflowClient().search_model_versions())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__)
+def test_every_corruption_is_refused_by_validate_ingest_and_run_and_nothing_is_written(
+    corrupt, dataset_copy, tmp_path, write_tiny_params, monkeypatch
+):
+    """The corpus through the commands a user runs (in-process, as `stfn ...`): exit code 2, the
+    file named, no traceback; nothing written among the project's files, no model registered."""
+    from typer.testing import CliRunner
+
+    from stfn.cli import app
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_tiny_params(project / "params.yaml")
+    file, column, _ = corrupt(dataset_copy)
+    monkeypatch.chdir(project)
+    before, versions = _files(project), _versions()
+    folder = str(dataset_copy)
+    for args in (["validate", folder], ["ingest", folder], ["run", "--dataset", folder]):
+        saved, logging.root.handlers = logging.root.handlers, []  # the command's log lines go to its output,
+        try:  # as in a terminal (`stfn` sets up logging on each start)
+            result = CliRunner().invoke(app, args)
+        finally:
+            logging.root.handlers = saved
+        said = result.output
+        assert result.exit_code == 2, (args, said[-3000:], result.exception)
+        assert file in said and "Traceback" not in said, (args, said[-3000:])
+    assert _files(project) == before  # no half-written dataset, features, model or report
+    assert _versions() == versions
