@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy
+.PHONY: help install install-dev run test test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,8 +62,13 @@ test-integration: $(VENV)/.installed-dev ## Only the team-mode tests: real MLflo
 test-fast: $(VENV)/.installed-dev ## Only the fast tests (no real flow, no dvc repro)
 	$(BIN)/python -m pytest -m "not slow"
 
+bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipeline overhead, scaling) -> reports/bench.json
+	@# vit-pytorch without its dependencies: it would pull a torchvision that does not load beside this torch
+	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
+	$(BIN)/python benchmarks/run.py
+
 lint: $(VENV)/.installed-dev ## ruff
-	$(BIN)/ruff check src flows tests
+	$(BIN)/ruff check src flows tests benchmarks
 
 dvc-repro: $(VENV)/.installed ## Run the pipeline through DVC (dvc repro) and push data to the local remote
 	$(BIN)/dvc repro && $(BIN)/dvc push

@@ -82,6 +82,14 @@ class TrainParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
     regression_loss: Literal["mse", "l1", "huber"] = "mse"
+    # processes of data-parallel training (torch DDP via torchrun; gloo on CPU, NCCL on GPUs)
+    nproc: int = Field(1, ge=1)
+    # the GPU path: "auto" = on when training on CUDA, off on the CPU
+    amp_bf16: Literal["auto", "on", "off"] = "auto"  # bf16 autocast
+    tf32: Literal["auto", "on", "off"] = "auto"  # TF32 matmuls and convolutions
+    fused_adamw: Literal["auto", "on", "off"] = "auto"
+    pin_memory: Literal["auto", "on", "off"] = "auto"  # pinned host batches, non-blocking copies
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of every submodule but the LSTM
     # "": train in the calling process; a work pool name: run the `training-pipeline/train`
     # deployment there (e.g. a pool whose workers run on GPU hosts)
     work_pool: str = ""

@@ -192,6 +192,47 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return tuple(int(d) for d in shape), dtype, fh.tell()
 
 
+class NpyRows:
+    """Rows of a C-ordered .npy file read with plain file reads into fresh buffers. Unlike a memory
+    map, whose pages stay mapped (and counted) in the process once touched, streaming a file of any
+    size through this costs one chunk of memory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.shape, self.dtype, self.offset = read_npy_header(self.path)
+        self.row_items = int(np.prod(self.shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(0, start), min(stop, self.shape[0])
+        n = max(0, stop - start)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self.row_items * self.dtype.itemsize)
+            flat = np.fromfile(fh, dtype=self.dtype, count=n * self.row_items)
+        return flat.reshape(n, *self.shape[1:])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return self.read(start, stop)
+        rows = np.asarray(key)
+        if rows.size == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        lo = int(rows.min())
+        return self.read(lo, int(rows.max()) + 1)[rows - lo]
+
+
+def write_npy_chunks(path: Path, shape: tuple[int, ...], dtype, chunks) -> None:
+    """Write a .npy file from an iterable of row blocks (no memory map: bounded memory)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for block in chunks:
+            fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+
+
 def open_frames(folder: Path, spec: DatasetSpec, n_samples: int | None = None) -> np.ndarray:
     """Memory-map `frames.npy` after checking its header against the spec and the file size.
 

@@ -22,7 +22,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stfn.data import DatasetSpec, assign_split, load_spec, open_frames, read_parquet, series_array
+from stfn.data import (
+    FRAMES_FILE,
+    DatasetSpec,
+    NpyRows,
+    assign_split,
+    load_spec,
+    open_frames,
+    read_parquet,
+    series_array,
+    write_npy_chunks,
+)
 from stfn.fileio import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -117,7 +127,8 @@ def build_features(
     series_long = read_parquet(dataset_dir, "series.parquet", spec.name)
     series = series_array(series_long, samples["sample_id"], spec)
     del series_long
-    frames = open_frames(dataset_dir, spec, len(samples))
+    open_frames(dataset_dir, spec, len(samples))  # header, shape, dtype and size checked
+    frames = NpyRows(Path(dataset_dir) / FRAMES_FILE)  # streamed in chunks: memory flat in N
     labels = samples["label"].to_numpy()
     labels = labels.astype(np.int64) if spec.task == "classification" else labels.astype(np.float32)
     split, how = assign_split(samples, spec, val_fraction, test_fraction, seed)
@@ -133,13 +144,14 @@ def build_features(
     with atomic_dir(Path(out_dir)) as tmp:
         np.save(tmp / "series.npy", np.ascontiguousarray(transform_series(series, stats)), allow_pickle=False)
         np.save(tmp / "labels.npy", labels, allow_pickle=False)
-        out = np.lib.format.open_memmap(tmp / "frames.npy", mode="w+", dtype=np.float32, shape=frames.shape)
-        for i in range(0, n, CHUNK):
-            out[i : i + CHUNK] = transform_frames(frames[i : i + CHUNK], stats)
-            if progress:
-                progress(min(i + CHUNK, n), n)
-        out.flush()
-        del out
+
+        def blocks():
+            for i in range(0, n, CHUNK):
+                yield transform_frames(frames[i : i + CHUNK], stats)
+                if progress:
+                    progress(min(i + CHUNK, n), n)
+
+        write_npy_chunks(tmp / "frames.npy", frames.shape, np.float32, blocks())
         pd.DataFrame(
             {"sample_id": samples["sample_id"].astype(str), "split": split.astype(str), "row": np.arange(n)}
         ).to_parquet(tmp / "index.parquet", index=False)

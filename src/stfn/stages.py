@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,12 +194,17 @@ def train(
     paths: Paths,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
-    """Train STFN on the features; writes models/<name>/model.pt (best), last.pt, history.json."""
+    """Train STFN on the features; writes models/<name>/model.pt (best), last.pt, history.json.
+    With `train.nproc` > 1 (and not already inside a torchrun group) it launches torchrun with
+    that many DDP processes and reads their summary back (the epochs replayed to `on_epoch`)."""
     from stfn.efficiency import flops_per_sample, peak_memory_mb
     from stfn.features import load_features
     from stfn.training import fit
 
+    if params.train.nproc > 1 and not distributed:
+        return _train_ddp(params, paths, on_epoch)
     name = dataset_name(params, paths)
     fs = load_features(paths.features_dir(name))
     out = paths.model_dir(name)
@@ -224,8 +230,42 @@ def train(
         "n_parameters": sum(p.numel() for p in result.model.parameters()),
         "efficiency": efficiency,
     }
-    write_json(out / "history.json", summary)
+    summary["world_size"] = result.world_size
+    summary["gpu_path"] = result.gpu_path
+    if not distributed or _rank() == 0:
+        write_json(out / "history.json", summary)
     return summary
+
+
+def _rank() -> int:
+    from stfn.training import distributed
+
+    return distributed()[0]
+
+
+def _train_ddp(params: Params, paths: Paths, on_epoch: Callable[[dict[str, float]], None] | None) -> dict[str, Any]:
+    """torchrun with train.nproc processes; a failure names the log."""
+    import json as _json
+    import subprocess
+    import tempfile
+
+    from stfn.ddp import launch_command
+
+    with tempfile.TemporaryDirectory(prefix="stfn-ddp-") as tmp:
+        resolved, summary = Path(tmp) / "params.json", Path(tmp) / "summary.json"
+        resolved.write_text(_json.dumps(params.model_dump(mode="json")))
+        cmd = launch_command(params.train.nproc, paths.root, resolved, summary)
+        log.info("training with %d DDP processes: %s", params.train.nproc, " ".join(cmd))
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=paths.root)
+        if proc.returncode != 0 or not summary.is_file():
+            n = params.train.nproc
+            raise RuntimeError(f"DDP training (torchrun, {n} processes) failed:\n{proc.stderr[-3000:]}")
+        result = _json.loads(summary.read_text())
+    if on_epoch:
+        for row in result["history"]:
+            on_epoch(row)
+    return result
 
 
 # --------------------------------------------------------------------------------------------- evaluate

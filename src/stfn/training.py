@@ -7,6 +7,7 @@ numbers go (MLflow, a progress bar, nothing).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -110,6 +111,14 @@ def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor, regression_lo
     return F.mse_loss(pred, target)
 
 
+def to_device(a: np.ndarray, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """A host batch onto the device; pinned and copied without blocking when `pin` (CUDA)."""
+    t = torch.as_tensor(a)
+    if pin:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @torch.no_grad()
 def predict_arrays(
     model: nn.Module, series: np.ndarray, frames: np.ndarray, batch_size: int = 256, device: torch.device | None = None
@@ -146,6 +155,8 @@ class FitResult:
     seconds: float = 0.0
     device: str = "cpu"
     resumed_from_epoch: int = 0  # > 0: this run continued a checkpoint of an interrupted one
+    gpu_path: dict[str, bool] = field(default_factory=dict)
+    world_size: int = 1
 
 
 def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any]) -> None:
@@ -166,7 +177,47 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
 
 
 # training settings that change no number: a run differing only in these resumes the same training
-_NOT_IN_RUN_KEY = {"device", "num_threads", "work_pool", "work_pool_type"}
+_NOT_IN_RUN_KEY = {"device", "num_threads", "work_pool", "work_pool_type", "pin_memory", "compile"}
+
+
+def switch(value: str, device: torch.device) -> bool:
+    """A GPU-path setting: "on", "off", or "auto" = on when training on CUDA."""
+    return value == "on" or (value == "auto" and device.type == "cuda")
+
+
+# submodules worth compiling: everything but the temporal encoder (torch.compile of a module
+# holding nn.LSTM silently compiles nothing)
+COMPILED = ("spatial", "align", "value_norm", "frame_bias", "pool", "head")
+
+
+def gpu_path(model: nn.Module, tp: TrainParams, device: torch.device) -> dict[str, bool]:
+    """Apply TF32 and torch.compile as `tp` says; return every switch as used."""
+    used = {k: switch(getattr(tp, k), device) for k in ("amp_bf16", "tf32", "fused_adamw", "pin_memory", "compile")}
+    used["pin_memory"] = used["pin_memory"] and device.type == "cuda"  # pinning only helps host -> GPU copies
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = used["tf32"]
+        torch.backends.cudnn.allow_tf32 = used["tf32"]
+    if used["compile"]:
+        for name in COMPILED:
+            sub = getattr(model, name, None)
+            if sub is not None:
+                sub.compile()  # in place: the state_dict keys stay those of the plain model
+    return used
+
+
+def in_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of this process in a torch.distributed group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if in_group():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def run_key(cfg: STFNConfig, tp: TrainParams, seed: int, fs: FeatureSet) -> str:
@@ -279,14 +330,46 @@ def fit(
     if getattr(model, "skip", None) is not None and task == "regression":
         alpha = init_linear_skip(model, fs, train_rows, val_rows)
         log.info("linear skip fitted in closed form (ridge, alpha=%g) and frozen", alpha)
-    steps_per_epoch = math.ceil(len(train_rows) / tp.batch_size)
+    rank, world = distributed()
+    if world > 1 and device.type == "cuda":  # one GPU per process (torchrun's LOCAL_RANK)
+        import os
+
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        model = model.to(device)
+    if tp.batch_size % world:
+        raise ValueError(f"train.batch_size {tp.batch_size} must be divisible by the {world} DDP processes")
+    local_batch = tp.batch_size // world  # each process takes its share of every global batch
+    steps_per_epoch = math.ceil(math.ceil(len(train_rows) / world) / local_batch)
+    used = gpu_path(model, tp, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
+    opt = torch.optim.AdamW(
+        trainable, lr=tp.lr, weight_decay=tp.weight_decay, fused=True if used["fused_adamw"] else None
+    )
+    net = model
+    ddp = in_group()  # under torchrun, even with one process: the same sampler, the same batches
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def autocast():
+        if used["amp_bf16"]:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    log.info(
+        "training on %s%s; %s",
+        device,
+        f" (rank {rank} of {world})" if world > 1 else "",
+        ", ".join(f"{k}={'on' if v else 'off'}" for k, v in used.items()),
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(tp.epochs * steps_per_epoch, tp.warmup_fraction))
     rng = np.random.default_rng(seed)
     higher_is_better = task == "classification"
     best = -math.inf if higher_is_better else math.inf
     result = FitResult(model=model, config=cfg, device=str(device))
+    result.gpu_path = used
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = 0
@@ -304,7 +387,7 @@ def fit(
         result.history = list(loop["history"])
         start = result.resumed_from_epoch = int(state["epoch"]) + 1
         log.info("resuming run %s from the checkpoint of epoch %d in %s", key, state["epoch"], out_dir / "last.pt")
-        if on_epoch:
+        if on_epoch and rank == 0:
             for row in result.history:  # the new tracking run gets the whole curve
                 on_epoch(row)
     finished = False
@@ -312,11 +395,19 @@ def fit(
         model.train()
         te = time.perf_counter()
         total, count = 0.0, 0
-        for b, (s, f, y) in enumerate(batches(fs, train_rows, tp.batch_size, shuffle=True, rng=rng)):
-            s_t = torch.as_tensor(s, device=device)
-            f_t = torch.as_tensor(f, device=device)
-            y_t = torch.as_tensor(y, device=device)
-            loss = loss_fn(task, model(s_t, f_t)["output"], y_t, tp.regression_loss)
+        if ddp:  # DistributedSampler: the same shuffled order on every rank, one share each
+            from torch.utils.data import DistributedSampler
+
+            sampler = DistributedSampler(range(len(train_rows)), world, rank, shuffle=True, seed=seed)
+            sampler.set_epoch(epoch)
+            epoch_batches = batches(fs, train_rows[list(sampler)], local_batch)
+        else:
+            epoch_batches = batches(fs, train_rows, tp.batch_size, shuffle=True, rng=rng)
+        for b, (s, f, y) in enumerate(epoch_batches):
+            s_t, f_t, y_t = (to_device(a, device, used["pin_memory"]) for a in (s, f, y))
+            with autocast():
+                output = net(s_t, f_t)["output"]
+            loss = loss_fn(task, output.float(), y_t, tp.regression_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tp.grad_clip:
@@ -328,6 +419,12 @@ def fit(
             if on_batch:
                 on_batch(b + 1, steps_per_epoch)
         train_seconds = time.perf_counter() - te
+        if ddp:  # the global mean loss and sample count over every rank
+            import torch.distributed as dist
+
+            sums = torch.tensor([total, float(count)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            total, count = float(sums[0]), int(sums[1])
         out, _ = predict_arrays(model, fs.series[val_rows], fs.frames[val_rows], device=device)
         val_out = torch.as_tensor(out)
         val_y = torch.as_tensor(fs.labels[val_rows])
@@ -346,7 +443,8 @@ def fit(
         improved = val[vkey] > best if higher_is_better else val[vkey] < best
         if improved:
             best, result.best_epoch, stale = val[vkey], epoch, 0
-            save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{vkey}": val[vkey]})
+            if rank == 0:
+                save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{vkey}": val[vkey]})
         else:
             stale += 1
         finished = stale >= tp.patience or epoch == tp.epochs
@@ -358,25 +456,30 @@ def fit(
             "batch_rng": rng.bit_generator.state,
             "rng": rng_states(),
         }
-        save_checkpoint(
-            out_dir / "last.pt",
-            model,
-            {
-                "epoch": epoch,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "run_key": key,
-                "finished": finished,
-                "loop": loop,
-            },
-        )
+        if rank == 0:
+            save_checkpoint(
+                out_dir / "last.pt",
+                model,
+                {
+                    "epoch": epoch,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "run_key": key,
+                    "finished": finished,
+                    "loop": loop,
+                },
+            )
+        if ddp:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0's checkpoint is complete before any rank goes on
         log.info("epoch %d/%d train_loss=%.4f val_%s=%.4f", epoch, tp.epochs, row["train_loss"], vkey, val[vkey])
-        if on_epoch:
+        if on_epoch and rank == 0:
             on_epoch(row)
         if stale >= tp.patience:
             log.info("early stopping at epoch %d (best %d)", epoch, result.best_epoch)
             break
     best_model, _ = load_checkpoint(out_dir / "model.pt", device)
-    result.model, result.best_val = best_model, best
+    result.model, result.best_val, result.world_size = best_model, best, world
     result.seconds = time.perf_counter() - t0
     return result

@@ -29,6 +29,7 @@ from stfn.data import (
     SERIES_FILE,
     SPLITS,
     DatasetSpec,
+    NpyRows,
     load_spec,
     read_npy_header,
     read_parquet,
@@ -88,7 +89,7 @@ def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, li
         return None, [
             _problem(FRAMES_FILE, None, "a complete file", f"truncated: {have} bytes, header promises {need}")
         ]
-    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    arr = NpyRows(path)  # streamed with file reads: memory stays one chunk whatever N
     n = shape[0]
     mins, maxs, bad = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     for i in range(0, n, CHUNK):

@@ -134,3 +134,15 @@ def test_target_channel_must_be_a_series_channel():
     spec.update(task="regression", target={"name": "x", "unit": "m", "channel": "nope"})
     with pytest.raises(Exception, match="target.channel"):
         DatasetSpec.model_validate(spec)
+
+
+def test_npy_rows_stream_what_np_load_reads(tmp_path):
+    from stfn.data import NpyRows, write_npy_chunks
+
+    arr = np.random.default_rng(0).normal(size=(50, 2, 3)).astype(np.float32)
+    write_npy_chunks(tmp_path / "a.npy", arr.shape, np.float32, (arr[i : i + 7] for i in range(0, 50, 7)))
+    assert np.array_equal(np.load(tmp_path / "a.npy", allow_pickle=False), arr)  # a valid .npy file
+    rows = NpyRows(tmp_path / "a.npy")
+    assert len(rows) == 50 and np.array_equal(rows[10:20], arr[10:20]) and np.array_equal(rows[45:99], arr[45:])
+    picks = np.array([3, 9, 4, 30])
+    assert np.array_equal(rows[picks], arr[picks])

@@ -189,3 +189,16 @@ def test_regression_losses(loss):
     out, y = torch.tensor([[0.0], [3.0]]), torch.tensor([0.0, 0.0])
     value = float(loss_fn("regression", out, y, loss))
     assert value == pytest.approx({"mse": 4.5, "l1": 1.5, "huber": 1.25}[loss])
+
+
+def test_patch_embedding_as_a_matrix_product_equals_the_strided_conv3d():
+    import torch
+    from einops import rearrange
+
+    from stfn.models import SpacetimePatchEmbed
+
+    emb = SpacetimePatchEmbed(2, 16, (16, 24), 4, tubelet=2, patch=8, depth=0, heads=4)
+    frames = torch.randn(3, 4, 2, 16, 24)
+    conv = rearrange(emb.proj(rearrange(frames, "b f c h w -> b c f h w")), "b d t h w -> b t (h w) d")
+    expected = emb.norm(conv + emb.pos_space + emb.pos_time)
+    assert torch.allclose(emb(frames), expected, atol=1e-5)

@@ -37,3 +37,20 @@ def test_linear_skip_starts_as_the_ridge_forecast_and_stays_frozen():
     with torch.no_grad():
         out = model(torch.as_tensor(fs.series[test]), torch.as_tensor(fs.frames[test]))["output"][:, 0].numpy()
     assert np.abs(out - fs.labels[test]).mean() < 0.1  # the fusion branch starts at zero: output = ridge
+
+
+def test_gpu_path_switches_are_off_on_the_cpu_unless_asked(tmp_path):
+    from stfn.config import ModelParams, TrainParams
+    from stfn.training import fit, switch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert switch("auto", cuda) and not switch("auto", cpu) and switch("on", cpu) and not switch("off", cuda)
+    fs = regression_features(200)
+    mp = ModelParams(dim=16, attention_hidden=16)
+    plain = fit(fs, mp, TrainParams(epochs=1, batch_size=50, device="cpu"), 0, tmp_path / "a", resume=False)
+    assert not any(plain.gpu_path.values())  # auto on the CPU: all off
+    asked = TrainParams(epochs=1, batch_size=50, device="cpu", amp_bf16="on", fused_adamw="on", pin_memory="on")
+    fast = fit(fs, mp, asked, 0, tmp_path / "b", resume=False)
+    expected = {"amp_bf16": True, "tf32": False, "fused_adamw": True, "pin_memory": False, "compile": False}
+    assert fast.gpu_path == expected
+    assert np.isfinite(fast.history[0]["train_loss"])  # bf16 autocast and fused AdamW ran on the CPU

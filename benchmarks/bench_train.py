@@ -1,0 +1,199 @@
+"""Training throughput, measured side by side in one process:
+
+- ours: `stfn.training.fit` (memory-mapped, pre-normalised features, batches gathered in order)
+  vs a reference loop a user would write: a per-sample `Dataset` that reads each sample's series
+  from `series.parquet` (pyarrow filter on sample_id) and its frames from `frames.npy` loaded into
+  RAM (no memmap), the default `DataLoader`, the same model, optimiser and batch size;
+- our spacetime-patch encoder (`SpacetimePatchEmbed` + factorised blocks) vs vit-pytorch's ViViT
+  (factorised self-attention) at the same width, depth, heads, MLP width, patch and tubelet:
+  forward + backward + AdamW step of the spatial branch alone;
+- achieved GFLOP/s of our training step (FLOPs counted on `meta`) / the fp32 matmul GFLOP/s this
+  machine reaches in the same run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from common import REPO, best_of, project, table  # noqa: I001
+
+
+def _vivit_class():
+    """vit-pytorch's ViViT. Its package __init__ imports torchvision (for DINO), whose PyPI build
+    does not load beside this torch; vivit.py itself needs only torch and einops."""
+    spec = importlib.util.find_spec("vit_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("vit-pytorch is not installed: `make bench` installs it (pip install --no-deps vit-pytorch)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "vivit.py"
+    mod_spec = importlib.util.spec_from_file_location("vit_pytorch_vivit", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.ViViT
+
+
+class ParquetDataset(torch.utils.data.Dataset):
+    """What a user would write first: one sample per __getitem__, read from the dataset's files."""
+
+    def __init__(self, folder: Path, ids: list[str]):
+        from stfn.data import load_spec
+
+        spec = load_spec(folder)
+        self.series_path, self.ids = folder / "series.parquet", ids
+        self.channels = [c.name for c in spec.series.channels]
+        samples = pd.read_parquet(folder / "samples.parquet")
+        self.row = {sid: i for i, sid in enumerate(samples["sample_id"].astype(str))}
+        self.labels = samples["label"].to_numpy()
+        self.frames = np.load(folder / "frames.npy")  # into RAM: no memmap
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        sid = self.ids[i]
+        s = pd.read_parquet(self.series_path, filters=[("sample_id", "==", sid)]).sort_values("step")
+        x = s[self.channels].to_numpy(np.float32)
+        x = x - np.nanmedian(x, axis=0, keepdims=True)
+        r = self.row[sid]
+        return torch.from_numpy(x), torch.from_numpy(self.frames[r].astype(np.float32)), int(self.labels[r])
+
+
+def reference_samples_per_s(folder: Path, ids: list[str], cfg, batch_size: int, lr: float) -> float:
+    from stfn.models import build_model
+    from stfn.training import loss_fn
+
+    model = build_model(cfg, seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    loader = torch.utils.data.DataLoader(ParquetDataset(folder, ids), batch_size=batch_size, shuffle=True)
+    t0, n = time.perf_counter(), 0
+    for s, f, y in loader:
+        loss = loss_fn("classification", model(s, f)["output"], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(y)
+    return n / (time.perf_counter() - t0)
+
+
+def matmul_gflops(size: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _step_rate(model: torch.nn.Module, make_input, batch: int, steps: int = 8) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = make_input()
+    for _ in range(2):  # warm-up
+        model(x).float().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model(x).float().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def patch_vs_vivit(batch: int = 64, frames: int = 8, size: int = 32, dim: int = 64, depth: int = 2,
+                   heads: int = 4, patch: int = 8, tubelet: int = 1, rounds: int = 5) -> dict:  # fmt: skip
+    from stfn.models import SpacetimePatchEmbed
+
+    ViViT = _vivit_class()
+    ours = SpacetimePatchEmbed(1, dim, (size, size), frames, tubelet=tubelet, patch=patch, depth=depth, heads=heads)
+    theirs = ViViT(image_size=size, image_patch_size=patch, frames=frames, frame_patch_size=tubelet, num_classes=dim,
+                   dim=dim, spatial_depth=depth, temporal_depth=depth, heads=heads, dim_head=dim // heads,
+                   mlp_dim=2 * dim, pool="mean", channels=1, variant="factorized_self_attention")  # fmt: skip
+    ours_rate = theirs_rate = 0.0
+    for _ in range(rounds):  # alternated, best of each: the same machine state for both
+        ours_rate = max(ours_rate, _step_rate(ours, lambda: torch.randn(batch, frames, 1, size, size), batch))
+        theirs_rate = max(theirs_rate, _step_rate(theirs, lambda: torch.randn(batch, 1, frames, size, size), batch))
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"ours": ours_rate, "vivit": theirs_rate, "ours_params": n(ours), "vivit_params": n(theirs)}
+
+
+def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, str]:
+    """At the default size: the default dataset (params.yaml) and model; our loop times one epoch
+    over the first `ours_samples` training rows, the reference `reference_samples` samples."""
+    import dataclasses
+
+    from stfn import stages
+    from stfn.config import Paths, load_params
+    from stfn.efficiency import flops_per_sample
+    from stfn.features import load_features
+    from stfn.training import fit, model_config
+
+    md = load_params(REPO / "params.yaml").prepare.moving_digits
+    root = project("train", md.n_train)
+    params, paths = load_params(root / "params.yaml"), Paths(root)
+    folder = stages.prepare(params, paths)
+    stages.featurize(params, paths)
+    fs = load_features(paths.features_dir("moving-digits"))
+    idx = fs.index
+    part = pd.concat([idx[idx["split"] == "train"].head(ours_samples), idx[idx["split"] == "val"].head(256)])
+    sub = dataclasses.replace(fs, index=part)
+    tp = params.train.model_copy(update={"epochs": 1, "patience": 1})
+    cfg = model_config(fs, params.model)
+    ids = list(idx.loc[idx["split"] == "train", "sample_id"][:reference_samples])
+
+    ours = ref = 0.0
+    for r in range(2):  # alternated, best of each
+        result = fit(sub, params.model, tp, params.seed, root / f"fit-{r}", resume=False)
+        ours = max(ours, result.history[0]["samples_per_s"])
+        ref = max(ref, reference_samples_per_s(folder, ids, cfg, params.train.batch_size, params.train.lr))
+    flops = flops_per_sample(cfg)["flops_train_step"]
+    peak = best_of(matmul_gflops, 3)
+    achieved = flops * ours / 1e9
+    vit = patch_vs_vivit(dim=params.model.dim, depth=params.model.patch_depth, heads=params.model.heads,
+                         patch=params.model.patch, tubelet=params.model.tubelet)  # fmt: skip
+    out = {
+        "train_vs_reference": ours / ref,
+        "patch_encoder_vs_vivit": vit["ours"] / vit["vivit"],
+        "gflops_vs_matmul_peak": achieved / peak,
+        "train_samples_per_s": {"ours": ours, "reference": ref},
+        "patch_encoder_samples_per_s": {"ours": vit["ours"], "vivit": vit["vivit"]},
+        "patch_encoder_params": {"ours": vit["ours_params"], "vivit": vit["vivit_params"]},
+        "gflops": {"achieved": achieved, "matmul_fp32_peak": peak, "flops_train_step_per_sample": flops},
+        "threads": torch.get_num_threads(),
+    }
+    text = table(
+        f"1. Training throughput (default dataset ({md.n_train} training samples) and model, batch "
+        f"{params.train.batch_size}, {torch.get_num_threads()} threads)",
+        [
+            (
+                "STFN training step: ours (fit)",
+                f"{ours:.0f}",
+                "reference loop (parquet per sample)",
+                f"{ref:.0f}",
+                f"{ours / ref:.2f}x",
+            ),
+            (
+                "spatial branch: SpacetimePatchEmbed",
+                f"{vit['ours']:.0f}",
+                "vit-pytorch ViViT (fact. self-attn)",
+                f"{vit['vivit']:.0f}",
+                f"{vit['ours'] / vit['vivit']:.2f}x",
+            ),
+            (
+                "achieved GFLOP/s (train step)",
+                f"{achieved:.1f}",
+                "fp32 matmul GFLOP/s (1024^2)",
+                f"{peak:.1f}",
+                f"{achieved / peak:.3f}",
+            ),
+        ],  # fmt: skip
+        ("ours", "samples/s", "peer", "samples/s", "ratio"),
+    )
+    return out, text
+
+
+if __name__ == "__main__":
+    print(run()[1])
