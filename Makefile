@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench
+.PHONY: help install install-dev run test test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench docs-screenshots
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,17 +67,17 @@ bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipel
 	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
 	$(BIN)/python benchmarks/run.py
 
+docs-screenshots: $(VENV)/.installed-dev ## The browser test on a run that learns; its screenshots of the MLflow UI into docs/screenshots/
+	STFN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_browser.py
+
 lint: $(VENV)/.installed-dev ## ruff
 	$(BIN)/ruff check src flows tests benchmarks
 
 dvc-repro: $(VENV)/.installed ## Run the pipeline through DVC (dvc repro) and push data to the local remote
 	$(BIN)/dvc repro && $(BIN)/dvc push
 
-ui: $(VENV)/.installed ## Start the MLflow UI on 127.0.0.1:$(UI_PORT) against the project's store
-	@mkdir -p mlflow
-	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (Ctrl-C stops it)"
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow/mlflow.db}" \
-		--default-artifact-root "$(CURDIR)/mlflow/artifacts" --host 127.0.0.1 --port $(UI_PORT) --workers 1
+ui: $(VENV)/.installed ## The MLflow UI on 127.0.0.1:$(UI_PORT) against the project's store (+ the Prefect UI's address when a server runs); Ctrl-C stops it
+	$(BIN)/stfn ui --port $(UI_PORT)
 
 servers: $(VENV)/.installed ## Team mode: Prefect + MLflow servers on 127.0.0.1 (PostgreSQL when STFN_DB_URL / STFN_PREFECT_DB_URL are set)
 	$(BIN)/stfn servers start

@@ -391,6 +391,34 @@ def servers(
 
 
 @app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",
+) -> None:
+    """The MLflow UI against the project's tracking store (and the Prefect UI's address when a
+    Prefect server is configured); Ctrl-C stops it and everything it started.
+
+    Example: stfn ui --port 5001
+    """
+    root = _root()
+    from stfn import servers as srv
+
+    def ready(urls: dict[str, str | None]) -> None:
+        console.print(f"MLflow UI:  [bold]{urls['mlflow']}[/]")
+        if urls.get("prefect"):
+            console.print(f"Prefect UI: [bold]{urls['prefect']}[/]")
+        else:
+            console.print("Prefect UI: none configured (`make servers` starts a Prefect server with its UI)")
+        if urls.get("started"):
+            console.print("[dim]Ctrl-C stops the MLflow UI[/]")
+        else:
+            console.print("(the tracking server is the MLflow UI: nothing to start)")
+
+    code = _guard(srv.ui, Paths(root), host, port, ready)
+    raise typer.Exit(code)
+
+
+@app.command()
 def deploy(
     worker: Annotated[bool, typer.Option(help="Also start a process worker for the retrain pool.")] = True,
 ) -> None:

@@ -259,3 +259,56 @@ def status(paths: Paths) -> dict[str, dict[str, Any]]:
             rec = json.loads(record.read_text())
             out[name] = {**rec, "running": _alive(int(pid_file.read_text()))}
     return out
+
+
+def prefect_ui_url(paths: Paths) -> str | None:
+    """The Prefect UI of the configured server (PREFECT_API_URL, else `stfn servers start`'s)."""
+    api = os.environ.get("PREFECT_API_URL")
+    record = _state(paths) / "prefect.json"
+    if not api and record.is_file() and _alive(json.loads(record.read_text())["pid"]):
+        api = json.loads(record.read_text())["url"]
+    return api.rstrip("/").removesuffix("/api") if api else None
+
+
+def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> int:
+    """Serve the MLflow UI against the project's store until interrupted (Ctrl-C / SIGTERM),
+    then stop it and everything it started. With a tracking server configured there is nothing
+    to start: its address is the UI. `ready(urls)` is called once the UI answers."""
+    from stfn.tracking import scrub_uri, tracking_uri
+
+    uri = tracking_uri(paths.mlflow_dir)
+    urls = {"prefect": prefect_ui_url(paths)}
+    if uri.startswith(("http://", "https://")):
+        urls["mlflow"] = scrub_uri(uri)
+        if ready:
+            ready(urls)
+        return 0
+    paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = str(paths.mlflow_dir.resolve() / "artifacts")
+    argv = [_bin("mlflow"), "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+            "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    log = _state(paths) / "mlflow-ui.log"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, cwd=paths.root)  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        _wait_healthy(f"http://{host}:{port}/health", proc, log, 120)
+        urls["mlflow"], urls["started"] = f"http://{host}:{port}", True
+        if ready:
+            ready(urls)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass

@@ -25,3 +25,19 @@ def stfn_cmd(cwd: Path, env: dict, *args: str, timeout: int = 600) -> subprocess
         full["MLFLOW_REGISTRY_URI"] = env["MLFLOW_TRACKING_URI"]
     argv = [str(BIN / "stfn"), *args]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout)
+
+
+# a moving-digits variant small enough for a test and big enough to learn (test accuracy ~0.95)
+LEARNING_DIGITS = {
+    "prepare.moving_digits.n_train": 1600,
+    "prepare.moving_digits.n_val": 160,
+    "prepare.moving_digits.n_test": 200,
+    "prepare.moving_digits.digits_per_video": 1,
+    "prepare.moving_digits.frames": 4,
+    "prepare.moving_digits.steps": 16,
+    "train.epochs": 8,
+    "train.batch_size": 32,
+    "train.patience": 8,
+    "model.dim": 32,
+    "model.attention_hidden": 32,
+}

@@ -4,22 +4,9 @@ not promoted, with the reason tagged on its version; `stfn rollback` walks back 
 from __future__ import annotations
 
 import pytest
-from teamlib import stfn_cmd
+from teamlib import LEARNING_DIGITS, stfn_cmd
 
-SMALL = {  # small enough for a test, big enough to learn (see test_encoders_learn.py)
-    "data.dataset": "gate-digits",
-    "prepare.moving_digits.n_train": 1600,
-    "prepare.moving_digits.n_val": 160,
-    "prepare.moving_digits.n_test": 200,
-    "prepare.moving_digits.digits_per_video": 1,
-    "prepare.moving_digits.frames": 4,
-    "prepare.moving_digits.steps": 16,
-    "train.epochs": 8,
-    "train.batch_size": 32,
-    "train.patience": 8,
-    "model.dim": 32,
-    "model.attention_hidden": 32,
-}
+SMALL = {"data.dataset": "gate-digits", **LEARNING_DIGITS}
 
 
 @pytest.mark.slow
