@@ -292,7 +292,8 @@ def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> i
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, cwd=paths.root)  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM stop it, even when started with SIGINT ignored (as `cmd &` does)
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _wait_healthy(f"http://{host}:{port}/health", proc, log, 120)
         urls["mlflow"], urls["started"] = f"http://{host}:{port}", True
@@ -302,7 +303,8 @@ def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> i
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -21,7 +21,9 @@ def test_ui_serves_the_project_store_and_stops_cleanly_on_ctrl_c(tmp_path, write
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_API_URL": "http://127.0.0.1:4321/api"}
     env.pop("MLFLOW_TRACKING_URI")  # the project's own store: mlflow/mlflow.db
     proc = subprocess.Popen([str(BIN / "stfn"), "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    # (started with SIGINT ignored, as a background job `cmd &` is: Ctrl-C must still stop it)
     try:
         lines = []
         deadline = time.monotonic() + 120
@@ -34,7 +36,7 @@ def test_ui_serves_the_project_store_and_stops_cleanly_on_ctrl_c(tmp_path, write
             assert resp.status == 200 and b"<html" in resp.read(2000).lower()
         assert (tmp_path / "mlflow" / "mlflow.db").is_file()  # the project's store, not ./mlruns
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
