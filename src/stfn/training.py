@@ -237,9 +237,10 @@ def run_key(cfg: STFNConfig, tp: TrainParams, seed: int, fs: FeatureSet) -> str:
 def rng_states() -> dict[str, Any]:
     """Every random state the loop draws from (saved in the checkpoint, so a resumed run continues
     the same random sequence: batch order, dropout)."""
+    kind, keys, *rest = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": [np.random.get_state()[0], np.random.get_state()[1].tolist(), *np.random.get_state()[2:]],
+        "numpy": [kind, keys.tolist(), *rest],  # plain lists: loadable with weights_only=True
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
