@@ -112,6 +112,8 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "mlflow_run_id": run["run_id"],
         "tracking_uri": run["tracking_uri"],
         "experiment": stages.dataset_name(params, paths),
+        "experiment_id": run.get("experiment_id"),
+        "prefect_ui": os.environ.get("PREFECT_API_URL", "").rstrip("/").removesuffix("/api") or None,
         "metrics": evaluation["metrics"],
         "train_seconds": trained["train_seconds"],
         "epochs_run": trained["epochs_run"],
@@ -119,7 +121,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         **registered,
     }
     create_markdown_artifact(
-        stages.run_markdown({**result, "experiment_id": run.get("experiment_id")}),
+        stages.run_markdown(result),
         key=f"{name}-training-run",
         description=f"Metrics and promotion decision of {name}",
     )

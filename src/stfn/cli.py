@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stfn import progress
 from stfn.config import ConfigError, Paths, find_project_root, load_params
 from stfn.errors import DataValidationError, TrackingError
 from stfn.runtime import configure_environment, quiet_logs
@@ -26,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, force_terminal=True if progress.forced() else None)
 STATE: dict[str, Any] = {"debug": False}
 STAGES = ("prepare", "validate", "featurize", "train", "evaluate")
 
@@ -60,10 +61,19 @@ def _guard(fn, *args, **kwargs):
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False) -> None:
     STATE["debug"] = debug
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    root = logging.getLogger()
+    if not any(isinstance(h, progress.ConsoleLogHandler) for h in root.handlers):
+        # through the console that draws the progress bars: log lines scroll above them
+        root.addHandler(
+            progress.ConsoleLogHandler(err_console, "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root.setLevel(logging.INFO)
     quiet_logs(debug)
+
+
+def _bars():
+    """Progress bars on stderr while a command works (on a terminal, or STFN_PROGRESS=always)."""
+    return progress.display(err_console, progress.wanted(err_console))
 
 
 @app.command()
@@ -83,33 +93,50 @@ def run(
     from flows.training_pipeline import training_pipeline  # Prefect is imported before MLflow
 
     t0 = time.perf_counter()
-    result = _guard(training_pipeline, overrides=overrides, root=str(root))
+    with _bars():
+        result = _guard(training_pipeline, overrides=overrides, root=str(root))
     _print_summary(result, root, time.perf_counter() - t0)
 
 
 def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
+    """The end of `stfn run`: what was trained on, how it scored against the champion, what was
+    decided, and where to look (MLflow run, Prefect flow run)."""
     m = r["metrics"]
+    metric, ui_port = m["primary_metric"], 5000
     table = Table(title=f"STFN pipeline finished in {seconds:.0f} s", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
-    table.add_row("dataset", f"{r['dataset']} (data md5 {r['data_md5'][:12]})")
+    table.add_column(overflow="fold")
+    table.add_row("dataset", f"{r['dataset']} ({r['dataset_folder']})")
+    table.add_row("data version", f"md5 {r['data_md5']}; DVC: {r.get('dvc', '')}")
     table.add_row("test metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["test"].items()))
     table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
     table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
+    if r.get("champion_before") and r.get("champion_value_before") is not None:
+        before = f"{r['champion_value_before']:.4f} of champion v{r['champion_before']}"
+        vs = f"test {metric} {m['test'][metric]:.4f} vs {before}"
+    else:
+        vs = f"test {metric} {m['test'][metric]:.4f}; no champion before this run"
+    table.add_row("vs champion", vs)
     table.add_row("registered", f"{r['registered_model']} version {r['version']} @challenger")
-    table.add_row("decision", ("PROMOTED to @champion: " if r["promoted"] else "kept the champion: ") + r["reason"])
-    table.add_row("MLflow run", f"{r['mlflow_run_id']}  (experiment '{r['experiment']}', {r['tracking_uri']})")
-    table.add_row("Prefect flow run", r["flow_run_id"])
+    verdict = "[green]PROMOTED[/] to @champion" if r["promoted"] else "[yellow]kept the champion[/]"
+    table.add_row("decision", f"{verdict}: {r['reason']}")
+    uri, run_id, exp = r["tracking_uri"], r["mlflow_run_id"], r.get("experiment_id")
+    base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{ui_port}"
+    link = f"{base}/#/experiments/{exp}/runs/{run_id}" if exp else run_id
+    table.add_row("MLflow run", link + ("" if uri.startswith("http") else "  (after `make ui`)"))
+    table.add_row("MLflow store", uri)
+    prefect = r.get("prefect_ui")
+    flow_run = r["flow_run_id"]
+    if prefect:
+        table.add_row("Prefect flow run", f"{prefect}/runs/flow-run/{flow_run}")
+    else:
+        table.add_row("Prefect flow run", f"{flow_run}  (ephemeral API, not kept: `make servers` for a Prefect UI)")
     table.add_row("metrics file", str(root / "reports" / "metrics.json"))
-    table.add_row("DVC", r.get("dvc", ""))
     console.print(table)
     if m.get("baselines"):
         _print_baselines(m)
-    if r["tracking_uri"].startswith("sqlite:"):
-        console.print(
-            f"Open the MLflow UI:  [bold]make ui[/]   (or: .venv/bin/mlflow ui --backend-store-uri "
-            f"{r['tracking_uri']} --host 127.0.0.1 --port 5000)"
-        )
+    if not uri.startswith("http"):
+        console.print(f"Open the MLflow UI: [bold]make ui[/]  (then {link})", soft_wrap=True)
 
 
 def _print_baselines(m: dict[str, Any]) -> None:
@@ -154,8 +181,7 @@ def import_(
     """
     root = _root()
     params = _guard(load_params, root / "params.yaml")
-    from stfn import importers
-    from stfn.validation import validate_dataset
+    from stfn import importers, stages
 
     if name not in importers.IMPORTERS:
         _fail(ValueError(f"unknown recording '{name}'; available: {', '.join(importers.IMPORTERS)}"), 2)
@@ -167,14 +193,8 @@ def import_(
         folder, spec = importers.IMPORTERS[name](target, paths.state / "cache" / name, source)
     except importers.ImportError_ as exc:
         _fail(exc, 2)
-    rep = _guard(
-        validate_dataset,
-        folder,
-        params.data.max_missing_ratio,
-        paths.validation_report(name),
-        refused_report_path=paths.refused_report(name),
-    )
-    s = rep.summary()
+    with _bars():
+        s = _guard(stages.validate_folder, folder, name, params.data.max_missing_ratio, paths)
     _track(
         root,
         folder,
@@ -190,22 +210,13 @@ def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the 
     """
     root = _root()
     params = _guard(load_params, root / "params.yaml")
-    from stfn.validation import validate_dataset
+    from stfn import stages
 
-    name = path.resolve().name
-    report_path = Paths(root).validation_report(name)
-    rep = _guard(
-        validate_dataset,
-        path,
-        params.data.max_missing_ratio,
-        report_path,
-        lambda msg: console.print(f"[dim]{msg}[/]"),
-        refused_report_path=Paths(root).refused_report(name),
-    )
-    s = rep.summary()
+    with _bars():
+        s = _guard(stages.validate_folder, path, path.resolve().name, params.data.max_missing_ratio, Paths(root))
     console.print(
         f"[green]ok[/] {s['dataset']}: {s['expectations']} expectations passed on {s['n_samples']} samples "
-        f"in {s['seconds']} s; report: {report_path} (+ .html)"
+        f"in {s['seconds']} s; report: {s['report']} (+ .html)"
     )
 
 
@@ -221,18 +232,13 @@ def ingest(
     root = _root()
     params = _guard(load_params, root / "params.yaml")
     from stfn import data as data_mod
+    from stfn import stages
     from stfn.fileio import atomic_dir
-    from stfn.validation import validate_dataset
 
     spec = _guard(data_mod.load_spec, path)
     paths = Paths(root)
-    _guard(
-        validate_dataset,
-        path,
-        params.data.max_missing_ratio,
-        paths.validation_report(spec.name),
-        refused_report_path=paths.refused_report(spec.name),
-    )
+    with _bars():
+        _guard(stages.validate_folder, path, spec.name, params.data.max_missing_ratio, paths)
     target = paths.raw / spec.name
     if target.exists() and not force:
         _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
@@ -462,15 +468,17 @@ def ablate(
     if unknown:
         _fail(ValueError(f"unknown variant(s) {sorted(unknown)}; expected {', '.join(stages.ABLATION_VARIANTS)}"), 2)
     paths = Paths(root)
-    _guard(stages.prepare, params, paths)
-    _guard(stages.validate, params, paths)
-    _guard(stages.featurize, params, paths)
+    with _bars():
+        _guard(stages.prepare, params, paths)
+        _guard(stages.validate, params, paths)
+        _guard(stages.featurize, params, paths)
 
     def show(row: dict[str, Any]) -> None:
         extras = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "train_seconds")
         console.print(f"{row['variant']:<12} seed {row['seed']}: {extras} ({row['train_seconds']:.0f} s)")
 
-    report = _guard(stages.ablate, params, paths, list(range(params.seed, params.seed + seeds)), variants, show)
+    with _bars():
+        report = _guard(stages.ablate, params, paths, list(range(params.seed, params.seed + seeds)), variants, show)
     table = Table(title=f"Ablation on {report['dataset']}: test {report['metric']} over {seeds} seeds")
     for col in ("model", "mean", "std", "seeds"):
         table.add_column(col)
@@ -500,7 +508,8 @@ def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}
         "train": lambda: {k: v for k, v in stages.train(params, paths).items() if k != "history"},
         "evaluate": lambda: stages.evaluate(params, paths)["metrics"],
     }[name]
-    out = _guard(fn)
+    with _bars():
+        out = _guard(fn)
     console.print_json(json.dumps(out, default=str))
 
 

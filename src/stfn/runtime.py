@@ -51,6 +51,19 @@ class _NoTracebackForUserErrors:
         return True
 
 
+HARMLESS = (  # known warnings about things the pipeline does on purpose
+    "Inferred schema contains integer column",  # MLflow: the signature's int64 labels are never missing
+    "Add type hints to the `predict` method",  # MLflow: the signature is given explicitly
+    "Passing a Python object as `python_model`",  # MLflow: our own class, pickled by our own run
+)
+
+
+class _DropHarmless:
+    def filter(self, record) -> bool:  # noqa: ANN001
+        text = record.getMessage()
+        return not any(h in text for h in HARMLESS)
+
+
 def quiet_logs(debug: bool = False) -> None:
     """Keep the terminal readable: no per-request HTTP lines, no known-harmless warnings, no
     tracebacks for bad input unless `debug`."""
@@ -66,3 +79,6 @@ def quiet_logs(debug: bool = False) -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # stfn.tracking reports retries itself
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if not debug:
+        for name in ("py.warnings", "mlflow.pyfunc", "mlflow.models.model"):
+            logging.getLogger(name).addFilter(_DropHarmless())

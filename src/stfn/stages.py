@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stfn import data as data_mod
+from stfn import progress
 from stfn.config import Params, Paths
 from stfn.errors import DataValidationError, Failure
 from stfn.fileio import dir_md5, write_json
@@ -24,7 +26,6 @@ from stfn.fileio import dir_md5, write_json
 log = logging.getLogger(__name__)
 
 BUILTIN = {"moving-digits"}
-Progress = Callable[[str, int, int], None]
 
 
 def dataset_name(params: Params, paths: Paths) -> str:
@@ -36,7 +37,7 @@ def dataset_name(params: Params, paths: Paths) -> str:
 # --------------------------------------------------------------------------------------------- prepare
 
 
-def prepare(params: Params, paths: Paths, force: bool = False, progress: Progress | None = None) -> Path:
+def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
     """Make sure the dataset exists: generate a built-in one (again, when its parameters changed),
     or check that a user's folder is there."""
     name = params.data.dataset
@@ -66,8 +67,16 @@ def prepare(params: Params, paths: Paths, force: bool = False, progress: Progres
             log.info("dataset %s is up to date at %s", name, folder)
             return folder
     log.info("generating %s (%d train / %d val / %d test samples)", name, p.n_train, p.n_val, p.n_test)
-    spec, samples, series, frames = data_mod.make_moving_digits(p, name, progress)
-    return data_mod.write_dataset(folder, spec, samples, series, frames)
+    with progress.bar("generating", p.n_train + p.n_val + p.n_test) as update:
+        done: dict[str, int] = {}
+
+        def generated(split: str, n: int, _total: int) -> None:
+            done[split] = n
+            update(sum(done.values()), info=f"{name}: {split} samples")
+
+        spec, samples, series, frames = data_mod.make_moving_digits(p, name, generated)
+        update(info=f"{name}: writing {folder}")
+        return data_mod.write_dataset(folder, spec, samples, series, frames)
 
 
 def _matches_dvc_yaml(params: Params, paths: Paths) -> bool:
@@ -106,7 +115,7 @@ def refresh_data(params: Params, paths: Paths) -> str:
     return versioning.pull(paths.root, str(tracked.relative_to(paths.root)))
 
 
-def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = None) -> dict[str, Any]:
+def prepare_versioned(params: Params, paths: Paths) -> dict[str, Any]:
     """`prepare`, through DVC when it can be: in a DVC repo, for the built-in dataset that
     `dvc.yaml` declares with the parameters of `params.yaml`, run `dvc repro prepare` (it skips
     when nothing changed) and push to the default remote; otherwise call `prepare` directly."""
@@ -131,36 +140,41 @@ def prepare_versioned(params: Params, paths: Paths, progress: Progress | None = 
             )
         else:
             info["dvc"] = "skipped (prepare parameters differ from params.yaml)"
-    info["folder"] = str(prepare(params, paths, progress=progress))
+    info["folder"] = str(prepare(params, paths))
     return info
 
 
 # --------------------------------------------------------------------------------------------- validate
 
 
-def validate(
-    params: Params, paths: Paths, folder: Path | None = None, progress: Callable[[str], None] | None = None
-) -> dict[str, Any]:
+def validate(params: Params, paths: Paths, folder: Path | None = None) -> dict[str, Any]:
     """Validate the dataset (GX); writes reports/validation/<name>.json and .html."""
-    from stfn.validation import validate_dataset
-
     folder = folder or paths.dataset_dir(params.data.dataset)
-    report = validate_dataset(
-        folder,
-        params.data.max_missing_ratio,
-        paths.validation_report(folder.name),
-        progress,
-        refused_report_path=paths.refused_report(folder.name),
-    )
-    return {**report.summary(), "report": str(paths.validation_report(folder.name)), "data_md5": dir_md5(folder)}
+    summary = validate_folder(folder, folder.name, params.data.max_missing_ratio, paths)
+    return {**summary, "data_md5": dir_md5(folder)}
+
+
+def validate_folder(folder: Path, name: str, max_missing_ratio: float, paths: Paths) -> dict[str, Any]:
+    """Validate a dataset folder with a progress bar; the report goes to
+    reports/validation/<name>.json (+ .html), or to .stfn/refused/ when the data is refused."""
+    from stfn.validation import STEPS, validate_dataset
+
+    with progress.bar("validating", STEPS) as update:
+        steps = iter(range(STEPS))
+        report = validate_dataset(
+            folder,
+            max_missing_ratio,
+            paths.validation_report(name),
+            lambda msg: update(next(steps, STEPS - 1), info=f"{name}: {msg}"),
+            refused_report_path=paths.refused_report(name),
+        )
+    return {**report.summary(), "report": str(paths.validation_report(name))}
 
 
 # --------------------------------------------------------------------------------------------- featurize
 
 
-def featurize(
-    params: Params, paths: Paths, progress: Callable[[int, int], None] | None = None, data_md5: str | None = None
-) -> Path:
+def featurize(params: Params, paths: Paths, data_md5: str | None = None) -> Path:
     """Fit normalisation on train, write memory-mappable float32 arrays. Skipped when the
     dataset and the split parameters are unchanged since the last run. `data_md5`: the dataset's
     hash when the caller has it already (validation computes it), so it is not hashed twice."""
@@ -179,9 +193,16 @@ def featurize(
     if stamp.is_file() and json.loads(stamp.read_text()) == inputs:
         log.info("features for %s are up to date", folder.name)
         return out
-    build_features(
-        folder, out, params.data.val_fraction, params.data.test_fraction, params.seed, progress, params.data.series_norm
-    )
+    with progress.bar("featurizing") as update:
+        build_features(
+            folder,
+            out,
+            params.data.val_fraction,
+            params.data.test_fraction,
+            params.seed,
+            lambda done, total: update(done, total, info=f"{folder.name}: samples"),
+            params.data.series_norm,
+        )
     write_json(stamp, inputs)
     return out
 
@@ -208,7 +229,25 @@ def train(
     name = dataset_name(params, paths)
     fs = load_features(paths.features_dir(name))
     out = paths.model_dir(name)
-    result = fit(fs, params.model, params.train, params.seed, out, on_epoch=on_epoch, on_batch=on_batch)
+    epochs, steps = params.train.epochs, math.ceil(len(fs.rows("train")) / params.train.batch_size)
+    with progress.bar("training", epochs * steps) as update:
+        seen: dict[str, Any] = {"epoch": 0, "metrics": ""}
+
+        def batch_done(b: int, n: int) -> None:
+            update(seen["epoch"] * n + b, info=f"epoch {seen['epoch'] + 1}/{epochs} {seen['metrics']}")
+            if on_batch:
+                on_batch(b, n)
+
+        def epoch_done(row: dict[str, float]) -> None:
+            seen["epoch"] = int(row["epoch"])
+            shown = [k for k in row if k == "train_loss" or (k.startswith("val_") and k != "val_loss")]
+            seen["metrics"] = " ".join(f"{k}={row[k]:.4f}" for k in shown)
+            update(seen["epoch"] * steps, info=f"epoch {seen['epoch']}/{epochs} {seen['metrics']}")
+            if on_epoch:
+                on_epoch(row)
+
+        result = fit(fs, params.model, params.train, params.seed, out, on_epoch=epoch_done, on_batch=batch_done)
+        update(info=f"{len(result.history)} epochs, best {result.best_epoch}: {seen['metrics']}")
     flops = flops_per_sample(result.config)
     rates = [h["samples_per_s"] for h in result.history]
     efficiency = {
@@ -257,7 +296,9 @@ def _train_ddp(params: Params, paths: Paths, on_epoch: Callable[[dict[str, float
         cmd = launch_command(params.train.nproc, paths.root, resolved, summary)
         log.info("training with %d DDP processes: %s", params.train.nproc, " ".join(cmd))
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=paths.root)
+        with progress.bar("training") as update:
+            update(info=f"torchrun, {params.train.nproc} processes")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=paths.root)
         if proc.returncode != 0 or not summary.is_file():
             n = params.train.nproc
             raise RuntimeError(f"DDP training (torchrun, {n} processes) failed:\n{proc.stderr[-3000:]}")
@@ -278,13 +319,15 @@ def model_label(params: Params) -> str:
     return f"{m.variant} (ablation baseline)"
 
 
-def score_split(fs: Any, model: Any, split: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+def score_split(
+    fs: Any, model: Any, split: str, on_batch: Callable[[int, int], None] | None = None
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     """Metrics of `model` on one split of a feature set, with its raw outputs and attention."""
     from stfn import evaluation as ev
     from stfn.training import predict_arrays
 
     rows = fs.rows(split)
-    out, att = predict_arrays(model, fs.series[rows], fs.frames[rows])
+    out, att = predict_arrays(model, fs.series[rows], fs.frames[rows], on_batch=on_batch)
     y = fs.labels[rows]
     if fs.spec.task == "classification":
         probs = ev.softmax(out)
@@ -346,7 +389,6 @@ def regression_baselines_for(params: Params, paths: Paths, fs: Any) -> dict[str,
 
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     """Evaluate the best checkpoint on val and test; writes reports/metrics.json and plots."""
-    from stfn import evaluation as ev
     from stfn.features import load_features
     from stfn.training import load_checkpoint
 
@@ -355,12 +397,31 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     model_dir = paths.model_dir(name)
     model, _ = load_checkpoint(model_dir / "model.pt")
     history = json.loads((model_dir / "history.json").read_text())
-    spec = fs.spec
-    plots = paths.reports / "plots"
     results: dict[str, Any] = {}
     outputs: dict[str, tuple] = {}
-    for split in ("val", "test"):
-        results[split], *outputs[split] = score_split(fs, model, split)
+    sizes = {split: len(fs.rows(split)) for split in ("val", "test")}
+    with progress.bar("evaluating", sum(sizes.values())) as update:
+        for split, offset in (("val", 0), ("test", sizes["val"])):
+            results[split], *outputs[split] = score_split(
+                fs, model, split, lambda done, _n, o=offset, s=split: update(o + done, info=f"{name}: {s} split")
+            )
+        update(info=f"{name}: plots and reports/metrics.json")
+        return _evaluation_outputs(params, paths, name, fs, history, results, outputs)
+
+
+def _evaluation_outputs(
+    params: Params,
+    paths: Paths,
+    name: str,
+    fs: Any,
+    history: dict[str, Any],
+    results: dict[str, Any],
+    outputs: dict[str, tuple],
+) -> dict[str, Any]:
+    """The plots, reports/per_class.json and reports/metrics.json of an evaluation."""
+    from stfn import evaluation as ev
+
+    spec, plots = fs.spec, paths.reports / "plots"
     test_out, test_att = outputs["test"]
     test_rows = fs.rows("test")
     files = {"training_curves": ev.plot_training_curves(history["history"], plots / "training_curves.png")}

@@ -381,7 +381,12 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> st
     if existing:
         version = str(max(int(v.version) for v in existing))
     else:
-        version = str(mlflow.register_model(model_uri, name).version)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
+            version = str(mlflow.register_model(model_uri, name).version)
+        log.info("registered %s version %s (from run %s)", name, version, run_id)
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, str(v))
     client.set_registered_model_alias(name, CHALLENGER, version)

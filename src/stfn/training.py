@@ -121,9 +121,15 @@ def to_device(a: np.ndarray, device: torch.device, pin: bool = False) -> torch.T
 
 @torch.no_grad()
 def predict_arrays(
-    model: nn.Module, series: np.ndarray, frames: np.ndarray, batch_size: int = 256, device: torch.device | None = None
+    model: nn.Module,
+    series: np.ndarray,
+    frames: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model outputs (logits or standardised values) and attention maps (None without)."""
+    """Model outputs (logits or standardised values) and attention maps (None without);
+    `on_batch(done, total)` after each batch, in samples."""
     device = device or next(model.parameters()).device
     model.eval()
     outs, atts = [], []
@@ -134,6 +140,8 @@ def predict_arrays(
         outs.append(res["output"].float().cpu().numpy())
         if "attention" in res:  # (B, F, h, w); the time-only baseline has none
             atts.append(res["attention"].float().cpu().numpy())
+        if on_batch:
+            on_batch(min(i + batch_size, len(series)), len(series))
     return np.concatenate(outs), (np.concatenate(atts) if atts else None)
 
 

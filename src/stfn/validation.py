@@ -218,7 +218,12 @@ WHAT = {  # readable names of the coverage and frames checks
 }
 
 
-def _run_gx(tables: dict[str, pd.DataFrame], suites: dict[str, list]) -> list[dict]:
+STEPS = 7  # what `validate_dataset` reports to `progress`: 3 reads, then one suite per table (4 at most)
+
+
+def _run_gx(
+    tables: dict[str, pd.DataFrame], suites: dict[str, list], say: Callable[[str], None] = lambda _m: None
+) -> list[dict]:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -231,6 +236,7 @@ def _run_gx(tables: dict[str, pd.DataFrame], suites: dict[str, list]) -> list[di
     for table, expectations in suites.items():
         if table not in tables:
             continue
+        say(f"expectations on {table} ({len(expectations)})")
         df = tables[table]
         batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("all")
         suite = ctx.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
@@ -349,8 +355,7 @@ def validate_dataset(
                 "in_samples": all_ids.isin(samples["sample_id"].astype(str)),
             }
         )
-    say("running expectations")
-    results = problems + _run_gx(tables, _suites(spec, samples, series, max_missing_ratio))
+    results = problems + _run_gx(tables, _suites(spec, samples, series, max_missing_ratio), say)
     report = ValidationReport(
         spec.name, all(r["success"] for r in results), len(samples), results, time.perf_counter() - t0
     )

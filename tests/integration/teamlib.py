@@ -27,6 +27,48 @@ def stfn_cmd(cwd: Path, env: dict, *args: str, timeout: int = 600) -> subprocess
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=full, timeout=timeout)
 
 
+def stfn_in_terminal(cwd: Path, env: dict, *args: str, timeout: int = 600) -> tuple[int, str]:
+    """Run `stfn` as a user does, in a pseudo-terminal (80x160): (exit code, what the terminal
+    showed, escape sequences removed, redrawn lines split at carriage returns)."""
+    import pty
+    import re
+    import select
+    import time
+
+    full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TERM": "xterm-256color", "COLUMNS": "160",
+            "LINES": "80", **env}  # fmt: skip
+    full.pop("STFN_PROGRESS", None)
+    if "MLFLOW_REGISTRY_URI" not in env:
+        full["MLFLOW_REGISTRY_URI"] = full.get("MLFLOW_TRACKING_URI", "")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "stfn"), *args], cwd=cwd, env=full, stdin=follower, stdout=follower,
+                            stderr=follower, close_fds=True)  # fmt: skip
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the terminal closed: the command ended
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+            raise TimeoutError(f"stfn {' '.join(args)} still running after {timeout} s")
+        code = proc.wait(timeout=30)
+    finally:
+        os.close(leader)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text).replace("\r\n", "\n").replace("\r", "\n")
+    return code, text
+
+
 # a moving-digits variant small enough for a test and big enough to learn (test accuracy ~0.95)
 LEARNING_DIGITS = {
     "prepare.moving_digits.n_train": 1600,

@@ -3,6 +3,7 @@ both in temp folders; then the same stages through `dvc repro` in a temp git rep
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,10 +99,37 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     )
     assert probs.shape == (5, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
-    # a second run cannot beat the champion by an impossible margin: registered, not promoted
+    # a second run, as a user starts it (`stfn run` in a terminal), cannot beat the champion by an
+    # impossible margin: registered, not promoted; the terminal showed the work and the outcome
+    from teamlib import stfn_in_terminal
+
     write_tiny_params(tmp_path / "params.yaml", **{"registry.min_improvement": 1.0})
-    second = training_pipeline(root=str(tmp_path))
+    code, shown = stfn_in_terminal(tmp_path, {"PREFECT_LOGGING_LEVEL": "INFO"}, "run")
+    assert code == 0, shown[-3000:]
+    second = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    second["version"] = second["registered_version"]
     assert int(second["version"]) == int(first["version"]) + 1 and second["promoted"] is False
+    for bar in ("validating", "training", "evaluating"):  # featurize: up to date, skipped
+        assert re.search(rf"✓ {bar} .*━ (\d+)/\1 ", shown), f"no finished {bar} bar in:\n{shown[-3000:]}"
+    assert re.search(r"training .* epoch 2/2 train_loss=\d\.\d{4} val_accuracy=\d\.\d{4}", shown)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in shown.splitlines()
+            if line.count("│") == 3 and line.split("│")[1].strip()}  # fmt: skip
+    acc = second["test"]["accuracy"]
+    assert rows["dataset"].startswith("moving-digits (") and rows["data version"].startswith("md5 ")
+    assert (
+        rows["vs champion"]
+        == f"test accuracy {acc:.4f} vs {metrics['test']['accuracy']:.4f} of champion v{first['version']}"
+    )
+    assert rows["decision"].startswith("kept the champion: ") and rows["registered"].endswith(
+        f"version {second['version']} @challenger"
+    )
+    assert re.fullmatch(
+        rf"http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{second['mlflow_run_id']}  \(after `make ui`\)",
+        rows["MLflow run"],
+    )
+    assert re.match(r"[0-9a-f-]{36}  \(ephemeral API", rows["Prefect flow run"])
+    assert "Traceback" not in shown and "UserWarning" not in shown and "CloudPickle" not in shown
+    assert re.search(r"INFO prefect\.task_runs \[train-\w+\]: Finished in state Completed\(\)", shown)  # which task
     assert str(client.get_model_version_by_alias(name, "champion").version) == str(first["version"])
     assert str(client.get_model_version_by_alias(name, "challenger").version) == str(second["version"])
     rejected = client.get_model_version(name, str(second["version"]))
