@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench docs-screenshots
+.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench docs-screenshots
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ run: $(VENV)/.installed ## Run the whole pipeline on the default dataset (Prefec
 
 test: $(VENV)/.installed-dev ## Run the test suite (unit, data, integration: real Prefect, MLflow, DVC, GX)
 	$(BIN)/python -m pytest
+
+test-all: $(VENV)/.installed-dev ## Every test, the `thorough` ones too (what `make test` leaves out to stay within 15 minutes)
+	$(BIN)/python -m pytest -m ""
 
 test-integration: $(VENV)/.installed-dev ## Only the team-mode tests: real MLflow + Prefect servers on PostgreSQL, deployments, a worker
 	$(BIN)/python -m pytest -m integration

@@ -37,9 +37,17 @@ def small_features(tmp_path_factory, write_tiny_params):
     return params, paths
 
 
+# every alignment with the CNN and the default alignment with the patches in `make test`; the
+# patches with the other alignments (the same alignment code, 15 s each) in `make test-all`
+CASES = [
+    *(pytest.param("cnn", a) for a in ("mfb", "film", "gmu", "bilinear")),
+    pytest.param("patches", "mfb"),
+    *(pytest.param("patches", a, marks=pytest.mark.thorough) for a in ("film", "gmu", "bilinear")),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("alignment", ["mfb", "film", "gmu", "bilinear"])
-@pytest.mark.parametrize("spatial", ["cnn", "patches"])
+@pytest.mark.parametrize("spatial,alignment", CASES)
 def test_each_encoder_and_alignment_learns_well_above_chance(small_features, spatial, alignment, tmp_path):
     from stfn import stages
     from stfn.features import load_features
