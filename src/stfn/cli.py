@@ -443,7 +443,12 @@ def deploy(
     console.print(f"schedule: {out['schedule']}; at most one retrain at a time (CANCEL_NEW)")
     if "worker" in out:
         console.print(f"worker for {out['pools'][0]}: pid {out['worker']['pid']}, log {out['worker']['log']}")
-    console.print("run one now: .venv/bin/prefect deployment run retrain/retrain-scheduled; stop: make servers-stop")
+    console.print(
+        f"run one now: PREFECT_API_URL={out['api_url']} .venv/bin/prefect deployment run retrain/retrain-scheduled\n"
+        f"watch it:    {out['api_url'].rstrip('/').removesuffix('/api')}/deployments (the Prefect UI)\n"
+        "stop all:    make servers-stop",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -124,6 +124,8 @@ def build_features(
     """Read a validated dataset, fit normalisation on train, write the features folder."""
     spec = load_spec(dataset_dir)
     samples = read_parquet(dataset_dir, "samples.parquet", spec.name)
+    if progress:
+        progress(0, len(samples))
     series_long = read_parquet(dataset_dir, "series.parquet", spec.name)
     series = series_array(series_long, samples["sample_id"], spec)
     del series_long
