@@ -197,25 +197,35 @@ def start(
     return info
 
 
+def stop_group(pid: int, timeout: float = 20) -> None:
+    """Stop the process group `pid` leads (started with `start_new_session`): SIGTERM, then
+    SIGKILL to whatever of the group is left after `timeout` s; returns when the whole group is
+    gone (reaping the leader when it is our child)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # a dead child of ours stays in the group until reaped
+            except ChildProcessError:
+                pass
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
 def _stop_one(state: Path, name: str, timeout: float = 20) -> str | None:
     pid_file = state / f"{name}.pid"
     if not pid_file.is_file():
         return None
     pid = int(pid_file.read_text())
     if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGTERM)  # the group it leads (start_new_session)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it when we are its parent
-            except ChildProcessError:
-                pass
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(pid, timeout)
     pid_file.unlink(missing_ok=True)
     return f"{name} (pid {pid})"
 
@@ -305,12 +315,5 @@ def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> i
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+        stop_group(proc.pid, 15)
+        proc.poll()

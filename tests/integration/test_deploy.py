@@ -135,19 +135,10 @@ def test_deploy_puts_training_on_a_docker_gpu_pool(tmp_path, team_servers, write
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM to the worker's process group, SIGKILL after 15 s: nothing outlives the test."""
-    import os
-    import signal
+    from stfn.servers import stop_group
 
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(proc.pid, 15)
+    proc.poll()
 
 
 @pytest.mark.slow
