@@ -347,7 +347,10 @@ def predict(
     name = model or tracking.model_name(spec.name)
     target = out or paths.reports / "predictions" / f"{spec.name}{'-' + split if split else ''}.parquet"
     tracking.configure(paths.mlflow_dir)
-    result = _guard(batch_predict, dataset, target, name, alias, split, f"{spec.name}-predictions", paths.mlflow_dir)
+    with _bars():
+        result = _guard(
+            batch_predict, dataset, target, name, alias, split, f"{spec.name}-predictions", paths.mlflow_dir
+        )
     console.print(f"{result['n']} predictions by {result['model']} (version {result['version']}) -> {target}")
     if result["metrics"]:
         console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items()))

@@ -66,16 +66,22 @@ def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame,
 def predict_rows(
     model: Any, folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray
 ) -> np.ndarray:
-    """A loaded pyfunc's outputs for `rows` of a dataset folder, read from the raw files in chunks."""
+    """A loaded pyfunc's outputs for `rows` of a dataset folder, from the raw files: the series of
+    those rows read once (N x T x C floats, small beside the frames), the frames in chunks."""
+    from stfn import progress
+
     frames = data_mod.open_frames(folder, spec, len(samples))
+    ids = samples["sample_id"].astype(str).iloc[rows]
+    wanted = [("sample_id", "in", list(ids))] if len(rows) < len(samples) else None
+    series = data_mod.series_array(
+        data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted), ids, spec
+    )
     outputs = []
-    for i in range(0, len(rows), CHUNK):
-        part = rows[i : i + CHUNK]
-        chunk_ids = samples["sample_id"].astype(str).iloc[part]
-        wanted = [("sample_id", "in", list(chunk_ids))]
-        long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted)
-        series = data_mod.series_array(long, chunk_ids, spec)
-        outputs.append(model.predict({"series": series, "frames": np.asarray(frames[part])}))
+    with progress.bar("predicting", len(rows)) as update:
+        for i in range(0, len(rows), CHUNK):
+            part = rows[i : i + CHUNK]
+            outputs.append(model.predict({"series": series[i : i + CHUNK], "frames": np.asarray(frames[part])}))
+            update(i + len(part), info=spec.name)
     return np.concatenate(outputs) if outputs else np.zeros((0,))
 
 
