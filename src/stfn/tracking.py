@@ -282,36 +282,6 @@ def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> N
 # ---------------------------------------------------------------------------------------------
 
 
-def _python_model():
-    import mlflow.pyfunc
-
-    class STFNModel(mlflow.pyfunc.PythonModel):
-        """Raw `series` (N, T, C) float32 with NaN for missing, and `frames` (N, F, C, H, W) in the
-        dataset's dtype -> class probabilities (N, K), or values (N,) in the target's unit."""
-
-        def load_context(self, context):
-            from stfn.training import load_checkpoint
-
-            self.model, _ = load_checkpoint(context.artifacts["checkpoint"])
-            self.meta = json.loads(Path(context.artifacts["features"]).read_text())
-
-        def predict(self, context, model_input, params=None):
-            from stfn.features import transform_frames, transform_series
-            from stfn.training import predict_arrays
-
-            stats = self.meta["stats"]
-            series = transform_series(np.asarray(model_input["series"], np.float32), stats)
-            frames = transform_frames(np.asarray(model_input["frames"]), stats)
-            out, _ = predict_arrays(self.model, series, frames)
-            if self.meta["task"] == "classification":
-                from stfn.evaluation import softmax
-
-                return softmax(out).astype(np.float32)
-            return (out[:, 0] * stats["target_std"] + stats["target_mean"]).astype(np.float32)
-
-    return STFNModel()
-
-
 @retrying("logging the model")
 def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], example: dict[str, np.ndarray]) -> str:
     """Log the model (pyfunc, signature for both inputs, an input example, explicit pip
@@ -338,7 +308,7 @@ def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], exam
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=_python_model(),
+                python_model=str(Path(__file__).with_name("serving.py")),  # models-from-code: no pickle
                 artifacts={"checkpoint": str(checkpoint), "features": str(meta_path)},
                 signature=ModelSignature(inputs=inputs, outputs=outputs),
                 input_example=example,
