@@ -266,7 +266,7 @@ def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>
         mine = [r for r in rows if r["name"] == name]
         table = Table(title=name, title_justify="left")
         for col in ("version", "aliases", "test metric", "decision", "MLflow run"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # narrow terminals wrap the numbers, never cut them
         for r in mine:
             metric = f"{r['metric']}={float(r['value']):.4f}" if r["value"] else ""
             table.add_row(r["version"], ", ".join(r["aliases"]), metric, r["decision"] or "", r["run_id"] or "")
@@ -387,7 +387,8 @@ def servers(
             console.print(f"{name}: {rec['url']} on {rec['backend']}, pid {rec['pid']}{extra}; log {rec['log']}")
         console.print(
             f"point the pipeline at them:\n  export MLFLOW_TRACKING_URI={info['mlflow']['url']} "
-            f"PREFECT_API_URL={info['prefect']['url']}\nstop them: make servers-stop"
+            f"PREFECT_API_URL={info['prefect']['url']}\nstop them: make servers-stop",
+            soft_wrap=True,  # one line, whatever the terminal's width: it is copied and pasted
         )
     elif action == "stop":
         stopped = srv.stop(paths)
@@ -446,6 +447,7 @@ def deploy(
     console.print(f"schedule: {out['schedule']}; at most one retrain at a time (CANCEL_NEW)")
     if "worker" in out:
         console.print(f"worker for {out['pools'][0]}: pid {out['worker']['pid']}, log {out['worker']['log']}")
+        console.print(f"scheduled runs log to MLflow at {out['tracking_uri']}", soft_wrap=True)
     console.print(
         f"run one now: PREFECT_API_URL={out['api_url']} .venv/bin/prefect deployment run retrain/retrain-scheduled\n"
         f"watch it:    {out['api_url'].rstrip('/').removesuffix('/api')}/deployments (the Prefect UI)\n"

@@ -240,7 +240,13 @@ class Paths:
         return self.root / "data" / "raw"
 
     def dataset_dir(self, name_or_path: str) -> Path:
+        """A bare name is the ingested dataset `data/raw/<name>` when there is one (even when a
+        folder of that name sits in the current directory: that is the copy before ingest);
+        otherwise a dataset folder at that path; otherwise `data/raw/<name>` (checked later)."""
         candidate = Path(name_or_path)
+        bare = "/" not in name_or_path and os.sep not in name_or_path and name_or_path not in (".", "..")
+        if bare and (self.raw / name_or_path / "dataset.yaml").is_file():
+            return self.raw / name_or_path
         if candidate.is_dir() and (candidate / "dataset.yaml").exists():
             return candidate.resolve()
         return self.raw / name_or_path

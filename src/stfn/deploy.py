@@ -97,5 +97,10 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
     }
     if start_worker:
         worker_env = {k: v for k, v in env.items() if not k.startswith("STFN_")}
+        # scheduled runs log where you point them, else to the team MLflow server `make servers` runs
+        tracking = os.environ.get("MLFLOW_TRACKING_URI") or servers.recorded_url(paths, "mlflow")
+        if tracking:
+            worker_env["MLFLOW_TRACKING_URI"] = tracking
+        out["tracking_uri"] = tracking or f"the project's own store ({paths.mlflow_dir / 'mlflow.db'})"
         out["worker"] = servers.start_worker(paths, params.retrain.work_pool, worker_env)
     return out

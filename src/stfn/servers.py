@@ -271,12 +271,19 @@ def status(paths: Paths) -> dict[str, dict[str, Any]]:
     return out
 
 
+def recorded_url(paths: Paths, name: str) -> str | None:
+    """The URL of the `name` server (mlflow, prefect) that `stfn servers start` runs, if it runs."""
+    record = _state(paths) / f"{name}.json"
+    if record.is_file():
+        rec = json.loads(record.read_text())
+        if _alive(rec["pid"]):
+            return rec["url"]
+    return None
+
+
 def prefect_ui_url(paths: Paths) -> str | None:
     """The Prefect UI of the configured server (PREFECT_API_URL, else `stfn servers start`'s)."""
-    api = os.environ.get("PREFECT_API_URL")
-    record = _state(paths) / "prefect.json"
-    if not api and record.is_file() and _alive(json.loads(record.read_text())["pid"]):
-        api = json.loads(record.read_text())["url"]
+    api = os.environ.get("PREFECT_API_URL") or recorded_url(paths, "prefect")
     return api.rstrip("/").removesuffix("/api") if api else None
 
 

@@ -65,3 +65,21 @@ def test_typo_in_an_unused_dataset_section_is_still_an_error(tmp_path):
     (tmp_path / "params.yaml").write_text(PROFILED.replace("epochs: 20", "epohcs: 20"))
     with pytest.raises(ConfigError, match=r"(?s)datasets\.irish-wind.*train\.epohcs: unknown key"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_a_bare_dataset_name_means_the_ingested_copy(tmp_path, monkeypatch):
+    """After `stfn ingest my-dataset`, `--dataset my-dataset` is data/raw/my-dataset, even when the
+    folder it was ingested from is in the current directory; a path is a path."""
+    from stfn.config import Paths
+
+    project, outside = tmp_path / "project", tmp_path / "outside"
+    for folder in (project / "data" / "raw" / "my-dataset", outside / "my-dataset", outside / "other"):
+        folder.mkdir(parents=True)
+        (folder / "dataset.yaml").write_text("name: x\n")
+    paths = Paths(project)
+    monkeypatch.chdir(outside)
+    assert paths.dataset_dir("my-dataset") == project / "data" / "raw" / "my-dataset"
+    assert paths.dataset_dir("./my-dataset") == (outside / "my-dataset").resolve()
+    assert paths.dataset_dir(str(outside / "my-dataset")) == (outside / "my-dataset").resolve()
+    assert paths.dataset_dir("other") == (outside / "other").resolve()  # not ingested: the folder here
+    assert paths.dataset_dir("missing") == project / "data" / "raw" / "missing"
