@@ -204,7 +204,9 @@ class SpacetimePatchEmbed(nn.Module):
         # (c, t, p, p) order): the same numbers, without the CPU's slow 3-D convolution path
         t, p = self.tubelet, self.patch
         x = rearrange(frames, "b (ft t) c (gh p1) (gw p2) -> b ft (gh gw) (c t p1 p2)", t=t, p1=p, p2=p)
-        x = F.linear(x, self.proj.weight.flatten(1), self.proj.bias) + self.pos_space + self.pos_time
+        # bias and both position embeddings summed on the small (1, F/t, N, D) grid first: one
+        # full-size addition instead of three
+        x = F.linear(x, self.proj.weight.flatten(1)) + (self.proj.bias + self.pos_space + self.pos_time)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
