@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from stfn import stages
 from stfn.config import Params, Paths, load_params
+from stfn.servers import ui_of_api
 
 
 @task(name="prepare", cache_policy=NONE)
@@ -113,7 +114,8 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "tracking_uri": run["tracking_uri"],
         "experiment": stages.dataset_name(params, paths),
         "experiment_id": run.get("experiment_id"),
-        "prefect_ui": os.environ.get("PREFECT_API_URL", "").rstrip("/").removesuffix("/api") or None,
+        # the server this run reported to; none on the ephemeral API, which keeps nothing to look at
+        "prefect_ui": ui_of_api(os.environ["PREFECT_API_URL"]) if os.environ.get("PREFECT_API_URL") else None,
         "metrics": evaluation["metrics"],
         "train_seconds": trained["train_seconds"],
         "epochs_run": trained["epochs_run"],

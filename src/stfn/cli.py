@@ -441,6 +441,7 @@ def deploy(
     root = _root()
     params = _guard(load_params, root / "params.yaml")
     from stfn.deploy import deploy as do_deploy
+    from stfn.servers import ui_of_api
 
     out = _guard(do_deploy, params, Paths(root), worker)
     console.print(f"deployed {', '.join(out['deployments'])} to {out['api_url']} (pools {', '.join(out['pools'])})")
@@ -450,7 +451,7 @@ def deploy(
         console.print(f"scheduled runs log to MLflow at {out['tracking_uri']}", soft_wrap=True)
     console.print(
         f"run one now: PREFECT_API_URL={out['api_url']} .venv/bin/prefect deployment run retrain/retrain-scheduled\n"
-        f"watch it:    {out['api_url'].rstrip('/').removesuffix('/api')}/deployments (the Prefect UI)\n"
+        f"watch it:    {ui_of_api(out['api_url'])}/deployments (the Prefect UI)\n"
         "stop all:    make servers-stop",
         soft_wrap=True,
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +22,6 @@ from typing import Any
 Update = Callable[..., None]
 
 _display: Any = None  # the rich Progress while one is installed
-_lock = threading.Lock()
 
 
 def _noop(*_args: Any, **_kwargs: Any) -> None:
@@ -78,8 +76,8 @@ class _RunFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         run = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
-        if run and record.name.startswith("prefect.") and not getattr(record, "_stfn_named", False):
-            record.name, record._stfn_named = f"{record.name} [{run}]", True
+        if run and record.name.startswith("prefect."):  # a copy: other handlers see the record as it was
+            record = logging.makeLogRecord({**record.__dict__, "name": f"{record.name} [{run}]"})
         return super().format(record)
 
 
@@ -127,10 +125,8 @@ def display(console: Any, enabled: bool = True) -> Iterator[None]:
         console=console,
         refresh_per_second=4,
     ) as live:
-        with _lock:
-            _display = live
+        _display = live
         try:
             yield
         finally:
-            with _lock:
-                _display = None
+            _display = None

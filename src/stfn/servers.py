@@ -281,10 +281,15 @@ def recorded_url(paths: Paths, name: str) -> str | None:
     return None
 
 
+def ui_of_api(api: str) -> str:
+    """A Prefect server's UI address from its API address (http://host:4200/api -> http://host:4200)."""
+    return api.rstrip("/").removesuffix("/api")
+
+
 def prefect_ui_url(paths: Paths) -> str | None:
     """The Prefect UI of the configured server (PREFECT_API_URL, else `stfn servers start`'s)."""
     api = os.environ.get("PREFECT_API_URL") or recorded_url(paths, "prefect")
-    return api.rstrip("/").removesuffix("/api") if api else None
+    return ui_of_api(api) if api else None
 
 
 def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> int:
