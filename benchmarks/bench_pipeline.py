@@ -26,6 +26,9 @@ def run(n_train: int = 1500, epochs: int = 2) -> tuple[dict, str]:
     from prefect import flow
 
     from stfn.config import Paths, load_params
+    from stfn.runtime import quiet_logs
+
+    quiet_logs()  # the flow's log as `stfn run` shows it: no known-harmless MLflow hints
 
     @flow(name="warm-up")
     def warm_up() -> None:

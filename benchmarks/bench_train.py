@@ -88,49 +88,72 @@ def matmul_gflops(size: int = 1024, reps: int = 20) -> float:
     return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def _step_rate(model: torch.nn.Module, make_input, batch: int, steps: int = 8) -> float:
+def _trainer(model: torch.nn.Module, x: torch.Tensor):
+    """One training step of `model` on `x` (forward, backward, AdamW step), as a callable."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = make_input()
-    for _ in range(2):  # warm-up
+
+    def step() -> None:
         model(x).float().mean().backward()
         opt.step()
         opt.zero_grad()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        model(x).float().mean().backward()
-        opt.step()
-        opt.zero_grad()
-    return batch * steps / (time.perf_counter() - t0)
+
+    return step
+
+
+def interleaved_step_times(steps: dict, rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds of each side's single steps, taken in turn (A B C, then C B A, ...): a slow spell of
+    the shared machine lands on every side within a fraction of a second, not on one side's block."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names, times = list(steps), {name: [] for name in steps}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(ours: list[float], peer: list[float]) -> dict:
+    """Throughput ratio ours/peer from step times taken in turn: the ratio of the median step
+    times, and the quartiles of the per-round ratios (how much single rounds scatter)."""
+    import statistics
+
+    per_round = sorted(b / a for a, b in zip(ours, peer, strict=True))
+    q = statistics.quantiles(per_round, n=4)
+    return {"ratio": statistics.median(peer) / statistics.median(ours), "quartiles": (q[0], q[2])}
 
 
 def patch_vs_vivit(batch: int = 64, frames: int = 8, size: int = 32, dim: int = 64, depth: int = 2, heads: int = 4,
-                   patch: int = 8, tubelet: int = 1, rounds: int = 9, steps: int = 20) -> dict:  # fmt: skip
-    """Rounds of one measurement each, back to back, the order alternating; the ratio of each
-    round's pair, and their median: a slow spell of the shared machine hits both sides of a pair."""
+                   patch: int = 8, tubelet: int = 1, rounds: int = 120) -> dict:  # fmt: skip
+    """Training steps of ours, ViViT and a second copy of ours (the control: ours vs ours shows
+    what this machine's noise alone makes of the ratio), one step each in turn, `rounds` times."""
     import statistics
 
     from stfn.models import SpacetimePatchEmbed
 
     ViViT = _vivit_class()
-    ours = SpacetimePatchEmbed(1, dim, (size, size), frames, tubelet=tubelet, patch=patch, depth=depth, heads=heads)
+    ours = lambda: SpacetimePatchEmbed(1, dim, (size, size), frames, tubelet=tubelet, patch=patch, depth=depth, heads=heads)  # noqa: E731, E501
     theirs = ViViT(image_size=size, image_patch_size=patch, frames=frames, frame_patch_size=tubelet, num_classes=dim,
                    dim=dim, spatial_depth=depth, temporal_depth=depth, heads=heads, dim_head=dim // heads,
                    mlp_dim=2 * dim, pool="mean", channels=1, variant="factorized_self_attention")  # fmt: skip
     x_ours, x_theirs = torch.randn(batch, frames, 1, size, size), torch.randn(batch, 1, frames, size, size)
-    pairs = []
-    for r in range(rounds):
-        sides = [(ours, x_ours), (theirs, x_theirs)]
-        rates = {id(m): _step_rate(m, lambda x=x: x, batch, steps) for m, x in (sides if r % 2 else sides[::-1])}
-        pairs.append((rates[id(ours)], rates[id(theirs)]))
-    ratios = sorted(a / b for a, b in pairs)
+    models = {"ours": ours(), "vivit": theirs, "control": ours()}
+    inputs = {"ours": x_ours, "vivit": x_theirs, "control": x_ours}
+    times = interleaved_step_times({k: _trainer(m, inputs[k]) for k, m in models.items()}, rounds)
+    vs_vivit, control = paired_ratio(times["ours"], times["vivit"]), paired_ratio(times["ours"], times["control"])
+    rate = lambda k: batch / statistics.median(times[k])  # noqa: E731
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {
-        "ours": statistics.median(a for a, _ in pairs),
-        "vivit": statistics.median(b for _, b in pairs),
-        "ratio": statistics.median(ratios),
-        "ratio_range": (ratios[0], ratios[-1]),
+        "ours": rate("ours"),
+        "vivit": rate("vivit"),
+        "ratio": vs_vivit["ratio"],
+        "quartiles": vs_vivit["quartiles"],
+        "control": control["ratio"],
+        "control_quartiles": control["quartiles"],
         "rounds": rounds,
-        "ours_params": n(ours),
+        "ours_params": n(models["ours"]),
         "vivit_params": n(theirs),
     }
 
@@ -172,7 +195,8 @@ def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, s
     out = {
         "train_vs_reference": ours / ref,
         "patch_encoder_vs_vivit": vit["ratio"],
-        "patch_encoder_vs_vivit_range": list(vit["ratio_range"]),
+        "patch_encoder_vs_vivit_quartiles": list(vit["quartiles"]),
+        "patch_encoder_control": vit["control"],
         "gflops_vs_matmul_peak": achieved / peak,
         "train_samples_per_s": {"ours": ours, "reference": ref},
         "patch_encoder_samples_per_s": {"ours": vit["ours"], "vivit": vit["vivit"]},
@@ -196,8 +220,16 @@ def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, s
                 f"{vit['ours']:.0f}",
                 "vit-pytorch ViViT (fact. self-attn)",
                 f"{vit['vivit']:.0f}",
-                f"{vit['ratio']:.2f}x (median of {vit['rounds']} pairs, "
-                f"{vit['ratio_range'][0]:.2f}-{vit['ratio_range'][1]:.2f})",
+                f"{vit['ratio']:.2f}x (median steps of {vit['rounds']} rounds; single rounds "
+                f"{vit['quartiles'][0]:.2f}-{vit['quartiles'][1]:.2f})",
+            ),
+            (
+                "control: the same, a 2nd copy",
+                "",
+                "(in the same rounds)",
+                "",
+                f"{vit['control']:.2f}x (single rounds {vit['control_quartiles'][0]:.2f}-"
+                f"{vit['control_quartiles'][1]:.2f})",
             ),
             (
                 "achieved GFLOP/s (train step)",

@@ -145,6 +145,18 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, heads, L, D/heads)
         return self.out(rearrange(y, "b h l d -> b l (h d)"))
 
+    def along_time(self, x: torch.Tensor, causal: bool = True) -> torch.Tensor:
+        """Attention along dim 1 of (B, T, N, D), each of the N cells on its own: the same numbers
+        as `forward` on the (B N, T, D) rearrangement, without that rearrangement's two copies
+        (cells and heads become the attention's head dimension)."""
+        b, t, n, d = x.shape
+        q, k, v = (
+            z.reshape(b, t, n * self.heads, d // self.heads).transpose(1, 2)
+            for z in self.qkv(x).view(b, t, n, 3, d).unbind(3)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, N heads, T, D/heads)
+        return self.out(y.transpose(1, 2).reshape(b, t, n, d))
+
 
 class FactorisedBlock(nn.Module):
     """Space attention within each time slice, then time attention per grid cell (causal: a
@@ -160,8 +172,7 @@ class FactorisedBlock(nn.Module):
         b = x.shape[0]
         s = self.space(rearrange(self.norm_s(x), "b t n d -> (b t) n d"))
         x = x + rearrange(s, "(b t) n d -> b t n d", b=b)
-        t = self.time(rearrange(self.norm_t(x), "b t n d -> (b n) t d"), causal=True)
-        x = x + rearrange(t, "(b n) t d -> b t n d", b=b)
+        x = x + self.time.along_time(self.norm_t(x), causal=True)
         return x + self.mlp(self.norm_m(x))
 
 

@@ -69,9 +69,14 @@ def quiet_logs(debug: bool = False) -> None:
     import logging
     import warnings
 
+    def add_once(name: str, kind: type) -> None:  # a second call adds no second filter
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
+
     if not debug:
         for name in ("prefect.task_runs", "prefect.flow_runs"):
-            logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
+            add_once(name, _NoTracebackForUserErrors)
 
     for name in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils", "great_expectations"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -80,4 +85,4 @@ def quiet_logs(debug: bool = False) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     if not debug:
         for name in ("py.warnings", "mlflow.pyfunc", "mlflow.models.model"):
-            logging.getLogger(name).addFilter(_DropHarmless())
+            add_once(name, _DropHarmless)

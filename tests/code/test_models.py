@@ -202,3 +202,24 @@ def test_patch_embedding_as_a_matrix_product_equals_the_strided_conv3d():
     conv = rearrange(emb.proj(rearrange(frames, "b f c h w -> b c f h w")), "b d t h w -> b t (h w) d")
     expected = emb.norm(conv + emb.pos_space + emb.pos_time)
     assert torch.allclose(emb(frames), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_time_attention_on_strided_views_equals_attention_on_the_rearranged_cells(causal):
+    """`along_time` attends along T for each grid cell without rearranging to (B N, T, D): the same
+    outputs and gradients as `forward` on that rearrangement."""
+    from einops import rearrange
+
+    from stfn.models import SelfAttention
+
+    torch.manual_seed(0)
+    att = SelfAttention(16, heads=4)
+    x = torch.randn(3, 5, 6, 16, requires_grad=True)
+    fast = att.along_time(x, causal=causal)
+    ref = rearrange(att(rearrange(x, "b t n d -> (b n) t d"), causal=causal), "(b n) t d -> b t n d", b=3)
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-5)
+    g = torch.randn_like(ref)
+    grads_fast = torch.autograd.grad(fast, [x, *att.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [x, *att.parameters()], g)
+    for a, b in zip(grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
