@@ -52,7 +52,6 @@ class _NoTracebackForUserErrors:
 
 
 HARMLESS = (  # known warnings about things the pipeline does on purpose
-    "Inferred schema contains integer column",  # MLflow: the signature's int64 labels are never missing
     "Add type hints to the `predict` method",  # MLflow: the signature is given explicitly
 )
 

@@ -37,9 +37,10 @@ def dataset_name(params: Params, paths: Paths) -> str:
 # --------------------------------------------------------------------------------------------- prepare
 
 
-def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
+def prepare(params: Params, paths: Paths, force: bool = False, quiet: bool = False) -> Path:
     """Make sure the dataset exists: generate a built-in one (again, when its parameters changed),
-    or check that a user's folder is there."""
+    or check that a user's folder is there. `quiet`: no "up to date" line (the caller said what
+    DVC did)."""
     name = params.data.dataset
     folder = paths.dataset_dir(name)
     if name not in BUILTIN:
@@ -64,7 +65,8 @@ def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
         except DataValidationError:
             current = None
         if current == wanted:
-            log.info("dataset %s is up to date at %s", name, folder)
+            if not quiet:
+                log.info("dataset %s is up to date at %s", name, folder)
             return folder
     log.info("generating %s (%d train / %d val / %d test samples)", name, p.n_train, p.n_val, p.n_test)
     with progress.bar("generating", p.n_train + p.n_val + p.n_test) as update:
@@ -140,7 +142,7 @@ def prepare_versioned(params: Params, paths: Paths) -> dict[str, Any]:
             )
         else:
             info["dvc"] = "skipped (prepare parameters differ from params.yaml)"
-    info["folder"] = str(prepare(params, paths))
+    info["folder"] = str(prepare(params, paths, quiet="dvc_md5" in info))
     return info
 
 

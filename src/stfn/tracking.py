@@ -265,11 +265,14 @@ def log_dataset(run_id: str, name: str, folder: Path, digest: str, samples: Any,
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.entities import DatasetInput, InputTag
 
-    with warnings.catch_warnings():  # schema hints about integer columns and local sources: not actionable here
+    # schema hints about integer columns and local sources: not actionable here (the schema is
+    # inferred when the entity is made, so that is inside too)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         ds = from_pandas(samples, source=str(folder), targets="label", name=name, digest=digest[:36])
+        entity = ds._to_mlflow_entity()
     tag = InputTag(key="mlflow.data.context", value=context)
-    _client().log_inputs(run_id, datasets=[DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag])])
+    _client().log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=[tag])])
 
 
 @retrying("uploading an artifact")
