@@ -3,10 +3,27 @@
 import logging
 import warnings
 
+import pytest
+
 from stfn.runtime import quiet_logs
 
 
-def test_quiet_logs_drops_only_the_known_harmless_warnings_and_adds_its_filters_once():
+@pytest.fixture
+def logging_restored():
+    """quiet_logs changes process-wide loggers and warning filters: put them back afterwards."""
+    names = (
+        *("py.warnings", "mlflow.pyfunc", "mlflow.models.model", "prefect.task_runs", "prefect.flow_runs"),
+        *("httpx", "httpcore", "alembic", "mlflow.store.db.utils", "great_expectations", "urllib3.connectionpool"),
+    )
+    saved = {n: (list(logging.getLogger(n).filters), logging.getLogger(n).level) for n in names}
+    with warnings.catch_warnings():
+        yield
+    for n, (filters, level) in saved.items():
+        logging.getLogger(n).filters[:] = filters
+        logging.getLogger(n).setLevel(level)
+
+
+def test_quiet_logs_drops_only_the_known_harmless_warnings_and_adds_its_filters_once(logging_restored):
     quiet_logs()
     quiet_logs()  # the CLI, the benchmarks and tests may each call it
     logger = logging.getLogger("py.warnings")
@@ -36,12 +53,13 @@ def test_logging_a_dataset_with_integer_labels_warns_of_nothing(tmp_path):
     import mlflow
     from stfn import tracking
 
-    mlflow.set_experiment("test-runtime-warnings")
-    with mlflow.start_run() as run:
-        pass
+    client = mlflow.MlflowClient()  # not set_experiment: the active experiment is process-wide
+    name = "test-runtime-warnings"
+    experiment = client.get_experiment_by_name(name)
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment(name))
     samples = pd.DataFrame({"sample_id": ["a", "b"], "label": [0, 1], "split": ["train", "val"]})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tracking.log_dataset(run.info.run_id, "tiny", tmp_path, "0" * 32, samples)
     assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
-    assert mlflow.get_run(run.info.run_id).inputs.dataset_inputs[0].dataset.name == "tiny"
+    assert client.get_run(run.info.run_id).inputs.dataset_inputs[0].dataset.name == "tiny"
