@@ -22,7 +22,7 @@ def bare(params, paths) -> float:
     return time.perf_counter() - t0
 
 
-def run(n_train: int = 1500, epochs: int = 2) -> tuple[dict, str]:
+def run(n_train: int = 1500, epochs: int = 2, rounds: int = 2) -> tuple[dict, str]:
     from prefect import flow
 
     from stfn.config import Paths, load_params
@@ -43,21 +43,25 @@ def run(n_train: int = 1500, epochs: int = 2) -> tuple[dict, str]:
     root = project("pipeline", n_train, **{"train.epochs": epochs})
     params, paths = load_params(root / "params.yaml"), Paths(root)
     bare(params, paths)  # generate the data and warm the caches of both paths
-    bare_s = bare(params, paths)
-    t0 = time.perf_counter()
-    training_pipeline(root=str(root))
-    flow_s = time.perf_counter() - t0
+    bares, flows = [], []
+    for _ in range(rounds):  # alternated; the fastest of each: the least disturbed by neighbours
+        bares.append(bare(params, paths))
+        t0 = time.perf_counter()
+        training_pipeline(root=str(root))
+        flows.append(time.perf_counter() - t0)
+    bare_s, flow_s = min(bares), min(flows)
     overhead = flow_s - bare_s
     target = max(0.10 * bare_s, 10.0)
     out = {
         "pipeline_overhead_ratio": flow_s / bare_s,
         "pipeline_overhead_s": overhead,
         "pipeline_seconds": {"flow_with_tracking": flow_s, "bare_loop": bare_s, "prefect_api_startup": startup},
+        "pipeline_rounds": {"flow_with_tracking": flows, "bare_loop": bares},
         "pipeline_overhead_target_s": target,
         "pipeline_overhead_within_target": overhead <= target,
     }
     text = table(
-        f"2. Pipeline overhead ({n_train} training samples, {epochs} epochs)",
+        f"2. Pipeline overhead ({n_train} training samples, {epochs} epochs; the faster of {rounds} alternated runs)",
         [
             ("bare loop of the stage functions", f"{bare_s:.1f}", ""),
             ("Prefect flow + MLflow tracking + registry", f"{flow_s:.1f}", f"{flow_s / bare_s:.3f}x"),
