@@ -21,12 +21,12 @@ from stfn import stages
 from stfn.config import Paths, load_params
 root, what = Path(sys.argv[1]), sys.argv[2]
 params, paths = load_params(root / "params.yaml"), Paths(root)
+if what == "featurize":
+    (paths.features_dir(params.data.dataset) / "inputs.json").unlink(missing_ok=True)  # no "up to date" skip
 t0 = time.perf_counter()
 if what == "validate":
     stages.validate(params, paths)
 elif what == "featurize":
-    (paths.features_dir(params.data.dataset) / "inputs.json").unlink(missing_ok=True)  # no "up to date" skip
-    t0 = time.perf_counter()
     stages.featurize(params, paths)
 else:
     stages.train(params, paths)

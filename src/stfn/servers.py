@@ -273,12 +273,8 @@ def status(paths: Paths) -> dict[str, dict[str, Any]]:
 
 def recorded_url(paths: Paths, name: str) -> str | None:
     """The URL of the `name` server (mlflow, prefect) that `stfn servers start` runs, if it runs."""
-    record = _state(paths) / f"{name}.json"
-    if record.is_file():
-        rec = json.loads(record.read_text())
-        if _alive(rec["pid"]):
-            return rec["url"]
-    return None
+    rec = status(paths).get(name)
+    return rec["url"] if rec and rec["running"] else None
 
 
 def ui_of_api(api: str) -> str:

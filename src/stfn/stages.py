@@ -37,10 +37,9 @@ def dataset_name(params: Params, paths: Paths) -> str:
 # --------------------------------------------------------------------------------------------- prepare
 
 
-def prepare(params: Params, paths: Paths, force: bool = False, quiet: bool = False) -> Path:
+def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
     """Make sure the dataset exists: generate a built-in one (again, when its parameters changed),
-    or check that a user's folder is there. `quiet`: no "up to date" line (the caller said what
-    DVC did)."""
+    or check that a user's folder is there."""
     name = params.data.dataset
     folder = paths.dataset_dir(name)
     if name not in BUILTIN:
@@ -65,8 +64,7 @@ def prepare(params: Params, paths: Paths, force: bool = False, quiet: bool = Fal
         except DataValidationError:
             current = None
         if current == wanted:
-            if not quiet:
-                log.info("dataset %s is up to date at %s", name, folder)
+            log.info("dataset %s is up to date at %s", name, folder)
             return folder
     log.info("generating %s (%d train / %d val / %d test samples)", name, p.n_train, p.n_val, p.n_test)
     with progress.bar("generating", p.n_train + p.n_val + p.n_test) as update:
@@ -142,7 +140,8 @@ def prepare_versioned(params: Params, paths: Paths) -> dict[str, Any]:
             )
         else:
             info["dvc"] = "skipped (prepare parameters differ from params.yaml)"
-    info["folder"] = str(prepare(params, paths, quiet="dvc_md5" in info))
+    # after `dvc repro prepare` the dataset is there, made by the same `prepare`: not checked again
+    info["folder"] = str(paths.dataset_dir(params.data.dataset) if "dvc_md5" in info else prepare(params, paths))
     return info
 
 
