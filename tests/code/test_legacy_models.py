@@ -1,0 +1,73 @@
+"""Models registered before the house pass (#15) still load, predict and can be rolled back to.
+
+`tests/fixtures/legacy-registry/` is an MLflow store made by the code of 1cdd486 (its
+`make_fixture.py`): two versions of stfn-moving-digits whose logged `serving.py` imports that
+code's module paths and whose checkpoints carry that code's config keys."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pytest
+
+import mlflow
+from stfn import tracking
+from stfn import tracking as registry  # until the house pass splits it
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy-registry"
+# the columns of MLflow's store that hold the absolute paths of the folder the fixture was made in
+PATH_COLUMNS = {
+    "experiments": ["artifact_location"],
+    "runs": ["artifact_uri"],
+    "model_versions": ["source", "storage_location"],
+    "logged_models": ["artifact_location"],
+    "datasets": ["dataset_source"],
+}
+
+
+@pytest.fixture
+def legacy_store(tmp_path, monkeypatch):
+    origin = json.loads((FIXTURE / "origin.json").read_text())["root"]
+    shutil.copytree(FIXTURE / "mlflow", tmp_path / "mlflow")
+    db = tmp_path / "mlflow" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        for table, columns in PATH_COLUMNS.items():
+            for col in columns:
+                con.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (origin, str(tmp_path)))
+    before = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    tracking.configure(tmp_path / "mlflow")
+    yield tmp_path
+    mlflow.set_tracking_uri(before)
+    mlflow.set_registry_uri(before)
+
+
+def _predict(version: str) -> np.ndarray:
+    uri = f"models:/stfn-moving-digits/{version}"
+    model = mlflow.pyfunc.load_model(uri)
+    example = json.loads(
+        (Path(mlflow.artifacts.download_artifacts(uri)) / "serving_input_example.json").read_text()
+    )["inputs"]
+    inputs = {"series": np.asarray(example["series"], np.float32), "frames": np.asarray(example["frames"], np.uint8)}
+    return np.asarray(model.predict(inputs))
+
+
+def test_legacy_versions_load_predict_and_roll_back(legacy_store):
+    expected = json.loads((FIXTURE / "expected_predictions.json").read_text())
+    name = "stfn-moving-digits"
+    assert str(registry.champion(name).version) == "2"
+    np.testing.assert_allclose(_predict("2"), np.asarray(expected["2"]), atol=1e-6)
+    assert before_after(name) == ("2", "1")
+    assert str(registry.champion(name).version) == "1"
+    np.testing.assert_allclose(_predict("1"), np.asarray(expected["1"]), atol=1e-6)
+    assert not np.allclose(expected["1"], expected["2"])  # the rollback is visible in the answers
+
+
+def before_after(name: str) -> tuple[str, str]:
+    return registry.rollback(name)
