@@ -11,14 +11,18 @@ from common import project, table  # noqa: I001
 
 
 def bare(params, paths) -> float:
-    from stfn import stages
+    from stfn.stages.evaluate import evaluate
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.train import train
+    from stfn.stages.validate import validate
 
     t0 = time.perf_counter()
-    stages.prepare(params, paths)
-    stages.validate(params, paths)
-    stages.featurize(params, paths)
-    stages.train(params, paths)
-    stages.evaluate(params, paths)
+    prepare(params, paths)
+    validate(params, paths)
+    featurize(params, paths)
+    train(params, paths)
+    evaluate(params, paths)
     return time.perf_counter() - t0
 
 

@@ -17,7 +17,10 @@ from common import STATE, project, table  # noqa: I001
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from stfn import stages
+from stfn.stages.featurize import featurize
+from stfn.stages.prepare import prepare
+from stfn.stages.train import train
+from stfn.stages.validate import validate
 from stfn.config import Paths, load_params
 root, what = Path(sys.argv[1]), sys.argv[2]
 params, paths = load_params(root / "params.yaml"), Paths(root)
@@ -25,11 +28,11 @@ if what == "featurize":
     (paths.features_dir(params.data.dataset) / "inputs.json").unlink(missing_ok=True)  # no "up to date" skip
 t0 = time.perf_counter()
 if what == "validate":
-    stages.validate(params, paths)
+    validate(params, paths)
 elif what == "featurize":
-    stages.featurize(params, paths)
+    featurize(params, paths)
 else:
-    stages.train(params, paths)
+    train(params, paths)
 # VmHWM: this process's own peak (ru_maxrss would carry the launching process's over exec)
 hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")]
 rss_mb = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -59,14 +62,14 @@ def _measure(root, what: str) -> dict:
 
 
 def run(n: int = 1500) -> tuple[dict, str]:
-    from stfn import stages
     from stfn.config import Paths, load_params
+    from stfn.stages.prepare import prepare
 
     sizes = [n, 2 * n, 4 * n]
     rows, res = [], {}
     for k in sizes:
         root = project(f"scale-{k}", k, **{"train.epochs": 1, "train.patience": 1})
-        stages.prepare(load_params(root / "params.yaml"), Paths(root))
+        prepare(load_params(root / "params.yaml"), Paths(root))
         res[k] = {what: _measure(root, what) for what in ("validate", "featurize", "train")}
         for what, m in res[k].items():
             rows.append((k, what, f"{m['seconds']:.2f}", f"{m['rss_mb']:.0f}"))

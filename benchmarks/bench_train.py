@@ -164,17 +164,18 @@ def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, s
     over the first `ours_samples` training rows, the reference `reference_samples` samples."""
     import dataclasses
 
-    from stfn import stages
     from stfn.config import Paths, load_params
     from stfn.efficiency import flops_per_sample
     from stfn.features import load_features
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
     from stfn.training import fit, model_config
 
     md = load_params(REPO / "params.yaml").prepare.moving_digits
     root = project("train", md.n_train)
     params, paths = load_params(root / "params.yaml"), Paths(root)
-    folder = stages.prepare(params, paths)
-    stages.featurize(params, paths)
+    folder = prepare(params, paths)
+    featurize(params, paths)
     fs = load_features(paths.features_dir("moving-digits"))
     idx = fs.index
     part = pd.concat([idx[idx["split"] == "train"].head(ours_samples), idx[idx["split"] == "val"].head(256)])

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from stfn import tracking
+from stfn import registry, tracking
 from stfn.config import Paths
 from stfn.data import load_spec
 from stfn.predict import batch_predict as _batch_predict
@@ -30,5 +30,5 @@ def batch_predict(
     """Score a dataset folder with `stfn-<name>@<alias>`; writes a predictions parquet."""
     paths = Paths(Path(root) if root else Path.cwd())
     name = load_spec(Path(dataset)).name
-    target = out or str(paths.reports / "predictions" / f"{name}{'-' + split if split else ''}.parquet")
-    return predict(dataset, target, tracking.model_name(name), alias, split, str(paths.root))
+    target = out or str(paths.predictions_file(name, split))
+    return predict(dataset, target, registry.model_name(name), alias, split, str(paths.root))

@@ -1,5 +1,7 @@
 """The training pipeline as a Prefect 3 flow: prepare -> validate -> featurize -> train ->
 evaluate -> register. Thin orchestration only: every task wraps one function of `stfn.stages`.
+The Python names of the tasks end in `_task` (the stage functions keep theirs); Prefect shows
+them by their `name=`.
 
 Runs on Prefect's local ephemeral API when `PREFECT_API_URL` is unset, and reports to the server
 at `PREFECT_API_URL` when it is set.
@@ -16,103 +18,110 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from stfn import stages
+from stfn import reports, tracking
 from stfn.config import Params, Paths, load_params
-from stfn.servers import ui_of_api
+from stfn.ops.servers import ui_of_api
+from stfn.stages.evaluate import evaluate
+from stfn.stages.featurize import featurize
+from stfn.stages.prepare import prepare_versioned
+from stfn.stages.record import record_versions
+from stfn.stages.register import register
+from stfn.stages.track import end_orphan, log_evaluation, open_run
+from stfn.stages.train import train
+from stfn.stages.validate import validate
 
 
 @task(name="prepare", cache_policy=NONE)
-def prepare_data(params: Params, paths: Paths) -> dict[str, Any]:
+def prepare_task(params: Params, paths: Paths) -> dict[str, Any]:
     """Make sure the dataset exists (a built-in one through `dvc repro prepare` in a DVC repo)."""
-    return stages.prepare_versioned(params, paths)
+    return prepare_versioned(params, paths)
 
 
 @task(name="validate", cache_policy=NONE)
-def validate_data(params: Params, paths: Paths) -> dict[str, Any]:
+def validate_task(params: Params, paths: Paths) -> dict[str, Any]:
     """Great Expectations suites from dataset.yaml; raises DataValidationError on failure."""
-    return stages.validate(params, paths)
+    return validate(params, paths)
 
 
 @task(name="featurize", cache_policy=NONE)
-def featurize(params: Params, paths: Paths, data_md5: str) -> str:
-    return str(stages.featurize(params, paths, data_md5=data_md5))
+def featurize_task(params: Params, paths: Paths, data_md5: str) -> str:
+    return str(featurize(params, paths, data_md5=data_md5))
 
 
 @task(name="open-mlflow-run", cache_policy=NONE, retries=2, retry_delay_seconds=2)
-def open_run(params: Params, paths: Paths, data_md5: str, dvc_md5: str | None) -> dict[str, Any]:
-    return stages.open_run(params, paths, str(flow_run.get_id() or ""), data_md5, dvc_md5)
+def open_run_task(params: Params, paths: Paths, data_md5: str, dvc_md5: str | None) -> dict[str, Any]:
+    return open_run(params, paths, str(flow_run.get_id() or ""), data_md5, dvc_md5)
 
 
 @task(name="train", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-def train(params: Params, paths: Paths, run_id: str) -> dict[str, Any]:
-    """A retry (or a rerun after a crash) resumes from the last epoch's checkpoint."""
-    from stfn import tracking
+def train_task(params: Params, paths: Paths, run_id: str) -> dict[str, Any]:
+    """A retry (or a rerun after a crash) resumes from the last epoch's checkpoint; a rerun after
+    a killed attempt ends that attempt's MLflow run (KILLED) and links the two."""
 
     def on_epoch(row: dict[str, float]) -> None:
         tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
-    summary = stages.train(params, paths, on_epoch=on_epoch)
+    summary = train(params, paths, on_epoch=on_epoch, meta={"mlflow_run_id": run_id})
     if summary["resumed_from_epoch"]:
         tracking.set_tags(run_id, {"resumed_from_epoch": summary["resumed_from_epoch"]})
+        end_orphan(run_id, summary)
     return summary
 
 
 @task(name="evaluate", cache_policy=NONE)
-def evaluate(
+def evaluate_task(
     params: Params, paths: Paths, run_id: str, trained: dict[str, Any], validation: dict[str, Any]
 ) -> dict[str, Any]:
-    result = stages.evaluate(params, paths)
-    stages.log_evaluation(run_id, params, paths, result, trained, validation)
+    result = evaluate(params, paths)
+    log_evaluation(run_id, paths, paths.dataset_name(params.data.dataset), result, trained, validation)
     return result
 
 
 @task(name="register", cache_policy=NONE, retries=2, retry_delay_seconds=2)
-def register(
+def register_task(
     params: Params, paths: Paths, run_id: str, evaluation: dict[str, Any], lineage: dict[str, str]
 ) -> dict[str, Any]:
-    return stages.register(params, paths, run_id, evaluation, lineage)
+    return register(params, paths, run_id, evaluation, lineage)
 
 
 @task(name="dvc-commit", cache_policy=NONE)
-def record_versions(params: Params, paths: Paths) -> str:
+def record_task(params: Params, paths: Paths) -> str:
     """Record the outputs in dvc.lock and push them (when the run used params.yaml as is)."""
-    return stages.record_versions(params, paths)
+    return record_versions(params, paths)
 
 
 @flow(name="training-pipeline")
 def training_pipeline(overrides: list[str] | None = None, root: str | None = None) -> dict[str, Any]:
     """validate -> featurize -> train -> evaluate -> register, for `params.yaml` + overrides."""
-    from stfn import tracking
-
     paths = Paths(Path(root) if root else Path.cwd())
     if os.environ.get("STFN_TRAIN_DEVICE"):  # set by a (GPU) work pool's job variables
         overrides = [*(overrides or []), f"train.device={os.environ['STFN_TRAIN_DEVICE']}"]
-    params = load_params(paths.root / "params.yaml", overrides)
-    prepared = prepare_data(params, paths)
-    validation = validate_data(params, paths)
-    name = stages.dataset_name(params, paths)
+    params = load_params(paths.params_file, overrides)
+    prepared = prepare_task(params, paths)
+    validation = validate_task(params, paths)
+    name = paths.dataset_name(params.data.dataset)
     create_markdown_artifact(
-        stages.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
+        reports.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
     )
-    featurize(params, paths, validation["data_md5"])
-    run = open_run(params, paths, validation["data_md5"], prepared.get("dvc_md5"))
+    featurize_task(params, paths, validation["data_md5"])
+    run = open_run_task(params, paths, validation["data_md5"], prepared.get("dvc_md5"))
     try:
-        trained = train(params, paths, run["run_id"])
-        evaluation = evaluate(params, paths, run["run_id"], trained, validation)
-        registered = register(params, paths, run["run_id"], evaluation, run["lineage"])
+        trained = train_task(params, paths, run["run_id"])
+        evaluation = evaluate_task(params, paths, run["run_id"], trained, validation)
+        registered = register_task(params, paths, run["run_id"], evaluation, run["lineage"])
     except BaseException:
         tracking.end_run(run["run_id"], "FAILED")
         raise
     tracking.end_run(run["run_id"])
-    dvc_outputs = record_versions(params, paths)
+    dvc_outputs = record_task(params, paths)
     result = {
-        "dataset": stages.dataset_name(params, paths),
+        "dataset": name,
         "dataset_folder": prepared["folder"],
         "data_md5": validation["data_md5"],
         "flow_run_id": str(flow_run.get_id() or ""),
         "mlflow_run_id": run["run_id"],
         "tracking_uri": run["tracking_uri"],
-        "experiment": stages.dataset_name(params, paths),
+        "experiment": name,
         "experiment_id": run.get("experiment_id"),
         # the server this run reported to; none on the ephemeral API, which keeps nothing to look at
         "prefect_ui": ui_of_api(os.environ["PREFECT_API_URL"]) if os.environ.get("PREFECT_API_URL") else None,
@@ -123,7 +132,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         **registered,
     }
     create_markdown_artifact(
-        stages.run_markdown(result),
+        reports.run_markdown(result),
         key=f"{name}-training-run",
         description=f"Metrics and promotion decision of {name}",
     )

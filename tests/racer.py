@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from stfn import tracking
+from stfn import registry
 
 name, version, value, delay, go = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
 read_seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 1.0
-read = tracking._version_metric
+read = registry.version_metric
 
 
 def reads_slowly(mv, metric):
@@ -21,15 +21,15 @@ def reads_slowly(mv, metric):
     return out
 
 
-tracking._version_metric = reads_slowly
+registry.version_metric = reads_slowly
 # warm up before the signal (imports and first connections take seconds on a loaded machine,
 # longer than the racers' head start): the race is then between the gates, not the imports
 import prefect.client.orchestration  # noqa: E402, F401
 import prefect.concurrency.sync  # noqa: E402, F401
 
-tracking.champion(name)
+registry.champion(name)
 while not go.exists():
     time.sleep(0.01)
 time.sleep(delay)
-d = tracking.promote_if_better(name, version, "accuracy", value, 0.0)
+d = registry.promote_if_better(name, version, "accuracy", value, 0.0)
 print(d.promoted, d.champion_version)

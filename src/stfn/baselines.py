@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +51,36 @@ def climatology(timestamps: pd.Series, labels: np.ndarray, train: np.ndarray) ->
     return table[doy]
 
 
-def ridge(series: np.ndarray, labels: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, float]:
-    """Predictions for every row from ridge regression on the flattened window; the alpha
-    with the lowest validation MAE (the training rows alone when there is no validation split)."""
-    from sklearn.linear_model import Ridge
+def fit_ridge(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[Any, float]:
+    """scikit-learn's Ridge on standardised columns of `x` (N, P), the penalty in RIDGE_ALPHAS with
+    the lowest validation MAE (on the training rows when `val` selects none). Returns the fitted
+    pipeline (StandardScaler -> Ridge) and the penalty. The ridge baseline and STFN's linear skip
+    both use it, so they see the same preprocessing and the same penalty grid."""
+    pick = val if np.asarray(val).any() else train
+    best: tuple[float, float, Any] = (np.inf, 0.0, None)
+    for alpha in RIDGE_ALPHAS:
+        model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x[train], y[train])
+        mae = float(np.abs(model.predict(x[pick]) - y[pick]).mean())
+        if mae < best[0]:
+            best = (mae, alpha, model)
+    return best[2], best[1]
 
+
+def as_linear_map(model: Any) -> tuple[np.ndarray, float]:
+    """(weights, bias) on the raw columns equal to a fitted StandardScaler -> Ridge pipeline."""
+    scaler, ridge_ = model[0], model[-1]
+    w = ridge_.coef_ / scaler.scale_
+    return w, float(ridge_.intercept_ - w @ scaler.mean_)
+
+
+def ridge(series: np.ndarray, labels: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, float]:
+    """Predictions for every row from ridge regression on the flattened window (missing readings
+    filled with the channel's training mean); the alpha with the lowest validation MAE."""
     n = len(series)
     fill = np.nan_to_num(np.nanmean(series[train], axis=(0, 1)))
     x = np.where(np.isfinite(series), series, fill[None, None, :]).reshape(n, -1).astype(np.float64)
-    mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
-    x = (x - mu) / np.where(sd > 1e-9, sd, 1.0)
-    pick = val if val.any() else train
-    best: tuple[float, float, Any] = (np.inf, 0.0, None)
-    for alpha in RIDGE_ALPHAS:
-        model = Ridge(alpha=alpha).fit(x[train], labels[train])
-        mae = float(np.abs(model.predict(x[pick]) - labels[pick]).mean())
-        if mae < best[0]:
-            best = (mae, alpha, model)
-    return best[2].predict(x), best[1]
+    model, alpha = fit_ridge(x, labels, train, val)
+    return model.predict(x), alpha
 
 
 def regression_baselines(

@@ -1,5 +1,9 @@
-"""The `stfn` command. Errors are one readable paragraph (exit 2 for bad input, 1 otherwise);
-`--debug` shows the traceback."""
+"""The `stfn` command: parse, call a stage or an op, print. Errors are one readable paragraph
+(exit 2 for bad input, 1 otherwise); `--debug` shows the traceback.
+
+Each command imports the stages, registry or ops it calls inside its body, on purpose: they pull
+torch, MLflow, Prefect and Great Expectations (3-5 s together), which `stfn --help`, `stfn servers
+stop` or `stfn models` must not pay for. Every other module imports ours at its top."""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from stfn import progress
-from stfn.config import ConfigError, Paths, find_project_root, load_params
-from stfn.errors import DataValidationError, TrackingError
+from stfn.config import Paths, find_project_root, load_params
+from stfn.errors import ConfigError, DataValidationError, DvcError, TrackingError
 from stfn.runtime import configure_environment, quiet_logs
 
 app = typer.Typer(
@@ -48,8 +52,6 @@ def _fail(exc: BaseException, code: int) -> None:
 
 def _guard(fn, *args, **kwargs):
     """Call `fn`, turning known error families into a readable message and an exit code."""
-    from stfn.versioning import DvcError
-
     try:
         return fn(*args, **kwargs)
     except (DataValidationError, ConfigError) as exc:
@@ -89,7 +91,7 @@ def run(
     overrides = list(set_ or [])
     if dataset:
         overrides.append(f"data.dataset={dataset}")
-    _guard(load_params, root / "params.yaml", overrides)  # a typo fails here, before Prefect starts
+    _guard(load_params, Paths(root).params_file, overrides)  # a typo fails here, before Prefect starts
     from flows.training_pipeline import training_pipeline  # Prefect is imported before MLflow
 
     t0 = time.perf_counter()
@@ -131,7 +133,7 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
         table.add_row("Prefect flow run", f"{prefect}/runs/flow-run/{flow_run}")
     else:
         table.add_row("Prefect flow run", f"{flow_run}  (ephemeral API, not kept: `make servers` for a Prefect UI)")
-    table.add_row("metrics file", str(root / "reports" / "metrics.json"))
+    table.add_row("metrics file", str(Paths(root).metrics_file))
     console.print(table)
     if m.get("baselines"):
         _print_baselines(m)
@@ -153,7 +155,7 @@ def _print_baselines(m: dict[str, Any]) -> None:
 
 def _track(root: Path, folder: Path, msg: str) -> None:
     """`dvc add` a dataset folder under data/raw/ (in a DVC repo), then say what to run next."""
-    from stfn import versioning
+    from stfn.ops import versioning
 
     if versioning.is_dvc_initialised(root):
         _guard(versioning.dvc, root, "add", str(folder.relative_to(root)))
@@ -180,8 +182,9 @@ def import_(
     Example: stfn import irish-wind && stfn run --dataset irish-wind
     """
     root = _root()
-    params = _guard(load_params, root / "params.yaml")
-    from stfn import importers, stages
+    params = _guard(load_params, Paths(root).params_file)
+    from stfn import importers
+    from stfn.stages.validate import validate_folder
 
     if name not in importers.IMPORTERS:
         _fail(ValueError(f"unknown recording '{name}'; available: {', '.join(importers.IMPORTERS)}"), 2)
@@ -194,7 +197,7 @@ def import_(
     except importers.ImportError_ as exc:
         _fail(exc, 2)
     with _bars():
-        s = _guard(stages.validate_folder, folder, name, params.data.max_missing_ratio, paths)
+        s = _guard(validate_folder, folder, name, params.data.max_missing_ratio, paths)
     _track(
         root,
         folder,
@@ -209,11 +212,11 @@ def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the 
     Example: stfn validate data/raw/moving-digits
     """
     root = _root()
-    params = _guard(load_params, root / "params.yaml")
-    from stfn import stages
+    params = _guard(load_params, Paths(root).params_file)
+    from stfn.stages.validate import validate_folder
 
     with _bars():
-        s = _guard(stages.validate_folder, path, path.resolve().name, params.data.max_missing_ratio, Paths(root))
+        s = _guard(validate_folder, path, path.resolve().name, params.data.max_missing_ratio, Paths(root))
     console.print(
         f"[green]ok[/] {s['dataset']}: {s['expectations']} expectations passed on {s['n_samples']} samples "
         f"in {s['seconds']} s; report: {s['report']} (+ .html)"
@@ -230,15 +233,15 @@ def ingest(
     Example: stfn ingest ~/my-dataset && stfn run --dataset my-dataset
     """
     root = _root()
-    params = _guard(load_params, root / "params.yaml")
+    params = _guard(load_params, Paths(root).params_file)
     from stfn import data as data_mod
-    from stfn import stages
     from stfn.fileio import atomic_dir
+    from stfn.stages.validate import validate_folder
 
     spec = _guard(data_mod.load_spec, path)
     paths = Paths(root)
     with _bars():
-        _guard(stages.validate_folder, path, spec.name, params.data.max_missing_ratio, paths)
+        _guard(validate_folder, path, spec.name, params.data.max_missing_ratio, paths)
     target = paths.raw / spec.name
     if target.exists() and not force:
         _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
@@ -255,10 +258,10 @@ def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>
     Example: stfn models --dataset moving-digits
     """
     root = _root()
-    from stfn import tracking
+    from stfn import registry, tracking
 
     tracking.configure(Paths(root).mlflow_dir)
-    rows = _guard(tracking.list_versions, tracking.model_name(dataset) if dataset else None)
+    rows = _guard(registry.list_versions, registry.model_name(dataset) if dataset else None)
     if not rows:
         console.print("no registered models yet (run `stfn run`)")
         return
@@ -274,21 +277,21 @@ def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>
         for r in mine:
             if r["reason"]:
                 console.print(f"  v{r['version']}: {r['reason']}", highlight=False)
-        history = _guard(tracking.champion_history, name)
+        history = _guard(registry.champion_history, name)
         if history:
             moves = ", ".join(f"{e['action']} v{e['version']} ({e['at']})" for e in history[-5:])
             console.print(f"  @champion history (latest 5): {moves}", highlight=False)
 
 
 def _registered(dataset: str | None) -> tuple[Any, str]:
-    """(the tracking module, configured, and the registered model name for `dataset`)."""
+    """(the registry module, its store configured, and the registered model name for `dataset`)."""
     root = _root()
-    from stfn import tracking
+    from stfn import registry, tracking
 
     if dataset is None:
-        dataset = Path(_guard(load_params, root / "params.yaml").data.dataset).name
+        dataset = Path(_guard(load_params, Paths(root).params_file).data.dataset).name
     tracking.configure(Paths(root).mlflow_dir)
-    return tracking, tracking.model_name(dataset)
+    return registry, registry.model_name(dataset)
 
 
 @app.command()
@@ -302,8 +305,8 @@ def promote(
 
     Example: stfn promote 3 --dataset moving-digits --reason "approved after review"
     """
-    tracking, name = _registered(dataset)
-    previous = _guard(tracking.promote, name, version, f"manual promotion: {reason}")
+    registry, name = _registered(dataset)
+    previous = _guard(registry.promote, name, version, f"manual promotion: {reason}")
     if previous == version:
         console.print(f"{name} v{version} is already @champion")
     else:
@@ -318,8 +321,8 @@ def rollback(
 
     Example: stfn rollback --dataset moving-digits
     """
-    tracking, name = _registered(dataset)
-    before, after = _guard(tracking.rollback, name)
+    registry, name = _registered(dataset)
+    before, after = _guard(registry.rollback, name)
     console.print(f"{name}: @champion rolled back from v{before} to v{after}")
 
 
@@ -339,13 +342,13 @@ def predict(
     """
     root = _root()
     from stfn import data as data_mod
-    from stfn import tracking
+    from stfn import registry, tracking
     from stfn.predict import batch_predict
 
     paths = Paths(root)
     spec = _guard(data_mod.load_spec, dataset)
-    name = model or tracking.model_name(spec.name)
-    target = out or paths.reports / "predictions" / f"{spec.name}{'-' + split if split else ''}.parquet"
+    name = model or registry.model_name(spec.name)
+    target = out or paths.predictions_file(spec.name, split)
     tracking.configure(paths.mlflow_dir)
     with _bars():
         result = _guard(
@@ -376,7 +379,7 @@ def servers(
     Example: STFN_DB_URL=postgresql://postgres@127.0.0.1:5432/mlflow stfn servers start
     """
     root = _root()
-    from stfn import servers as srv
+    from stfn.ops import servers as srv
 
     paths = Paths(root)
     if action == "start":
@@ -411,7 +414,7 @@ def ui(
     Example: stfn ui --port 5001
     """
     root = _root()
-    from stfn import servers as srv
+    from stfn.ops import servers as srv
 
     def ready(urls: dict[str, str | None]) -> None:
         console.print(f"MLflow UI:  [bold]{urls['mlflow']}[/]")
@@ -439,9 +442,9 @@ def deploy(
     Example: make servers && stfn deploy
     """
     root = _root()
-    params = _guard(load_params, root / "params.yaml")
-    from stfn.deploy import deploy as do_deploy
-    from stfn.servers import ui_of_api
+    params = _guard(load_params, Paths(root).params_file)
+    from stfn.ops.deploy import deploy as do_deploy
+    from stfn.ops.servers import ui_of_api
 
     out = _guard(do_deploy, params, Paths(root), worker)
     console.print(f"deployed {', '.join(out['deployments'])} to {out['api_url']} (pools {', '.join(out['pools'])})")
@@ -471,25 +474,28 @@ def ablate(
     """
     root = _root()
     overrides = list(set_ or []) + ([f"data.dataset={dataset}"] if dataset else [])
-    params = _guard(load_params, root / "params.yaml", overrides)
-    from stfn import stages
+    params = _guard(load_params, Paths(root).params_file, overrides)
+    from stfn.stages.ablate import ABLATION_VARIANTS, ablate
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.validate import validate
 
-    variants = tuple(variant or stages.ABLATION_VARIANTS)
-    unknown = set(variants) - set(stages.ABLATION_VARIANTS)
+    variants = tuple(variant or ABLATION_VARIANTS)
+    unknown = set(variants) - set(ABLATION_VARIANTS)
     if unknown:
-        _fail(ValueError(f"unknown variant(s) {sorted(unknown)}; expected {', '.join(stages.ABLATION_VARIANTS)}"), 2)
+        _fail(ValueError(f"unknown variant(s) {sorted(unknown)}; expected {', '.join(ABLATION_VARIANTS)}"), 2)
     paths = Paths(root)
     with _bars():
-        _guard(stages.prepare, params, paths)
-        _guard(stages.validate, params, paths)
-        _guard(stages.featurize, params, paths)
+        _guard(prepare, params, paths)
+        _guard(validate, params, paths)
+        _guard(featurize, params, paths)
 
     def show(row: dict[str, Any]) -> None:
         extras = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "train_seconds")
         console.print(f"{row['variant']:<12} seed {row['seed']}: {extras} ({row['train_seconds']:.0f} s)")
 
     with _bars():
-        report = _guard(stages.ablate, params, paths, list(range(params.seed, params.seed + seeds)), variants, show)
+        report = _guard(ablate, params, paths, list(range(params.seed, params.seed + seeds)), variants, show)
     table = Table(title=f"Ablation on {report['dataset']}: test {report['metric']} over {seeds} seeds")
     for col in ("model", "mean", "std", "seeds"):
         table.add_column(col)
@@ -501,23 +507,28 @@ def ablate(
 
 @app.command()
 def stage(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(STAGES)}")]) -> None:
-    """Run one pipeline stage without Prefect or MLflow (what `dvc repro` calls).
+    """Run one pipeline stage without Prefect or MLflow (what `dvc repro` runs as
+    `python -m stfn.stages.NAME`).
 
     Example: stfn stage featurize
     """
     root = _root()
     if name not in STAGES:
         _fail(ValueError(f"unknown stage '{name}'; expected one of {', '.join(STAGES)}"), 2)
-    from stfn import stages
+    from stfn.stages.evaluate import evaluate
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.train import train
+    from stfn.stages.validate import validate
 
-    params = _guard(load_params, root / "params.yaml")
+    params = _guard(load_params, Paths(root).params_file)
     paths = Paths(root)
     fn = {
-        "prepare": lambda: str(stages.prepare(params, paths, force=True)),
-        "validate": lambda: stages.validate(params, paths),
-        "featurize": lambda: str(stages.featurize(params, paths)),
-        "train": lambda: {k: v for k, v in stages.train(params, paths).items() if k != "history"},
-        "evaluate": lambda: stages.evaluate(params, paths)["metrics"],
+        "prepare": lambda: str(prepare(params, paths, force=True)),
+        "validate": lambda: validate(params, paths),
+        "featurize": lambda: str(featurize(params, paths)),
+        "train": lambda: {k: v for k, v in train(params, paths).items() if k != "history"},
+        "evaluate": lambda: evaluate(params, paths)["metrics"],
     }[name]
     with _bars():
         out = _guard(fn)

@@ -16,9 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stfn.errors import ConfigError
 
-class ConfigError(ValueError):
-    """`params.yaml` or an override is malformed; the message names the key."""
+PARAMS_FILE = "params.yaml"
+__all__ = ["ConfigError", "PARAMS_FILE", "Params", "Paths", "load_params"]
 
 
 class _Section(BaseModel):
@@ -141,7 +142,7 @@ def find_project_root(start: Path | None = None) -> Path:
         return Path(env).resolve()
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "params.yaml").is_file():
+        if (folder / PARAMS_FILE).is_file():
             return folder
     return here
 
@@ -198,7 +199,7 @@ def load_params(path: Path | None = None, overrides: list[str] | None = None) ->
 
     Precedence: command-line overrides > the `datasets.<name>` section of the dataset being run
     > the top-level sections. Every `datasets.<name>` section is checked, used or not."""
-    path = path or find_project_root() / "params.yaml"
+    path = path or find_project_root() / PARAMS_FILE
     raw: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -230,10 +231,27 @@ def load_params(path: Path | None = None, overrides: list[str] | None = None) ->
 
 
 class Paths:
-    """Every path the pipeline reads or writes, relative to the project root (one catalog)."""
+    """Every path the pipeline reads or writes, relative to the project root: the one catalog of
+    file and folder names (the dataset contract's own files are named in `stfn.data`)."""
+
+    CHECKPOINT = "model.pt"  # the best epoch's weights and config (what is registered)
+    RESUME = "last.pt"  # the last epoch's full training state (what a rerun resumes from)
+    HISTORY = "history.json"  # the training summary and per-epoch curves
+    FEATURES_STAMP = "inputs.json"  # what the features were made from (featurize skips when unchanged)
+    FEATURES_INDEX = "index.parquet"  # sample_id, split, row of each sample in the features
+    FEATURES_STATS = "stats.json"  # the fitted normalisation, the split and the dataset's shapes
 
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
+
+    @classmethod
+    def here(cls) -> Paths:
+        """The project around the current directory (or $STFN_PROJECT_ROOT)."""
+        return cls(find_project_root())
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / PARAMS_FILE
 
     @property
     def raw(self) -> Path:
@@ -251,15 +269,38 @@ class Paths:
             return candidate.resolve()
         return self.raw / name_or_path
 
+    def dataset_name(self, name_or_path: str) -> str:
+        """The dataset's name: its folder's name (for a path as for a name)."""
+        return self.dataset_dir(name_or_path).name
+
     def features_dir(self, dataset: str) -> Path:
         return self.root / "data" / "features" / dataset
+
+    def features_stamp(self, dataset: str) -> Path:
+        return self.features_dir(dataset) / self.FEATURES_STAMP
+
+    def features_index(self, dataset: str) -> Path:
+        return self.features_dir(dataset) / self.FEATURES_INDEX
 
     def model_dir(self, dataset: str) -> Path:
         return self.root / "models" / dataset
 
+    def checkpoint(self, dataset: str) -> Path:
+        return self.model_dir(dataset) / self.CHECKPOINT
+
+    def history_file(self, dataset: str) -> Path:
+        return self.model_dir(dataset) / self.HISTORY
+
+    def ablation_dir(self, dataset: str, variant: str, seed: int) -> Path:
+        return self.model_dir(dataset) / "ablation" / f"{variant}-seed{seed}"
+
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
 
     def validation_report(self, dataset: str) -> Path:
         return self.reports / "validation" / f"{dataset}.json"
@@ -271,6 +312,17 @@ class Paths:
     @property
     def metrics_file(self) -> Path:
         return self.reports / "metrics.json"
+
+    @property
+    def per_class_file(self) -> Path:
+        return self.reports / "per_class.json"
+
+    @property
+    def ablation_file(self) -> Path:
+        return self.reports / "ablation.json"
+
+    def predictions_file(self, dataset: str, split: str | None = None) -> Path:
+        return self.reports / "predictions" / f"{dataset}{'-' + split if split else ''}.parquet"
 
     @property
     def state(self) -> Path:

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from stfn.config import MovingDigitsParams
 from stfn.errors import DataValidationError, Failure
@@ -292,8 +294,6 @@ def assign_split(
         out[order[n - n_val - n_test : n - n_test]] = "val"
         out[order[n - n_test :]] = "test"
         return out, "by time (timestamp column): latest samples are test"
-    from sklearn.model_selection import train_test_split
-
     idx = np.arange(n)
     labels = samples["label"].to_numpy()
     strat = labels if spec.task == "classification" and np.unique(labels, return_counts=True)[1].min() >= 3 else None
@@ -466,8 +466,6 @@ def make_moving_digits(
     digits, then a frame at which it is alone in its zone (and overlaps no other digit); that
     zone's sensor spikes at that frame's step, and the label is the trigger digit's class.
     """
-    from sklearn.datasets import load_digits
-
     if p.steps < p.frames:
         raise ValueError(f"prepare.moving_digits: steps ({p.steps}) must be >= frames ({p.frames})")
     digits = load_digits()

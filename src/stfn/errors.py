@@ -37,9 +37,13 @@ class DataValidationError(ValueError):
         super().__init__("\n".join(lines))
 
 
-class PromotionRejected(RuntimeError):
-    """A model version did not pass the promotion gate."""
+class ConfigError(ValueError):
+    """`params.yaml` or an override is malformed; the message names the key."""
 
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store or registry could not be reached or written."""
+
+
+class DvcError(RuntimeError):
+    """A dvc command failed; the message holds its output."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stfn.config import Paths
 from stfn.data import (
     FRAMES_FILE,
     DatasetSpec,
@@ -45,8 +47,6 @@ def center_series(series: np.ndarray) -> np.ndarray:
     The whole window is observed at prediction time, so this uses no information the model
     would not have; it removes the sensors' slow offsets.
     """
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel stays NaN
         med = np.nanmedian(series, axis=1, keepdims=True)
@@ -62,8 +62,6 @@ def fit_stats(
     series_norm: str = "median",
 ) -> dict[str, Any]:
     """Normalisation statistics from the training rows only."""
-    import warnings
-
     if series_norm not in ("median", "global"):
         raise ValueError(f"data.series_norm {series_norm!r}: expected 'median' or 'global'")
     with warnings.catch_warnings():
@@ -156,7 +154,7 @@ def build_features(
         write_npy_chunks(tmp / "frames.npy", frames.shape, np.float32, blocks())
         pd.DataFrame(
             {"sample_id": samples["sample_id"].astype(str), "split": split.astype(str), "row": np.arange(n)}
-        ).to_parquet(tmp / "index.parquet", index=False)
+        ).to_parquet(tmp / Paths.FEATURES_INDEX, index=False)
         meta = {
             "dataset": spec.name,
             "task": spec.task,
@@ -165,7 +163,7 @@ def build_features(
             "counts": {s: int((split == s).sum()) for s in ("train", "val", "test")},
             "stats": stats,
         }
-        (tmp / "stats.json").write_text(json.dumps(meta, indent=2))
+        (tmp / Paths.FEATURES_STATS).write_text(json.dumps(meta, indent=2))
     return Path(out_dir)
 
 
@@ -191,15 +189,15 @@ class FeatureSet:
 
 def load_features(folder: Path) -> FeatureSet:
     folder = Path(folder)
-    if not (folder / "stats.json").is_file():
+    if not (folder / Paths.FEATURES_STATS).is_file():
         raise FileNotFoundError(f"{folder}: no features here (run the featurize stage first)")
-    meta = json.loads((folder / "stats.json").read_text())
+    meta = json.loads((folder / Paths.FEATURES_STATS).read_text())
     return FeatureSet(
         folder=folder,
         spec=DatasetSpec.model_validate(meta["spec"]),
         series=np.load(folder / "series.npy", mmap_mode="r", allow_pickle=False),
         frames=np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False),
         labels=np.load(folder / "labels.npy", allow_pickle=False),
-        index=pd.read_parquet(folder / "index.parquet"),
+        index=pd.read_parquet(folder / Paths.FEATURES_INDEX),
         meta=meta,
     )

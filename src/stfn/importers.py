@@ -9,6 +9,7 @@ Debian package fetched with `apt-get download` and unpacked with `dpkg-deb -x`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -116,7 +117,7 @@ def _unpack_deb(deb: Path, cache: Path, runner: Callable[..., Any]) -> Path:
 
 def read_wind(rda: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(daily table: date + one column per station, stations: code, name, lat, lon)."""
-    import pyreadr
+    import pyreadr  # lazy: only this importer reads R data files
 
     try:
         objects = pyreadr.read_r(str(rda))
@@ -237,8 +238,6 @@ def import_irish_wind(
     """Obtain wind.rda, build the dataset, write it (atomically) to `out_dir`."""
     rda = find_rda(source, cache, runner)
     daily, stations = read_wind(rda)
-    import hashlib
-
     md5 = hashlib.md5(rda.read_bytes()).hexdigest()
     spec, samples, series, frames = build_irish_wind(
         daily,

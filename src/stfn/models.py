@@ -13,17 +13,19 @@ N grid cells (h*w), D width. The model knows nothing about files, logging or MLf
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from stfn.config import ModelParams
 
-@dataclass
-class STFNConfig:
-    """Everything needed to rebuild the model (stored in every checkpoint)."""
+
+class STFNConfig(ModelParams):
+    """Everything needed to rebuild the model (stored in every checkpoint): the `model` section
+    of params.yaml (inherited, one declaration of each setting) and the shapes of the data."""
 
     series_channels: int  # C_s
     frame_channels: int  # C of the frames
@@ -31,25 +33,17 @@ class STFNConfig:
     frame_steps: list[int]  # series step at which each frame was taken
     steps: int  # T
     n_outputs: int  # classes, or 1 for regression
-    task: str = "classification"
-    dim: int = 64  # D
-    mfb_factor: int = 4  # k of the low-rank bilinear product
-    attention_hidden: int = 64
-    dropout: float = 0.1
-    temporal_encoder: str = "lstm"  # lstm | gru
-    spatial_encoder: str = "cnn"
-    alignment: str = "mfb"  # mfb | film | gmu | bilinear
-    variant: str = "stfn"  # stfn | time_only | space_only | late_concat (ablation baselines)
-    tubelet: int = 1  # spacetime patches: frames per tubelet (t)
-    patch: int = 8  # spacetime patches: pixels per side (p)
-    patch_depth: int = 2  # factorised transformer blocks after the patch embedding
-    heads: int = 4
-    attention_heads: int = 1  # heads of the gated attention pooling
-    linear_skip: bool = False  # regression: + a linear map of the whole (NaN -> 0) series window
-    extra: dict = field(default_factory=dict)
+    task: Literal["classification", "regression"] = "classification"
+
+    # keys that checkpoints written before the house pass (#15) carry and this config dropped
+    LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("extra",)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> STFNConfig:
+        return cls.model_validate({k: v for k, v in d.items() if k not in cls.LEGACY_KEYS})
 
 
 class TemporalEncoder(nn.Module):

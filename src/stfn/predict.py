@@ -14,10 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
 from stfn import data as data_mod
+from stfn import evaluation as ev
+from stfn import progress, registry, tracking
+from stfn.config import Paths
 from stfn.errors import DataValidationError, Failure
 from stfn.fileio import atomic_path
 
@@ -53,8 +57,9 @@ def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame,
         return np.arange(len(samples))
     if "split" in samples.columns:
         return np.flatnonzero(samples["split"].astype(str).to_numpy() == split)
-    index = folder.parents[1] / "features" / spec.name / "index.parquet"  # data/raw/<name> -> data/features/<name>
-    if index.is_file():
+    # <project>/data/raw/<name>: the features of that project
+    index = Paths(folder.parents[2]).features_index(spec.name) if len(folder.parents) > 2 else None
+    if index is not None and index.is_file():
         idx = pd.read_parquet(index)
         return np.sort(idx.loc[idx["split"] == split, "row"].to_numpy())
     raise DataValidationError(
@@ -68,8 +73,6 @@ def predict_rows(
 ) -> np.ndarray:
     """A loaded pyfunc's outputs for `rows` of a dataset folder, from the raw files: the series of
     those rows read once (N x T x C floats, small beside the frames), the frames in chunks."""
-    from stfn import progress
-
     frames = data_mod.open_frames(folder, spec, len(samples))
     ids = samples["sample_id"].astype(str).iloc[rows]
     wanted = [("sample_id", "in", list(ids))] if len(rows) < len(samples) else None
@@ -87,8 +90,6 @@ def predict_rows(
 
 def metrics_for(spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray, out: np.ndarray) -> dict:
     """The evaluation metrics of predictions `out` for `rows`, when the samples carry labels."""
-    from stfn import evaluation as ev
-
     if "label" not in samples.columns or not len(rows):
         return {}
     labels = samples["label"].to_numpy()[rows]
@@ -99,8 +100,6 @@ def metrics_for(spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndar
 
 def score_model(model_uri: str, folder: Path, rows: np.ndarray) -> dict[str, float]:
     """Load `model_uri` and compute its metrics on `rows` of `folder` (raw inputs, as served)."""
-    import mlflow.pyfunc
-
     spec = data_mod.load_spec(folder)
     model = mlflow.pyfunc.load_model(model_uri)
     check_contract(spec, model.unwrap_python_model().meta["spec"])
@@ -118,18 +117,10 @@ def batch_predict(
     mlflow_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Predict every (or one split's) sample of `folder` with `models:/<model_name>@<alias>`."""
-    import mlflow.pyfunc
-
-    from stfn import tracking
-
     t0 = time.perf_counter()
     folder = Path(folder)
     spec = data_mod.load_spec(folder)
-    client = tracking._client()
-    try:
-        mv = client.get_model_version_by_alias(model_name, alias)
-    except Exception:  # noqa: BLE001
-        raise tracking.TrackingError(f"no model '{model_name}@{alias}' in the registry (train one: stfn run)") from None
+    mv = registry.version_by_alias(model_name, alias)
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{mv.version}")  # the version resolved above
     meta = model.unwrap_python_model().meta
     check_contract(spec, meta["spec"])

@@ -104,7 +104,7 @@ def display(console: Any, enabled: bool = True) -> Iterator[None]:
     if not enabled or _display is not None:
         yield
         return
-    from rich.progress import (
+    from rich.progress import (  # lazy: only a terminal with bars needs rich's progress machinery
         BarColumn,
         MofNCompleteColumn,
         Progress,

@@ -3,8 +3,13 @@ local state inside the project, telemetry off. The user's environment always win
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
+
+from stfn.config import ConfigError, Params, Paths, load_params
+from stfn.errors import DataValidationError, TrackingError
 
 TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -40,9 +45,6 @@ class _NoTracebackForUserErrors:
     alone says what to fix."""
 
     def filter(self, record) -> bool:  # noqa: ANN001
-        from stfn.config import ConfigError
-        from stfn.errors import DataValidationError, TrackingError
-
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (DataValidationError, ConfigError, TrackingError)):
             record.exc_info, record.exc_text = None, None
@@ -65,8 +67,6 @@ class _DropHarmless:
 def quiet_logs(debug: bool = False) -> None:
     """Keep the terminal readable: no per-request HTTP lines, no known-harmless warnings, no
     tracebacks for bad input unless `debug`."""
-    import logging
-    import warnings
 
     def add_once(name: str, kind: type) -> None:  # a second call adds no second filter
         logger = logging.getLogger(name)
@@ -85,3 +85,13 @@ def quiet_logs(debug: bool = False) -> None:
     if not debug:
         for name in ("py.warnings", "mlflow.pyfunc", "mlflow.models.model"):
             add_once(name, _DropHarmless)
+
+
+def stage_context() -> tuple[Params, Paths]:
+    """For `python -m stfn.stages.NAME` (what dvc.yaml runs): the project around the current
+    directory with its environment set, log lines on stderr, and params.yaml's parameters."""
+    paths = Paths.here()
+    configure_environment(paths.root)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_logs()
+    return load_params(paths.params_file), paths

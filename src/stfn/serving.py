@@ -13,25 +13,22 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow.models import set_model
 
+from stfn.evaluation import softmax
+from stfn.features import transform_frames, transform_series
+from stfn.training import load_checkpoint, predict_arrays
+
 
 class STFNModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from stfn.training import load_checkpoint
-
         self.model, _ = load_checkpoint(context.artifacts["checkpoint"])
         self.meta = json.loads(Path(context.artifacts["features"]).read_text())
 
     def predict(self, context, model_input, params=None):
-        from stfn.features import transform_frames, transform_series
-        from stfn.training import predict_arrays
-
         stats = self.meta["stats"]
         series = transform_series(np.asarray(model_input["series"], np.float32), stats)
         frames = transform_frames(np.asarray(model_input["frames"]), stats)
         out, _ = predict_arrays(self.model, series, frames)
         if self.meta["task"] == "classification":
-            from stfn.evaluation import softmax
-
             return softmax(out).astype(np.float32)
         return (out[:, 0] * stats["target_std"] + stats["target_mean"]).astype(np.float32)
 

@@ -8,9 +8,13 @@ numbers go (MLflow, a progress bar, nothing).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
+import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
-from stfn.baselines import RIDGE_ALPHAS  # the same penalty grid as the ridge baseline
-from stfn.config import ModelParams, TrainParams
+from stfn.baselines import as_linear_map, fit_ridge
+from stfn.config import ModelParams, Paths, TrainParams
 from stfn.features import FeatureSet
 from stfn.fileio import atomic_path
 from stfn.models import STFNConfig, build_model
@@ -49,8 +56,10 @@ def seed_everything(seed: int) -> None:
 
 
 def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
+    """The model's full config: params.yaml's `model` section and the dataset's shapes."""
     spec = fs.spec
     return STFNConfig(
+        **mp.model_dump(),
         series_channels=len(spec.series.channels),
         frame_channels=spec.frames.channels,
         frame_size=(spec.frames.height, spec.frames.width),
@@ -58,20 +67,6 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
         steps=spec.series.steps,
         n_outputs=spec.n_classes if spec.task == "classification" else 1,
         task=spec.task,
-        dim=mp.dim,
-        mfb_factor=mp.mfb_factor,
-        attention_hidden=mp.attention_hidden,
-        dropout=mp.dropout,
-        temporal_encoder=mp.temporal_encoder,
-        spatial_encoder=mp.spatial_encoder,
-        alignment=mp.alignment,
-        variant=mp.variant,
-        tubelet=mp.tubelet,
-        patch=mp.patch,
-        patch_depth=mp.patch_depth,
-        heads=mp.heads,
-        attention_heads=mp.attention_heads,
-        linear_skip=mp.linear_skip,
     )
 
 
@@ -163,6 +158,7 @@ class FitResult:
     seconds: float = 0.0
     device: str = "cpu"
     resumed_from_epoch: int = 0  # > 0: this run continued a checkpoint of an interrupted one
+    resumed_meta: dict[str, Any] = field(default_factory=dict)  # the `meta` the interrupted run saved
     gpu_path: dict[str, bool] = field(default_factory=dict)
     world_size: int = 1
 
@@ -176,9 +172,7 @@ def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any]) -> None
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     payload = torch.load(path, map_location=device, weights_only=True)
-    cfg = dict(payload["config"])
-    cfg["frame_size"] = tuple(cfg["frame_size"])
-    model = build_model(STFNConfig(**cfg))
+    model = build_model(STFNConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
@@ -214,14 +208,12 @@ def gpu_path(model: nn.Module, tp: TrainParams, device: torch.device) -> dict[st
 
 
 def in_group() -> bool:
-    import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
 
 
 def distributed() -> tuple[int, int]:
     """(rank, world size) of this process in a torch.distributed group, (0, 1) without one."""
-    import torch.distributed as dist
 
     if in_group():
         return dist.get_rank(), dist.get_world_size()
@@ -231,9 +223,6 @@ def distributed() -> tuple[int, int]:
 def run_key(cfg: STFNConfig, tp: TrainParams, seed: int, fs: FeatureSet) -> str:
     """The identity of one training run: model, training settings, seed and the features' content.
     A checkpoint is resumed only by a run with the same key."""
-    import hashlib
-    import json
-
     train = {k: v for k, v in tp.model_dump(mode="json").items() if k not in _NOT_IN_RUN_KEY}
     features = {k: fs.meta.get(k) for k in ("dataset", "split_method", "counts", "stats")}
     blob = json.dumps(
@@ -266,7 +255,7 @@ def set_rng_states(state: dict[str, Any]) -> None:
 
 
 def resumable(path: Path, key: str) -> dict[str, Any] | None:
-    """The state of an interrupted run with this key in `path` (last.pt), else None."""
+    """The state of an interrupted run with this key in `path` (Paths.RESUME), else None."""
     if not path.is_file():
         return None
     try:
@@ -280,30 +269,19 @@ def resumable(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def init_linear_skip(model: nn.Module, fs: FeatureSet, train_rows: np.ndarray, val_rows: np.ndarray) -> float:
-    """Fit the model's linear skip in closed form (ridge on the flattened, normalised series
-    window, the penalty with the lowest validation MAE), freeze it, and zero the head's last
-    layer: training starts from the linear forecast and the fusion learns what it misses.
+    """Fit the model's linear skip (the ridge baseline's `fit_ridge` on the flattened,
+    normalised series window with NaN -> 0, as the skip sees it), freeze it, and zero the head's
+    last layer: training starts from the linear forecast and the fusion learns what it misses.
     Returns the chosen penalty."""
-
-    def design(rows: np.ndarray) -> np.ndarray:
-        x = np.nan_to_num(np.asarray(fs.series[rows], np.float64)).reshape(len(rows), -1)
-        return x
-
-    x, y = design(train_rows), fs.labels[train_rows].astype(np.float64)
-    xv, yv = design(val_rows), fs.labels[val_rows].astype(np.float64)
-    mx, my = x.mean(axis=0), y.mean()
-    xc, yc = x - mx, y - my
-    gram, rhs = xc.T @ xc, xc.T @ yc
-    best: tuple[float, float, np.ndarray] = (np.inf, 0.0, np.zeros(x.shape[1]))
-    for alpha in RIDGE_ALPHAS:
-        w = np.linalg.solve(gram + alpha * np.eye(len(gram)), rhs)
-        mae = float(np.abs((xv - mx) @ w + my - yv).mean()) if len(val_rows) else float(alpha)
-        if mae < best[0]:
-            best = (mae, alpha, w)
-    _, alpha, w = best
+    rows = np.concatenate([train_rows, val_rows])
+    x = np.nan_to_num(np.asarray(fs.series[rows], np.float64)).reshape(len(rows), -1)
+    y = fs.labels[rows].astype(np.float64)
+    is_train = np.arange(len(rows)) < len(train_rows)
+    fitted, alpha = fit_ridge(x, y, is_train, ~is_train)
+    w, b = as_linear_map(fitted)
     with torch.no_grad():
         model.skip.weight.copy_(torch.as_tensor(w[None], dtype=model.skip.weight.dtype))
-        model.skip.bias.fill_(float(my - mx @ w))
+        model.skip.bias.fill_(b)
         last = model.head[-1]
         last.weight.zero_()
         last.bias.zero_()
@@ -320,13 +298,16 @@ def fit(
     on_epoch: EpochFn | None = None,
     on_batch: BatchFn | None = None,
     resume: bool = True,
+    meta: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train on the train split, early-stop on val, keep the best weights in `out_dir/model.pt`.
 
     Each epoch ends with `out_dir/last.pt` written atomically: weights, optimizer, scheduler,
     every RNG state, epoch, best metric, early-stopping count and history, under the run's key
     (`run_key`). A later call with the same key (`resume=True`) continues from it instead of
-    starting over, so a killed run resumed ends with the weights an uninterrupted one would have."""
+    starting over, so a killed run resumed ends with the weights an uninterrupted one would have.
+    `meta` (e.g. the tracking run's id) is saved in last.pt and handed back on resume, so the
+    caller can link the interrupted attempt with the one that carried on."""
     t0 = time.perf_counter()
     if tp.num_threads:
         torch.set_num_threads(tp.num_threads)
@@ -341,8 +322,6 @@ def fit(
         log.info("linear skip fitted in closed form (ridge, alpha=%g) and frozen", alpha)
     rank, world = distributed()
     if world > 1 and device.type == "cuda":  # one GPU per process (torchrun's LOCAL_RANK)
-        import os
-
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         model = model.to(device)
@@ -358,8 +337,6 @@ def fit(
     net = model
     ddp = in_group()  # under torchrun, even with one process: the same sampler, the same batches
     if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def autocast():
@@ -384,7 +361,7 @@ def fit(
     stale = 0
     key = run_key(cfg, tp, seed, fs)
     start = 1
-    state = resumable(out_dir / "last.pt", key) if resume else None
+    state = resumable(out_dir / Paths.RESUME, key) if resume else None
     if state is not None:  # an interrupted run of this same configuration: continue it
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
@@ -395,7 +372,8 @@ def fit(
         best, result.best_epoch, stale = loop["best"], loop["best_epoch"], loop["stale"]
         result.history = list(loop["history"])
         start = result.resumed_from_epoch = int(state["epoch"]) + 1
-        log.info("resuming run %s from the checkpoint of epoch %d in %s", key, state["epoch"], out_dir / "last.pt")
+        result.resumed_meta = dict(state.get("meta") or {})
+        log.info("resuming run %s from the checkpoint of epoch %d in %s", key, state["epoch"], out_dir / Paths.RESUME)
         if on_epoch and rank == 0:
             for row in result.history:  # the new tracking run gets the whole curve
                 on_epoch(row)
@@ -405,8 +383,6 @@ def fit(
         te = time.perf_counter()
         total, count = 0.0, 0
         if ddp:  # DistributedSampler: the same shuffled order on every rank, one share each
-            from torch.utils.data import DistributedSampler
-
             sampler = DistributedSampler(range(len(train_rows)), world, rank, shuffle=True, seed=seed)
             sampler.set_epoch(epoch)
             epoch_batches = batches(fs, train_rows[list(sampler)], local_batch)
@@ -429,8 +405,6 @@ def fit(
                 on_batch(b + 1, steps_per_epoch)
         train_seconds = time.perf_counter() - te
         if ddp:  # the global mean loss and sample count over every rank
-            import torch.distributed as dist
-
             sums = torch.tensor([total, float(count)], dtype=torch.float64)
             dist.all_reduce(sums)
             total, count = float(sums[0]), int(sums[1])
@@ -453,7 +427,7 @@ def fit(
         if improved:
             best, result.best_epoch, stale = val[vkey], epoch, 0
             if rank == 0:
-                save_checkpoint(out_dir / "model.pt", model, {"epoch": epoch, f"val_{vkey}": val[vkey]})
+                save_checkpoint(out_dir / Paths.CHECKPOINT, model, {"epoch": epoch, f"val_{vkey}": val[vkey]})
         else:
             stale += 1
         finished = stale >= tp.patience or epoch == tp.epochs
@@ -467,7 +441,7 @@ def fit(
         }
         if rank == 0:
             save_checkpoint(
-                out_dir / "last.pt",
+                out_dir / Paths.RESUME,
                 model,
                 {
                     "epoch": epoch,
@@ -476,11 +450,10 @@ def fit(
                     "run_key": key,
                     "finished": finished,
                     "loop": loop,
+                    "meta": dict(meta or {}),
                 },
             )
         if ddp:
-            import torch.distributed as dist
-
             dist.barrier()  # rank 0's checkpoint is complete before any rank goes on
         log.info("epoch %d/%d train_loss=%.4f val_%s=%.4f", epoch, tp.epochs, row["train_loss"], vkey, val[vkey])
         if on_epoch and rank == 0:
@@ -488,7 +461,14 @@ def fit(
         if stale >= tp.patience:
             log.info("early stopping at epoch %d (best %d)", epoch, result.best_epoch)
             break
-    best_model, _ = load_checkpoint(out_dir / "model.pt", device)
+    best_model, _ = load_checkpoint(out_dir / Paths.CHECKPOINT, device)
     result.model, result.best_val, result.world_size = best_model, best, world
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def launch_command(nproc: int, module: str, args: list[str]) -> list[str]:
+    """The torchrun command line that runs `python -m MODULE ARGS` in `nproc` processes on this
+    host (see stfn.stages.train for the several-host form)."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    return [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", module, *args]

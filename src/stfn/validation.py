@@ -74,7 +74,6 @@ class ValidationReport:
 def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, list[dict]]:
     """Per-sample statistics of frames.npy, streamed in chunks from a memory map."""
     path = folder / FRAMES_FILE
-    problems: list[dict] = []
     try:
         shape, dtype, offset = read_npy_header(path)
     except Exception as exc:  # noqa: BLE001
@@ -124,7 +123,7 @@ def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, li
             "nonfinite_count": bad,
         }
     )
-    return table, problems
+    return table, []
 
 
 def _problem(file: str, column: str | None, expectation: str, detail: str, examples: list | None = None) -> dict:
@@ -140,7 +139,7 @@ def _problem(file: str, column: str | None, expectation: str, detail: str, examp
 
 def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, max_missing: float) -> dict[str, list]:
     """The expectations for each table, built from the dataset's schema."""
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations as gxe  # lazy: see _run_gx
 
     T, names = spec.series.steps, spec.channel_names
     s: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "label")]
@@ -224,6 +223,7 @@ STEPS = 7  # what `validate_dataset` reports to `progress`: 3 reads, then one su
 def _run_gx(
     tables: dict[str, pd.DataFrame], suites: dict[str, list], say: Callable[[str], None] = lambda _m: None
 ) -> list[dict]:
+    # lazy: Great Expectations takes 2-3 s to import; only validation needs it
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

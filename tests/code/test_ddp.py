@@ -76,15 +76,17 @@ def test_two_gloo_processes_end_where_one_does(features, tmp_path):
 
 @pytest.mark.slow
 def test_train_nproc_launches_torchrun_and_reports_back(tmp_path, write_tiny_params):
-    from stfn import stages
     from stfn.config import Paths, load_params
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.train import train
 
     write_tiny_params(tmp_path / "params.yaml", **{"train.nproc": 2})
     params, paths = load_params(tmp_path / "params.yaml"), Paths(tmp_path)
-    stages.prepare(params, paths)
-    stages.featurize(params, paths)
+    prepare(params, paths)
+    featurize(params, paths)
     seen: list[int] = []
-    summary = stages.train(params, paths, on_epoch=lambda row: seen.append(int(row["epoch"])))
+    summary = train(params, paths, on_epoch=lambda row: seen.append(int(row["epoch"])))
     assert summary["world_size"] == 2 and seen == [1, 2]  # the epochs reach the caller's tracker
     assert (paths.model_dir("moving-digits") / "model.pt").is_file()
     assert json.loads((paths.model_dir("moving-digits") / "history.json").read_text())["world_size"] == 2

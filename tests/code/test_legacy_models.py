@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import mlflow
-from stfn import tracking
-from stfn import tracking as registry  # until the house pass splits it
+from stfn import registry, tracking
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy-registry"
 # the columns of MLflow's store that hold the absolute paths of the folder the fixture was made in

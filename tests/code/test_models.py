@@ -118,8 +118,8 @@ def test_time_only_ignores_the_frames_and_space_only_the_series():
 
 
 def test_unknown_variant_and_too_wide_bilinear_are_clear_errors():
-    with pytest.raises(ValueError, match="model.variant"):
-        build_model(config(variant="magic"))
+    with pytest.raises(ValueError, match=r"(?s)variant.*'stfn', 'time_only', 'space_only' or 'late_concat'"):
+        config(variant="magic")  # the model's config is params.yaml's `model` section: checked when made
     with pytest.raises(ValueError, match="too large"):
         build_model(config(alignment="bilinear", dim=128))
 

@@ -30,18 +30,22 @@ def test_without_a_display_a_bar_is_free_and_silent():
 
 
 def test_every_stage_shows_a_bar_that_ends_complete(tmp_path, write_tiny_params):
-    from stfn import stages
     from stfn.config import Paths, load_params
+    from stfn.stages.evaluate import evaluate
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.train import train
+    from stfn.stages.validate import validate
 
     write_tiny_params(tmp_path / "params.yaml", **{"train.epochs": 2})
     params, paths = load_params(tmp_path / "params.yaml"), Paths(tmp_path)
     console, buf = _console()
     with progress.display(console):
-        stages.prepare(params, paths)
-        stages.validate(params, paths)
-        stages.featurize(params, paths)
-        stages.train(params, paths)
-        stages.evaluate(params, paths)
+        prepare(params, paths)
+        validate(params, paths)
+        featurize(params, paths)
+        train(params, paths)
+        evaluate(params, paths)
     lines = _final_lines(buf.getvalue())
     last = {name: [x for x in lines if name in x][-1] for name in ("generating", "validating", "featurizing",
                                                                    "training", "evaluating")}  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 
 import mlflow
 from mlflow import MlflowClient
-from stfn import tracking
+from stfn import registry, tracking
 from stfn.evaluation import is_better
 
 
@@ -53,7 +53,7 @@ def _logged_model(client: MlflowClient) -> tuple[str, str]:
 def _version(client: MlflowClient, name: str, metric: str, value: float) -> str:
     run_id, uri = _logged_model(client)
     client.log_metric(run_id, f"test_{metric}", value)
-    return tracking.register(uri, name, run_id, {f"test_{metric}": value})
+    return registry.register(uri, name, run_id, {f"test_{metric}": value})
 
 
 def test_promotion_gate_and_tags_on_real_registry():
@@ -61,22 +61,22 @@ def test_promotion_gate_and_tags_on_real_registry():
     client = MlflowClient()
     name = f"stfn-gate-{uuid.uuid4().hex[:8]}"
     v1 = _version(client, name, "mae", 2.0)
-    d1 = tracking.promote_if_better(name, v1, "mae", 2.0, 0.0)
+    d1 = registry.promote_if_better(name, v1, "mae", 2.0, 0.0)
     assert d1.promoted and d1.reason == "no champion yet"
-    again = tracking.promote_if_better(name, v1, "mae", 2.0, 0.0)  # a retried promotion task
+    again = registry.promote_if_better(name, v1, "mae", 2.0, 0.0)  # a retried promotion task
     assert again.promoted and again.reason == "already champion"
-    assert [e["version"] for e in tracking.champion_history(name)] == [v1]  # the alias moved once
+    assert [e["version"] for e in registry.champion_history(name)] == [v1]  # the alias moved once
     v2 = _version(client, name, "mae", 2.5)  # worse (lower is better)
-    d2 = tracking.promote_if_better(name, v2, "mae", 2.5, 0.0)
+    d2 = registry.promote_if_better(name, v2, "mae", 2.5, 0.0)
     assert not d2.promoted and "does not beat" in d2.reason
     assert str(client.get_model_version_by_alias(name, "champion").version) == v1
     assert str(client.get_model_version_by_alias(name, "challenger").version) == v2
     assert client.get_model_version(name, v2).tags["decision"] == "rejected"
     v3 = _version(client, name, "mae", 1.5)
-    d3 = tracking.promote_if_better(name, v3, "mae", 1.5, 0.1)
+    d3 = registry.promote_if_better(name, v3, "mae", 1.5, 0.1)
     assert d3.promoted and d3.champion_version == v1
     assert str(client.get_model_version_by_alias(name, "champion").version) == v3
-    rows = tracking.list_versions(name)
+    rows = registry.list_versions(name)
     assert [r["version"] for r in rows] == [v3, v2, v1]
     assert rows[0]["aliases"] == ["challenger", "champion"]
 
@@ -85,31 +85,31 @@ def test_manual_promotion_and_rollback_walk_the_recorded_alias_history():
     client = MlflowClient()
     name = f"stfn-roll-{uuid.uuid4().hex[:8]}"
     v1 = _version(client, name, "accuracy", 0.8)
-    tracking.promote_if_better(name, v1, "accuracy", 0.8, 0.0)
+    registry.promote_if_better(name, v1, "accuracy", 0.8, 0.0)
     v2 = _version(client, name, "accuracy", 0.9)
-    assert tracking.promote_if_better(name, v2, "accuracy", 0.9, 0.0).promoted
+    assert registry.promote_if_better(name, v2, "accuracy", 0.9, 0.0).promoted
     v3 = _version(client, name, "accuracy", 0.7)  # worse: the gate rejects it ...
-    assert not tracking.promote_if_better(name, v3, "accuracy", 0.7, 0.0).promoted
-    assert tracking.promote(name, v3, "manual: approved by hand") == v2  # ... a person promotes it anyway
+    assert not registry.promote_if_better(name, v3, "accuracy", 0.7, 0.0).promoted
+    assert registry.promote(name, v3, "manual: approved by hand") == v2  # ... a person promotes it anyway
     champion = lambda: str(client.get_model_version_by_alias(name, "champion").version)  # noqa: E731
     assert champion() == v3
-    assert tracking.rollback(name) == (v3, v2) and champion() == v2
+    assert registry.rollback(name) == (v3, v2) and champion() == v2
     assert client.get_model_version(name, v3).tags["rolled_back"] == f"champion moved back to v{v2}"
-    assert tracking.rollback(name) == (v2, v1) and champion() == v1
+    assert registry.rollback(name) == (v2, v1) and champion() == v1
     with pytest.raises(tracking.TrackingError, match="no earlier champion"):
-        tracking.rollback(name)
-    actions = [(e["action"], e["version"]) for e in tracking.champion_history(name)]
+        registry.rollback(name)
+    actions = [(e["action"], e["version"]) for e in registry.champion_history(name)]
     assert actions == [("promote", v1), ("promote", v2), ("promote", v3), ("rollback", v2), ("rollback", v1)]
     with pytest.raises(tracking.TrackingError, match="no version 99"):
-        tracking.promote(name, "99")
+        registry.promote(name, "99")
 
 
 def test_register_twice_for_one_run_makes_one_version():
     client = MlflowClient()
     name = f"stfn-idem-{uuid.uuid4().hex[:8]}"
     run_id, uri = _logged_model(client)
-    a = tracking.register(uri, name, run_id, {})
-    b = tracking.register(uri, name, run_id, {})
+    a = registry.register(uri, name, run_id, {})
+    b = registry.register(uri, name, run_id, {})
     assert a == b and len(client.search_model_versions(f"name='{name}'")) == 1
 
 
@@ -152,7 +152,7 @@ def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
     client = MlflowClient()
     name = f"stfn-race-{uuid.uuid4().hex[:8]}"
     v1 = _version(client, name, "accuracy", 0.5)
-    tracking.promote_if_better(name, v1, "accuracy", 0.5, 0.0)
+    registry.promote_if_better(name, v1, "accuracy", 0.5, 0.0)
     v2 = _version(client, name, "accuracy", 0.7)
     v3 = _version(client, name, "accuracy", 0.6)
     go = tmp_path / "go"
@@ -173,4 +173,4 @@ def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
     order = 0 if outs[1] == ["False", v2] else 1
     assert outs == orders[order][0], outs
     assert str(client.get_model_version_by_alias(name, "champion").version) == v2
-    assert [e["version"] for e in tracking.champion_history(name)] == orders[order][1]
+    assert [e["version"] for e in registry.champion_history(name)] == orders[order][1]

@@ -1,4 +1,4 @@
-"""`stfn.servers.stop_group`, the one way the project stops what it started (servers, the UI,
+"""`stfn.ops.servers.stop_group`, the one way the project stops what it started (servers, the UI,
 workers): the whole process group goes, even a member that ignores SIGTERM."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from stfn.servers import stop_group
+from stfn.ops.servers import stop_group
 
 
 def _group_alive(pgid: int) -> bool:

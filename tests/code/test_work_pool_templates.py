@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stfn.deploy import POOL_TEMPLATES, pool_template
+from stfn.ops.deploy import POOL_TEMPLATES, pool_template
 
 REPO = Path(__file__).resolve().parents[2]
 

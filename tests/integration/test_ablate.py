@@ -9,17 +9,20 @@ import yaml
 @pytest.mark.slow
 def test_ablation_trains_every_model_over_seeds_and_logs_nested_runs(tmp_path, write_tiny_params):
     from mlflow import MlflowClient
-    from stfn import stages
     from stfn.config import Paths, load_params
+    from stfn.stages.ablate import ablate
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.validate import validate
 
     write_tiny_params(tmp_path / "params.yaml", **{"train.epochs": 1})
     params = load_params(tmp_path / "params.yaml")
     paths = Paths(tmp_path)
-    stages.prepare(params, paths)
-    stages.validate(params, paths)
-    stages.featurize(params, paths)
+    prepare(params, paths)
+    validate(params, paths)
+    featurize(params, paths)
     seen = []
-    report = stages.ablate(params, paths, seeds=[0, 1], on_result=seen.append)
+    report = ablate(params, paths, seeds=[0, 1], on_result=seen.append)
     saved = json.loads((tmp_path / "reports" / "ablation.json").read_text())
     assert saved["metric"] == "accuracy" and saved["dataset"] == "moving-digits"
     assert set(saved["models"]) == {"stfn", "time_only", "space_only", "late_concat"}

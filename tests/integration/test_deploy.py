@@ -135,7 +135,7 @@ def test_deploy_puts_training_on_a_docker_gpu_pool(tmp_path, team_servers, write
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM to the worker's process group, SIGKILL after 15 s: nothing outlives the test."""
-    from stfn.servers import stop_group
+    from stfn.ops.servers import stop_group
 
     stop_group(proc.pid, 15)
     proc.poll()

@@ -25,15 +25,16 @@ CHANCE = 0.1  # ten digit classes, balanced
 
 @pytest.fixture(scope="module")
 def small_features(tmp_path_factory, write_tiny_params):
-    from stfn import stages
     from stfn.config import Paths, load_params
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("encoders")
     write_tiny_params(root / "params.yaml", **SMALL)
     params = load_params(root / "params.yaml")
     paths = Paths(root)
-    stages.prepare(params, paths)
-    stages.featurize(params, paths)
+    prepare(params, paths)
+    featurize(params, paths)
     return params, paths
 
 
@@ -50,8 +51,8 @@ CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("spatial,alignment", CASES)
 def test_each_encoder_and_alignment_learns_well_above_chance(small_features, spatial, alignment, tmp_path):
-    from stfn import stages
     from stfn.features import load_features
+    from stfn.stages.evaluate import score_split
     from stfn.training import fit
 
     params, paths = small_features
@@ -60,7 +61,7 @@ def test_each_encoder_and_alignment_learns_well_above_chance(small_features, spa
     # the CNN learns this in 2-3 epochs (0.98+ after 12); the patches need all 12
     train = params.train.model_copy(update={"epochs": 6 if spatial == "cnn" else 12})
     result = fit(fs, model, train, params.seed, tmp_path)
-    test, _, attention = stages.score_split(fs, result.model, "test")
+    test, _, attention = score_split(fs, result.model, "test")
     accuracy = test["metrics"]["accuracy"]
     print(f"{spatial}+{alignment}: test accuracy {accuracy:.3f} after {len(result.history)} epochs")
     assert attention is not None and attention.shape[0] == len(fs.rows("test"))

@@ -62,7 +62,7 @@ def _mlflow_server(port: int, store: Path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    from stfn.servers import stop_group
+    from stfn.ops.servers import stop_group
 
     stop_group(proc.pid)
     proc.poll()
@@ -72,7 +72,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_tracking_calls_ride_out_a_server_restart_and_fail_clearly_when_it_stays_down(tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
-    from stfn import tracking
+    from stfn import registry, tracking
 
     port, store = free_port(), tmp_path / "store"
     url = f"http://127.0.0.1:{port}"
@@ -107,7 +107,7 @@ def test_tracking_calls_ride_out_a_server_restart_and_fail_clearly_when_it_stays
             tracking.log_metrics(run_id, {"loss": 0.25}, step=3)
         assert time.monotonic() - t0 < 40
         with pytest.raises(tracking.TrackingError, match=r"stayed unreachable while judging the challenger"):
-            tracking.promote_if_better("stfn-x", "1", "accuracy", 0.9, 0.0)  # never "no champion yet"
+            registry.promote_if_better("stfn-x", "1", "accuracy", 0.9, 0.0)  # never "no champion yet"
     finally:
         _stop(server)
         mlflow.set_tracking_uri(before[0])

@@ -51,7 +51,7 @@ def _race(env: dict, name: str, better: str, worse: str, go) -> list[list[str]]:
 def test_promotions_racing_on_team_servers_are_serialised(tmp_path, team_servers):
     assert team_servers["started"].returncode == 0, team_servers["started"].stderr
     from mlflow import MlflowClient
-    from stfn import tracking
+    from stfn import registry
 
     url = team_servers["client_env"]["MLFLOW_TRACKING_URI"]
     api = team_servers["client_env"]["PREFECT_API_URL"]
@@ -69,7 +69,7 @@ def test_promotions_racing_on_team_servers_are_serialised(tmp_path, team_servers
     assert str(client.get_model_version_by_alias(name, "champion").version) == v2
     import httpx
 
-    limit = httpx.get(f"{api}/v2/concurrency_limits/{tracking.PROMOTION_LIMIT.format(name=name)}", timeout=10).json()
+    limit = httpx.get(f"{api}/v2/concurrency_limits/{registry.PROMOTION_LIMIT.format(name=name)}", timeout=10).json()
     assert limit["limit"] == 1 and limit["active_slots"] == 0  # held during the race, released after
 
     # the control: the same race without a lock promotes the worse model on stale information
@@ -85,7 +85,7 @@ def test_promotions_racing_on_team_servers_are_serialised(tmp_path, team_servers
 
 def test_a_tracking_server_without_a_lock_is_refused_before_training(monkeypatch):
     import mlflow
-    from stfn import tracking
+    from stfn import registry, tracking
 
     before = mlflow.get_tracking_uri()
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -93,11 +93,11 @@ def test_a_tracking_server_without_a_lock_is_refused_before_training(monkeypatch
     try:
         mlflow.set_tracking_uri("http://user:pw@127.0.0.1:9")
         with pytest.raises(tracking.TrackingError, match=r"no Prefect API .* PREFECT_API_URL") as err:
-            tracking.lock_kind()
+            registry.lock_kind()
         assert "pw" not in str(err.value)  # the URI is scrubbed
         monkeypatch.setenv("STFN_UNLOCKED_PROMOTION", "1")
-        assert tracking.lock_kind()[0] == "unlocked"
+        assert registry.lock_kind()[0] == "unlocked"
         mlflow.set_tracking_uri("file:/tmp/somewhere/mlruns")
-        assert tracking.lock_kind() == ("file", "/tmp/somewhere/mlruns")
+        assert registry.lock_kind() == ("file", "/tmp/somewhere/mlruns")
     finally:
         mlflow.set_tracking_uri(before)

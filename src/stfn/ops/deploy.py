@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stfn.config import Params, Paths
+from stfn.ops import servers
 
 TEMPLATES = Path("deploy") / "work-pools"
 # the base job template of each pool type this project deploys to
@@ -56,8 +57,6 @@ def api_url(paths: Paths) -> str:
 def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
     """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train` on that pool when
     `train.work_pool` is set), optionally start a process worker for the retrain pool."""
-    from stfn import servers
-
     url = api_url(paths)
     env = {
         **os.environ,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stfn.config import Paths
+from stfn.tracking import scrub_uri, tracking_uri
 
 SERVICES = ("mlflow", "prefect")
 
@@ -72,8 +74,6 @@ def auth_settings(paths: Paths) -> dict[str, str]:
     """The environment of MLflow's basic-auth app: its config file (written here, no secret in
     it), the CSRF secret key (MLFLOW_FLASK_SERVER_SECRET_KEY, else one generated once and kept
     0600 beside the PID files) and the admin password, which must be given."""
-    import secrets
-
     if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
         raise RuntimeError(
             "MLflow basic auth needs the admin's password: set MLFLOW_AUTH_ADMIN_PASSWORD (and "
@@ -158,8 +158,6 @@ def start(
     auth: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Start both servers (each unless already running) and wait until they answer."""
-    from stfn.tracking import scrub_uri
-
     state = _state(paths)
     (paths.state / "prefect-server").mkdir(parents=True, exist_ok=True)
     paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
@@ -292,8 +290,6 @@ def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> i
     """Serve the MLflow UI against the project's store until interrupted (Ctrl-C / SIGTERM),
     then stop it and everything it started. With a tracking server configured there is nothing
     to start: its address is the UI. `ready(urls)` is called once the UI answers."""
-    from stfn.tracking import scrub_uri, tracking_uri
-
     uri = tracking_uri(paths.mlflow_dir)
     urls = {"prefect": prefect_ui_url(paths)}
     if uri.startswith(("http://", "https://")):

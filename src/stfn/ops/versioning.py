@@ -8,6 +8,7 @@ Outside a DVC repo (a temp folder in tests, an installed package) these steps ar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -16,11 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from stfn.errors import DvcError
+
 log = logging.getLogger(__name__)
-
-
-class DvcError(RuntimeError):
-    """A dvc command failed; the message holds its output."""
 
 
 def is_dvc_initialised(root: Path) -> bool:
@@ -68,11 +67,17 @@ def locked_md5(root: Path, stage: str, out: str) -> str | None:
     return None
 
 
+def changed(root: Path, stage: str) -> bool:
+    """Does DVC see a change in STAGE's code, parameters, dependencies or outputs? (`dvc status
+    --json STAGE`: an empty object means up to date.)"""
+    return bool(json.loads(dvc(root, "status", "--json", stage).strip() or "{}"))
+
+
 def reproduce(root: Path, stage: str, push: bool = True) -> dict[str, str | bool | None]:
-    """`dvc repro STAGE` (runs only if its deps or params changed), then `dvc push` to the
-    default remote when one is configured."""
-    out = dvc(root, "repro", "--single-item", stage)
-    ran = "didn't change, skipping" not in out
+    """`dvc repro STAGE` (runs only if its deps or params changed: asked first with `dvc status
+    --json`), then `dvc push` to the default remote when one is configured."""
+    ran = changed(root, stage)
+    dvc(root, "repro", "--single-item", stage)
     pushed = False
     if push and has_remote(root):
         dvc(root, "push", stage)

@@ -1,0 +1,1 @@
+"""Operations around the pipeline: team-mode servers, Prefect deployments, DVC versioning."""

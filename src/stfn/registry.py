@@ -1,0 +1,472 @@
+"""The model registry: registering versions, the promotion gate, re-evaluating the champion on
+the current test set, the promotion locks, the champion's alias history, promote and rollback.
+
+Registered model `stfn-<dataset>`; aliases `challenger` (every new version) and `champion` (the
+one that passed the gate, or was promoted by hand); never stages. Every call goes through
+`stfn.tracking`'s connection and retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+from mlflow.exceptions import MlflowException
+
+import mlflow
+from stfn.errors import TrackingError
+from stfn.evaluation import HIGHER_IS_BETTER, improvement, is_better
+from stfn.tracking import client, retrying, scrub_uri, unreachable
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "champion_history"  # on the registered model; MLflow keeps no alias history itself
+PROMOTION_LIMIT = "stfn-promote-{name}"  # the Prefect global concurrency limit of a team's promotions
+
+
+def model_name(dataset: str) -> str:
+    return f"stfn-{dataset}"
+
+
+def test_set_md5(data_md5: str, test_ids: Sequence[str]) -> str:
+    """Identity of the held-out data a test metric was computed on: the data version and the
+    test samples' ids (a new data version or another split gives another identity)."""
+    return hashlib.md5((data_md5 + "\n" + "\n".join(map(str, test_ids))).encode()).hexdigest()
+
+
+@dataclass
+class Decision:
+    name: str
+    version: str
+    promoted: bool
+    reason: str
+    metric: str
+    value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+
+
+@retrying("registering the model")
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> str:
+    """Register the run's model as a new version of `name` (once per run: a retry finds the
+    version it made before) and set the `challenger` alias on it."""
+    c = client()
+    try:
+        c.get_registered_model(name)
+    except Exception as exc:  # noqa: BLE001 - not found
+        if unreachable(exc):
+            raise
+        c.create_registered_model(name, description="STFN models trained by the stfn pipeline")
+    existing = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if existing:
+        version = str(max(int(v.version) for v in existing))
+    else:
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
+            version = str(mlflow.register_model(model_uri, name).version)
+        log.info("registered %s version %s (from run %s)", name, version, run_id)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, str(v))
+    c.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+@retrying("reading the champion")
+def champion(name: str) -> Any | None:
+    """The version behind @champion, None when there is none (never None because the server
+    could not be asked: that would let any challenger through the gate)."""
+    try:
+        return client().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if unreachable(exc) or not ("not found" in str(exc) or exc.error_code == "RESOURCE_DOES_NOT_EXIST"):
+            raise
+        return None
+
+
+@retrying("tagging the version")
+def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(name, str(version), k, str(v))
+
+
+@retrying("reading the version behind an alias")
+def version_by_alias(name: str, alias: str) -> Any:
+    """The model version behind `name@alias`; TrackingError naming both when there is none."""
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if unreachable(exc):
+            raise
+        raise TrackingError(f"no model '{name}@{alias}' in the registry (train one: stfn run)") from None
+
+
+@contextmanager
+def promotion_lock(name: str, timeout: float = 300.0):
+    """Serialise promotions of one registered model across processes and hosts, so that the
+    champion is re-read and compared inside the lock (never on stale information).
+
+    - Local store (SQLite): an exclusive `flock` on `<store folder>/.locks/<name>.lock`.
+    - Tracking server with a Prefect server (`PREFECT_API_URL`, team mode): the Prefect global
+      concurrency limit `stfn-promote-<name>` with one slot, created on first use.
+    - Tracking server without a Prefect API: refused unless STFN_UNLOCKED_PROMOTION=1 (a racing
+      pipeline could otherwise promote on stale information)."""
+    kind, where = lock_kind()
+    if kind == "file":
+        with _file_lock(Path(where) / ".locks" / f"{name}.lock", name, timeout):
+            yield
+    elif kind == "prefect":
+        with _prefect_lock(PROMOTION_LIMIT.format(name=name), timeout):
+            yield
+    else:
+        log.warning("promotion of %s is not serialised (STFN_UNLOCKED_PROMOTION=1)", name)
+        yield
+
+
+def lock_kind() -> tuple[str, str]:
+    """How promotions will be serialised with the current settings: ("file", store folder),
+    ("prefect", API URL) or ("unlocked", reason); raises TrackingError when none is safe. The
+    pipeline asks before training, so a run cannot fail at the gate after hours of work."""
+    uri = mlflow.get_tracking_uri()
+    local = _local_store_folder(uri)
+    if local is not None:
+        return "file", str(local)
+    from prefect.settings import PREFECT_API_URL  # lazy: Prefect's import costs ~1 s, needed in team mode only
+
+    if PREFECT_API_URL.value():
+        return "prefect", str(PREFECT_API_URL.value())
+    if os.environ.get("STFN_UNLOCKED_PROMOTION") == "1":
+        return "unlocked", "STFN_UNLOCKED_PROMOTION=1"
+    raise TrackingError(
+        f"cannot promote models safely: the tracking store {scrub_uri(uri)} is a server and no Prefect API "
+        "is configured to hold the promotion lock. Set PREFECT_API_URL to the team's Prefect server "
+        "(or STFN_UNLOCKED_PROMOTION=1 when no other pipeline can promote at the same time)"
+    )
+
+
+def _local_store_folder(uri: str) -> Path | None:
+    """The folder of a tracking store on this host's disk (SQLite file or file store), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+@contextmanager
+def _file_lock(path: Path, name: str, timeout: float) -> Iterator[None]:
+    """An exclusive lock on `path` (filelock: flock on POSIX), polled until `timeout`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        raise TrackingError(f"could not take the promotion lock of {name} in {timeout:.0f} s") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _prefect_lock(limit: str, timeout: float):
+    """One slot of a Prefect global concurrency limit, held while the body runs (its lease is
+    renewed meanwhile and expires if this process dies, so a crash cannot wedge promotions).
+    Prefect is imported here, lazily: only team mode needs it (~1 s)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            gcl = client.read_global_concurrency_limit_by_name(limit)
+            if gcl.limit != 1 or not gcl.active:
+                raise TrackingError(
+                    f"the Prefect concurrency limit '{limit}' must be active with limit 1 to serialise "
+                    f"promotions (it has limit {gcl.limit}, active={gcl.active})"
+                )
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+            except ObjectAlreadyExists:
+                pass  # another pipeline created it first
+    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError
+
+    with ExitStack() as held:  # leaving it releases the slot, whatever the body raised
+        try:
+            held.enter_context(concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True))
+        except AcquireConcurrencySlotTimeoutError as exc:
+            raise TrackingError(f"could not take the promotion lock '{limit}' in {timeout:.0f} s") from exc
+        yield
+
+
+@retrying("judging the challenger")
+def promote_if_better(
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    min_improvement: float,
+    champion_value: float | None = None,
+    basis: str = "",
+    champion_value_for: str | None = None,
+) -> Decision:
+    """The gate: `version` becomes champion when there is none, or when it beats the champion's
+    test `metric` by `min_improvement` (direction from `HIGHER_IS_BETTER`). The decision and the
+    reason are tagged on the version; a losing challenger never moves the champion alias.
+    `champion_value`: the champion's metric on the current test set when the caller measured it."""
+    with promotion_lock(name):
+        current = champion(name)
+        if champion_value is not None and current is not None and str(current.version) != str(champion_value_for):
+            champion_value, basis = None, f"champion changed to v{current.version} meanwhile: its recorded value"
+        return _promote_if_better(name, version, metric, value, min_improvement, champion_value, basis)
+
+
+def _promote_if_better(
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    min_improvement: float,
+    champion_value: float | None,
+    basis: str,
+) -> Decision:
+    c = client()
+    current = champion(name)
+    champ_value = None
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    elif str(current.version) == str(version):
+        promoted, reason = True, "already champion"
+    else:
+        champ_value = champion_value if champion_value is not None else version_metric(current, metric)
+        if champ_value is None:
+            promoted, reason = True, f"champion v{current.version} has no recorded test {metric}"
+        else:
+            gain = improvement(metric, value, champ_value)
+            direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+            promoted = is_better(metric, value, champ_value, min_improvement)
+            verb = "beats" if promoted else "does not beat"
+            reason = (
+                f"test {metric} {value:.4f} {verb} champion v{current.version}'s {champ_value:.4f} "
+                f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})"
+                + (f"; {basis}" if basis else "")
+            )
+    if promoted and (current is None or str(current.version) != str(version)):
+        set_champion(name, str(version), f"gate: {reason}")
+    decision = "promoted" if promoted else "rejected"
+    for k, v in {"decision": decision, "decision_reason": reason, "judged_on": f"test_{metric}"}.items():
+        c.set_model_version_tag(name, version, k, v)
+    return Decision(
+        name,
+        str(version),
+        promoted,
+        reason,
+        metric,
+        value,
+        None if current is None else str(current.version),
+        champ_value,
+    )
+
+
+@retrying("reading the champion history")
+def champion_history(name: str) -> list[dict[str, Any]]:
+    """Every move of @champion, oldest first: {action, version, previous, reason, at}."""
+    try:
+        raw = (client().get_registered_model(name).tags or {}).get(HISTORY_TAG)
+    except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
+        raise TrackingError(f"no registered model '{name}' ({exc})") from None
+    return json.loads(raw) if raw else []
+
+
+def set_champion(name: str, version: str, reason: str, action: str = "promote") -> None:
+    """Move @champion to `version` and append the move to the model's alias history."""
+    c = client()
+    current = champion(name)
+    history = champion_history(name)
+    history.append(
+        {
+            "action": action,
+            "version": str(version),
+            "previous": None if current is None else str(current.version),
+            "reason": reason,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    c.set_registered_model_alias(name, CHAMPION, str(version))
+    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
+
+
+def champion_stack(history: list[dict[str, Any]]) -> list[str]:
+    """Replay the history: a promotion pushes its version, a rollback pops the current one."""
+    stack: list[str] = []
+    for event in history:
+        if event["action"] == "rollback":
+            if stack:
+                stack.pop()
+        elif not stack or stack[-1] != event["version"]:
+            stack.append(event["version"])
+    return stack
+
+
+@retrying("promoting")
+def promote(name: str, version: str, reason: str = "manual promotion") -> str | None:
+    """Make `version` the champion by hand (no gate); returns the previous champion."""
+    with promotion_lock(name):
+        return _promote(name, version, reason)
+
+
+def _promote(name: str, version: str, reason: str) -> str | None:
+    c = client()
+    try:
+        mv = c.get_model_version(name, str(version))
+    except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
+        raise TrackingError(f"'{name}' has no version {version}") from None
+    current = champion(name)
+    if current is not None and str(current.version) == str(mv.version):
+        return str(current.version)
+    set_champion(name, str(mv.version), reason)
+    c.set_model_version_tag(name, str(mv.version), "decision", "promoted")
+    c.set_model_version_tag(name, str(mv.version), "decision_reason", reason)
+    return None if current is None else str(current.version)
+
+
+@retrying("rolling back")
+def rollback(name: str) -> tuple[str, str]:
+    """Put the previous champion back (from the recorded alias history); returns (from, to)."""
+    with promotion_lock(name):
+        return _rollback(name)
+
+
+def _rollback(name: str) -> tuple[str, str]:
+    current = champion(name)
+    if current is None:
+        raise TrackingError(f"'{name}' has no champion to roll back")
+    stack = champion_stack(champion_history(name))
+    if len(stack) < 2 or stack[-1] != str(current.version):
+        raise TrackingError(
+            f"'{name}': no earlier champion recorded before v{current.version} (history: {stack or 'empty'})"
+        )
+    target = stack[-2]
+    set_champion(name, target, f"rollback from v{current.version}", action="rollback")
+    client().set_model_version_tag(name, str(current.version), "rolled_back", f"champion moved back to v{target}")
+    return str(current.version), target
+
+
+def version_metric(mv: Any, metric: str) -> float | None:
+    tag = (mv.tags or {}).get(f"test_{metric}")
+    if tag is not None:
+        return float(tag)
+    if mv.run_id:
+        return client().get_run(mv.run_id).data.metrics.get(f"test_{metric}")
+    return None
+
+
+@retrying("reading the registered version")
+def version_for_flow_run(name: str, flow_run_id: str) -> dict[str, Any]:
+    """The version a given Prefect flow run registered (its lineage tag), with its decision."""
+    for mv in client().search_model_versions(f"name='{name}'"):
+        if (mv.tags or {}).get("prefect_flow_run_id") == flow_run_id:
+            tags = mv.tags or {}
+            return {
+                "registered_model": name,
+                "version": str(mv.version),
+                "mlflow_run_id": mv.run_id,
+                "promoted": tags.get("decision") == "promoted",
+                "reason": tags.get("decision_reason", ""),
+            }
+    raise TrackingError(f"flow run {flow_run_id} registered no version of '{name}'")
+
+
+@retrying("listing versions")
+def list_versions(name: str | None = None) -> list[dict[str, Any]]:
+    """Registered versions with their aliases, metrics and decision (newest first)."""
+    c = client()
+    filt = f"name='{name}'" if name else None
+    try:
+        versions = c.search_model_versions(filt) if filt else c.search_model_versions()
+    except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
+        raise TrackingError(f"cannot read the model registry: {exc}") from None
+    rows = []
+    aliases: dict[str, dict[str, list[str]]] = {}
+    for v in versions:
+        if v.name not in aliases:
+            rm = c.get_registered_model(v.name)
+            amap: dict[str, list[str]] = {}
+            for alias, ver in (rm.aliases or {}).items():
+                amap.setdefault(str(ver), []).append(alias)
+            aliases[v.name] = amap
+        tags = v.tags or {}
+        rows.append(
+            {
+                "name": v.name,
+                "version": str(v.version),
+                "aliases": sorted(aliases[v.name].get(str(v.version), [])),
+                "run_id": v.run_id,
+                "created": v.creation_timestamp,
+                "metric": tags.get("judged_on"),
+                "value": tags.get(tags.get("judged_on", ""), None),
+                "decision": tags.get("decision"),
+                "reason": tags.get("decision_reason"),
+            }
+        )
+    rows.sort(key=lambda r: (r["name"], -int(r["version"])))
+    return rows
+
+
+def champion_on_current_test_set(
+    name: str, version: str, metric: str, test_set: str, rescore: Callable[[str], dict[str, float]], n_test: int
+) -> tuple[float | None, str, str | None]:
+    """The champion's `metric` on the *current* test set: its recorded value when it was computed
+    on this same test set (`test_set_md5` tag), else `rescore(model_uri)` now (never compare
+    numbers computed on different data). Returns (value, how it was obtained, the champion's
+    version); (None, "", None) when there is no other champion."""
+    current = champion(name)
+    if current is None or str(current.version) == str(version):
+        return None, "", None
+    if (current.tags or {}).get("test_set_md5") == test_set:
+        recorded = (current.tags or {}).get(f"test_{metric}")
+        if recorded is not None:
+            return float(recorded), "recorded on this same test set", str(current.version)
+    log.info("re-evaluating champion v%s on the current test split", current.version)
+    scores = rescore(f"models:/{name}/{current.version}")
+    set_model_version_tags(name, str(version), {f"champion_v{current.version}_current_test_{metric}": scores[metric]})
+    how = f"champion re-evaluated on the current test split ({n_test} samples)"
+    return float(scores[metric]), how, str(current.version)
+
+
+def judge(
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    min_improvement: float,
+    test_set: str,
+    rescore: Callable[[str], dict[str, float]],
+    n_test: int,
+) -> Decision:
+    """The whole promotion decision for a new version: the champion's metric on the same test
+    set (recorded or re-evaluated), then the gate under the promotion lock."""
+    champion_value, basis, measured = champion_on_current_test_set(name, version, metric, test_set, rescore, n_test)
+    return promote_if_better(name, version, metric, value, min_improvement, champion_value, basis, measured)
