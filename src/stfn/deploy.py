@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,11 @@ def _prefect(args: list[str], env: dict[str, str], cwd: Path) -> str:
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
-        )
+        from stfn.tracking import scrub_uri
+
+        # its output may quote PREFECT_API_URL: mask a password in any URL of it, word by word
+        tail = re.sub(r"\S+", lambda m: scrub_uri(m.group()), proc.stdout[-1500:] + proc.stderr[-1500:])
+        raise RuntimeError(f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout
 
 
@@ -55,8 +58,11 @@ def api_url(paths: Paths) -> str:
 
 def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
     """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train` on that pool when
-    `train.work_pool` is set), optionally start a process worker for the retrain pool."""
+    `train.work_pool` is set), optionally start a process worker for the retrain pool. The URLs
+    it returns (to be printed) have their passwords masked; the worker gets them whole, in its
+    environment."""
     from stfn import servers
+    from stfn.tracking import scrub_uri
 
     url = api_url(paths)
     env = {
@@ -90,7 +96,7 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
     names = ["retrain-scheduled"] + (["train"] if params.train.work_pool else [])
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
-        "api_url": url,
+        "api_url": scrub_uri(url),
         "pools": [f"{p} ({k})" for p, k in pools.items()],
         "deployments": ["retrain/retrain-scheduled"] + [f"training-pipeline/{n}" for n in names[1:]],
         "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
@@ -101,6 +107,8 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         tracking = os.environ.get("MLFLOW_TRACKING_URI") or servers.recorded_url(paths, "mlflow")
         if tracking:
             worker_env["MLFLOW_TRACKING_URI"] = tracking
-        out["tracking_uri"] = tracking or f"the project's own store ({paths.mlflow_dir / 'mlflow.db'})"
+        out["tracking_uri"] = (
+            scrub_uri(tracking) if tracking else f"the project's own store ({paths.mlflow_dir / 'mlflow.db'})"
+        )
         out["worker"] = servers.start_worker(paths, params.retrain.work_pool, worker_env)
     return out
