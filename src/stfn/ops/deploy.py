@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from stfn.config import Params, Paths
 from stfn.ops import servers
+from stfn.tracking import scrub_uri
 
 TEMPLATES = Path("deploy") / "work-pools"
 # the base job template of each pool type this project deploys to
@@ -35,9 +37,9 @@ def _prefect(args: list[str], env: dict[str, str], cwd: Path) -> str:
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
-        )
+        # its output may quote PREFECT_API_URL: mask a password in any URL of it, word by word
+        tail = re.sub(r"\S+", lambda m: scrub_uri(m.group()), proc.stdout[-1500:] + proc.stderr[-1500:])
+        raise RuntimeError(f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout
 
 
@@ -56,7 +58,9 @@ def api_url(paths: Paths) -> str:
 
 def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
     """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train` on that pool when
-    `train.work_pool` is set), optionally start a process worker for the retrain pool."""
+    `train.work_pool` is set), optionally start a process worker for the retrain pool. The URLs
+    it returns (to be printed) have their passwords masked; the worker gets them whole, in its
+    environment."""
     url = api_url(paths)
     env = {
         **os.environ,
@@ -89,7 +93,7 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
     names = ["retrain-scheduled"] + (["train"] if params.train.work_pool else [])
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
-        "api_url": url,
+        "api_url": scrub_uri(url),
         "pools": [f"{p} ({k})" for p, k in pools.items()],
         "deployments": ["retrain/retrain-scheduled"] + [f"training-pipeline/{n}" for n in names[1:]],
         "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
@@ -100,6 +104,8 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         tracking = os.environ.get("MLFLOW_TRACKING_URI") or servers.recorded_url(paths, "mlflow")
         if tracking:
             worker_env["MLFLOW_TRACKING_URI"] = tracking
-        out["tracking_uri"] = tracking or f"the project's own store ({paths.mlflow_dir / 'mlflow.db'})"
+        out["tracking_uri"] = (
+            scrub_uri(tracking) if tracking else f"the project's own store ({paths.mlflow_dir / 'mlflow.db'})"
+        )
         out["worker"] = servers.start_worker(paths, params.retrain.work_pool, worker_env)
     return out

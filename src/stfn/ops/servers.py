@@ -11,6 +11,9 @@ stopped as background processes with PID files (`make servers`, `make servers-st
   app: every request needs a user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the
   clients); the admin's password comes from MLFLOW_AUTH_ADMIN_PASSWORD (never written to disk
   by us), the users live in STFN_AUTH_DB_URL or `.stfn/servers/mlflow-auth.db`.
+No secret goes on a command line (readable by every local user in `ps`) or into a file: the
+database URLs reach the servers through their environment (see `commands`, `auth_settings`), and
+what we record or print of a URL is scrubbed.
 Both bind to 127.0.0.1 unless told otherwise. Each runs in its own process group, so stopping
 it stops its workers too; `stop` only ever signals the processes whose PIDs it recorded.
 """
@@ -70,10 +73,34 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s (log: {log})")
 
 
+def _sqlalchemy_url(url: str) -> str:
+    """A database URL as MLflow's SQLAlchemy takes it: postgresql:// names psycopg2, the driver
+    we ship (SQLAlchemy 2.1 would pick psycopg 3)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
+
+
+def _split_password(url: str) -> tuple[str, str | None]:
+    """`url` without its password, and the password (None when the URL has none)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.password is None:
+        return url, None
+    # `set(password=None)` would keep it: SQLAlchemy documents `_replace` for setting None
+    return parsed._replace(password=None).render_as_string(hide_password=False), str(parsed.password)
+
+
+# drivers that connect through libpq, which reads PGPASSWORD when the URL has no password
+_LIBPQ_DRIVERS = ("postgresql+psycopg2://", "postgresql+psycopg://")
+
+
 def auth_settings(paths: Paths) -> dict[str, str]:
     """The environment of MLflow's basic-auth app: its config file (written here, no secret in
     it), the CSRF secret key (MLFLOW_FLASK_SERVER_SECRET_KEY, else one generated once and kept
-    0600 beside the PID files) and the admin password, which must be given."""
+    0600 beside the PID files), the admin password, which must be given, and the password of the
+    users' database (PGPASSWORD) when STFN_AUTH_DB_URL has one."""
     if not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
         raise RuntimeError(
             "MLflow basic auth needs the admin's password: set MLFLOW_AUTH_ADMIN_PASSWORD (and "
@@ -81,7 +108,24 @@ def auth_settings(paths: Paths) -> dict[str, str]:
             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
         )
     state = _state(paths)
-    users = os.environ.get("STFN_AUTH_DB_URL") or f"sqlite:///{(state / 'mlflow-auth.db').resolve()}"
+    users = _sqlalchemy_url(os.environ.get("STFN_AUTH_DB_URL") or f"sqlite:///{(state / 'mlflow-auth.db').resolve()}")
+    # MLflow 3.17's basic-auth app reads its database only from `database_uri` in this file
+    # (mlflow/server/auth/config.py: no environment override, no interpolation from the
+    # environment), so the file gets the URL without its password and the password goes to
+    # the server's environment as PGPASSWORD, which libpq (psycopg2) reads when the URL has none.
+    # The environment of a process is readable only by its user, unlike its command line.
+    # PGPASSWORD also reaches the tracking store's connection if STFN_DB_URL has no password.
+    users, users_password = _split_password(users)
+    extra: dict[str, str] = {}
+    if users_password is not None:
+        if not users.startswith(_LIBPQ_DRIVERS):
+            raise RuntimeError(
+                "STFN_AUTH_DB_URL has a password, and MLflow's basic-auth app would need it written in "
+                "its config file: only a PostgreSQL URL (psycopg2) can take it from the environment "
+                "(PGPASSWORD). Remove the password from the URL and give it the way your database "
+                "driver reads it"
+            )
+        extra["PGPASSWORD"] = users_password
     ini = state / "basic_auth.ini"
     ini.write_text(
         "[mlflow]\n"
@@ -97,16 +141,19 @@ def auth_settings(paths: Paths) -> dict[str, str]:
             key_file.touch(mode=0o600)
             key_file.write_text(secrets.token_hex(32))
         key = key_file.read_text().strip()
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": key, **extra}
 
 
 def commands(
     paths: Paths, host: str, mlflow_port: int, prefect_port: int, auth: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """The command line and environment of each server (what `start` runs)."""
-    db = os.environ.get("STFN_DB_URL") or f"sqlite:///{paths.mlflow_dir.resolve() / 'mlflow.db'}"
-    if db.startswith("postgresql://"):  # SQLAlchemy 2.1 would pick psycopg 3; we ship psycopg2
-        db = "postgresql+psycopg2://" + db[len("postgresql://") :]
+    """The command line and environment of each server (what `start` runs). The store URLs,
+    which may hold passwords, go in the environment, never in argv: `mlflow server` reads
+    --backend-store-uri from MLFLOW_BACKEND_STORE_URI and --artifacts-destination from
+    MLFLOW_ARTIFACTS_DESTINATION (click envvars, mlflow/cli/__init__.py, utils/cli_args.py) and
+    hands them to its workers in their environment; Prefect reads its database from
+    PREFECT_API_DATABASE_CONNECTION_URL."""
+    db = _sqlalchemy_url(os.environ.get("STFN_DB_URL") or f"sqlite:///{paths.mlflow_dir.resolve() / 'mlflow.db'}")
     artifacts = os.environ.get("STFN_ARTIFACTS_DESTINATION") or str(paths.mlflow_dir.resolve() / "artifacts")
     prefect_env = {"PREFECT_HOME": str(paths.state / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     if os.environ.get("STFN_PREFECT_DB_URL"):
@@ -116,10 +163,6 @@ def commands(
             "argv": [
                 _bin("mlflow"),
                 "server",
-                "--backend-store-uri",
-                db,
-                "--artifacts-destination",
-                artifacts,
                 "--serve-artifacts",
                 "--host",
                 host,
@@ -130,6 +173,8 @@ def commands(
                 *(["--app-name", "basic-auth"] if auth else []),
             ],  # fmt: skip
             "env": {
+                "MLFLOW_BACKEND_STORE_URI": db,
+                "MLFLOW_ARTIFACTS_DESTINATION": artifacts,
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 **(auth_settings(paths) if auth else {}),
@@ -299,10 +344,12 @@ def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> i
         return 0
     paths.mlflow_dir.mkdir(parents=True, exist_ok=True)
     artifacts = str(paths.mlflow_dir.resolve() / "artifacts")
-    argv = [_bin("mlflow"), "ui", "--backend-store-uri", uri, "--default-artifact-root", artifacts,
+    argv = [_bin("mlflow"), "ui", "--default-artifact-root", artifacts,
             "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
     log = _state(paths) / "mlflow-ui.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # the store's URL (it may hold a password) by environment, not on the command line
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, cwd=paths.root)  # fmt: skip
