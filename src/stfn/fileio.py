@@ -1,7 +1,9 @@
 """Small file helpers shared by every stage: atomic writes and content hashes.
 
 A stage writes to a temporary path next to its target and renames it into place, so a killed
-stage never leaves a half-written file that a later stage would read.
+stage never leaves a half-written file that a later stage would read. What lands gets the mode
+the user's umask gives a new file or folder (0644 / 0755 by default), not the private 0600 /
+0700 that `mkstemp` / `mkdtemp` create their temporaries with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,25 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask: Linux shows it in /proc/self/status (a read, safe beside other
+    threads); elsewhere it is read by setting it and putting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shared_mode(path: Path, directory: bool = False) -> None:
+    """Give `path` the mode a plain `open()` / `mkdir()` would have given it under the umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success it replaces `target` whole."""
@@ -28,6 +49,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shared_mode(tmp, directory=True)
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -51,6 +73,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    shared_mode(tmp)
     os.replace(tmp, target)
 
 

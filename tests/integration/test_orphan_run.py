@@ -1,0 +1,87 @@
+"""`stfn run` killed with SIGKILL (its whole process group) during training, then run again: the
+rerun resumes from the last epoch's checkpoint, and the killed attempt's MLflow run, which nobody
+could end, is marked KILLED and linked both ways with the run that carried on. The outputs land
+with the modes the umask gives (0644 files, 0755 folders under umask 022)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlflow import MlflowClient
+
+STFN = str(Path(sys.executable).with_name("stfn"))
+
+
+def _stfn_run(project: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [STFN, "run"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, killed whole
+        preexec_fn=lambda: os.umask(0o022),
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_is_marked_killed_and_linked_to_the_run_that_carried_on(tmp_path, write_tiny_params):
+    project = tmp_path / "project"
+    project.mkdir()
+    # enough work per epoch (~1-2 s) that the kill lands inside training, after epoch 1
+    write_tiny_params(
+        project / "params.yaml",
+        **{"prepare.moving_digits.n_train": 1600, "train.epochs": 6, "train.patience": 6, "train.num_threads": 1},
+    )
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    client = MlflowClient(tracking_uri=store)
+
+    first = _stfn_run(project, env)
+    deadline, killed_run = time.monotonic() + 300, None
+    while killed_run is None:
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+        exp = client.get_experiment_by_name("moving-digits") if (tmp_path / "mlflow.db").exists() else None
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_accuracy"):
+            killed_run = runs[0].info.run_id  # epoch 1 is checkpointed and logged: kill during epoch 2
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert client.get_run(killed_run).info.status == "RUNNING"  # nobody could end it
+
+    second = _stfn_run(project, env)
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-3000:]
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    assert len(runs) == 2
+    (carried_on,) = set(runs) - {killed_run}
+    killed, new = runs[killed_run], runs[carried_on]
+    assert killed.info.status == "KILLED" and new.info.status == "FINISHED"
+    assert killed.data.tags["stfn.continued_by_run"] == carried_on
+    assert new.data.tags["stfn.resumed_from_run"] == killed_run
+    assert int(new.data.tags["resumed_from_epoch"]) >= 2  # resumed, did not start over
+
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    outputs = [
+        project / "models/moving-digits/model.pt",
+        project / "models/moving-digits/last.pt",
+        project / "reports/metrics.json",
+        project / "reports/validation/moving-digits.json",
+        *sorted((project / "data/features/moving-digits").iterdir()),
+        *sorted((project / "data/raw/moving-digits").iterdir()),
+    ]
+    assert {str(p.relative_to(project)): oct(mode(p)) for p in outputs} == {
+        str(p.relative_to(project)): oct(0o644) for p in outputs
+    }
+    for folder in ("data/features/moving-digits", "data/raw/moving-digits", "models/moving-digits", "reports"):
+        assert mode(project / folder) == 0o755, folder
