@@ -502,7 +502,8 @@ def ablate(
     for name, m in report["models"].items():
         table.add_row(name, f"{m['mean']:.4f}", f"{m['std']:.4f}", ", ".join(f"{v:.3f}" for v in m["seeds"]))
     console.print(table)
-    console.print(f"reports/ablation.json, reports/plots/ablation.png; MLflow parent run {report['mlflow_run_id']}")
+    files = f"{paths.ablation_file.relative_to(root)}, {(paths.plots / 'ablation.png').relative_to(root)}"
+    console.print(f"{files}; MLflow parent run {report['mlflow_run_id']}")
 
 
 @app.command()

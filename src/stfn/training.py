@@ -289,6 +289,50 @@ def init_linear_skip(model: nn.Module, fs: FeatureSet, train_rows: np.ndarray, v
     return alpha
 
 
+def _train_epoch(
+    net: nn.Module,
+    model: nn.Module,
+    epoch_batches: Iterator[tuple[np.ndarray, ...]],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    task: str,
+    tp: TrainParams,
+    device: torch.device,
+    used: dict[str, bool],
+    autocast: Callable[[], Any],
+    on_batch: BatchFn | None,
+    steps: int,
+) -> tuple[float, int]:
+    """One pass over the training batches: (sum of the loss over samples, samples seen);
+    `on_batch(done, steps)` after each."""
+    total, count = 0.0, 0
+    for b, (s, f, y) in enumerate(epoch_batches):
+        s_t, f_t, y_t = (to_device(a, device, used["pin_memory"]) for a in (s, f, y))
+        with autocast():
+            output = net(s_t, f_t)["output"]
+        loss = loss_fn(task, output.float(), y_t, tp.regression_loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tp.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+        if on_batch:
+            on_batch(b + 1, steps)
+    return total, count
+
+
+def _validate(
+    model: nn.Module, fs: FeatureSet, rows: np.ndarray, task: str, regression_loss: str, device: torch.device
+) -> tuple[float, dict[str, float]]:
+    """The validation loss and the early-stopping score on `rows`."""
+    out, _ = predict_arrays(model, fs.series[rows], fs.frames[rows], device=device)
+    val_loss = float(loss_fn(task, torch.as_tensor(out), torch.as_tensor(fs.labels[rows]), regression_loss))
+    return val_loss, score(task, out, fs.labels[rows])
+
+
 def fit(
     fs: FeatureSet,
     mp: ModelParams,
@@ -381,38 +425,21 @@ def fit(
     for epoch in range(start, tp.epochs + 1):
         model.train()
         te = time.perf_counter()
-        total, count = 0.0, 0
         if ddp:  # DistributedSampler: the same shuffled order on every rank, one share each
             sampler = DistributedSampler(range(len(train_rows)), world, rank, shuffle=True, seed=seed)
             sampler.set_epoch(epoch)
             epoch_batches = batches(fs, train_rows[list(sampler)], local_batch)
         else:
             epoch_batches = batches(fs, train_rows, tp.batch_size, shuffle=True, rng=rng)
-        for b, (s, f, y) in enumerate(epoch_batches):
-            s_t, f_t, y_t = (to_device(a, device, used["pin_memory"]) for a in (s, f, y))
-            with autocast():
-                output = net(s_t, f_t)["output"]
-            loss = loss_fn(task, output.float(), y_t, tp.regression_loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tp.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            if on_batch:
-                on_batch(b + 1, steps_per_epoch)
+        total, count = _train_epoch(
+            net, model, epoch_batches, opt, sched, task, tp, device, used, autocast, on_batch, steps_per_epoch
+        )
         train_seconds = time.perf_counter() - te
         if ddp:  # the global mean loss and sample count over every rank
             sums = torch.tensor([total, float(count)], dtype=torch.float64)
             dist.all_reduce(sums)
             total, count = float(sums[0]), int(sums[1])
-        out, _ = predict_arrays(model, fs.series[val_rows], fs.frames[val_rows], device=device)
-        val_out = torch.as_tensor(out)
-        val_y = torch.as_tensor(fs.labels[val_rows])
-        val_loss = float(loss_fn(task, val_out, val_y, tp.regression_loss))
-        val = score(task, out, fs.labels[val_rows])
+        val_loss, val = _validate(model, fs, val_rows, task, tp.regression_loss, device)
         vkey = next(iter(val))
         row = {
             "epoch": epoch,
