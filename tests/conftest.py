@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 _STATE = Path(tempfile.mkdtemp(prefix="stfn-tests-"))
 os.environ.update(
@@ -43,6 +44,26 @@ TINY = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=3)
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_STATE, ignore_errors=True)
+
+
+def under_ci() -> bool:
+    """CI=true or CI=1 (any case): the environment promises every service the tests need."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def need(missing: str, how_to_fix: str) -> NoReturn:
+    """A test cannot run because a service or tool is missing. Under CI that is a failure saying
+    what to start or install; elsewhere the test is skipped, saying the same."""
+    message = f"{missing}: {how_to_fix}"
+    if under_ci():
+        pytest.fail(f"{message} (CI is set: the tests that need it fail instead of skipping)", pytrace=False)
+    pytest.skip(f"{message} (skipped; with CI=true this fails)")
+
+
+@pytest.fixture(scope="session", name="need")
+def need_fixture():
+    """`need(missing, how_to_fix)` for tests and fixtures that depend on a service or tool."""
+    return need
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -92,7 +91,12 @@ def test_gradient_reaches_both_encoders(alignment):
 
 def test_parameter_count_is_reported():
     assert 1_000 < count_parameters(STFN(config())) < 1_000_000
-    assert np.isfinite(count_parameters(STFN(config())))
+    model = STFN(config())
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    two = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    assert count_parameters(two) == (3 * 4 + 4) + (4 * 2 + 2)
+    two[0].requires_grad_(False)
+    assert count_parameters(two) == 4 * 2 + 2  # trainable parameters only
 
 
 @pytest.mark.parametrize("variant", ["time_only", "space_only", "late_concat"])

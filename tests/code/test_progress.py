@@ -23,10 +23,15 @@ def _final_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def test_without_a_display_a_bar_is_free_and_silent():
+def test_without_a_display_a_bar_is_free_and_silent(capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    assert progress._display is None  # no entry point installed one
     with progress.bar("nothing", 3) as update:
-        update(1, info="x")
-        update(total=5)
+        assert update is progress._noop  # free: no task, no state, the same do-nothing function
+        assert update(1, info="x") is None and update(total=5) is None
+    assert progress._display is None  # the bar did not install a display either
+    out = capsys.readouterr()
+    assert (out.out, out.err, caplog.records) == ("", "", [])  # silent: nothing printed, nothing logged
 
 
 def test_every_stage_shows_a_bar_that_ends_complete(tmp_path, write_tiny_params):

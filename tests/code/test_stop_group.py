@@ -4,6 +4,7 @@ workers): the whole process group goes, even a member that ignores SIGTERM."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -35,7 +36,18 @@ def test_members_that_ignore_sigterm_are_killed_after_the_timeout():
     assert proc.poll() is not None
 
 
-def test_a_group_already_gone_is_fine():
+def test_a_group_already_gone_is_fine(monkeypatch):
     proc = subprocess.Popen(["true"], start_new_session=True)
     proc.wait()
-    stop_group(proc.pid, timeout=1)
+    assert not _group_alive(proc.pid)
+    sent = []
+
+    def killpg(pgid, sig):
+        sent.append((pgid, sig))
+        return real_killpg(pgid, sig)
+
+    real_killpg = os.killpg
+    monkeypatch.setattr(os, "killpg", killpg)
+    assert stop_group(proc.pid, timeout=1) is None  # no error
+    # one SIGTERM finds no group and it returns: no wait, no SIGKILL
+    assert sent == [(proc.pid, signal.SIGTERM)]

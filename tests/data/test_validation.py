@@ -1,8 +1,11 @@
-"""Each corruption of a valid dataset is caught, and the message names the problem."""
+"""Each corruption of a valid dataset is caught, and the message names the problem: the file and
+the field (column, key, sample or place) that each case declares."""
 
 import logging
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,45 @@ import pandas as pd
 import pytest
 import yaml
 
-from stfn.errors import DataValidationError
+from stfn.errors import DataValidationError, Failure
 from stfn.validation import validate_dataset
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a message must name besides the file: a column (of a table, or a statistic of the
+    per-sample frames table), a key of dataset.yaml, a sample id, a place in the file's text, or
+    the file as a whole (the problem is the file itself: missing, unreadable, cut short)."""
+
+    kind: str  # "column" | "key" | "sample" | "place" | "whole file"
+    name: str = ""
+
+    def _said(self, text: str) -> bool:
+        # the name as a token: not "frames" inside "frames.steps" or "frames.npy"
+        return re.search(rf"(?<![\w.-]){re.escape(self.name)}(?![\w.-])", text) is not None
+
+    def in_failure(self, f: Failure) -> bool:
+        if self.kind == "column":
+            return f.column == self.name
+        if self.kind == "key":
+            return f.column == self.name or (f.column is None and self._said(f.detail))
+        if self.kind == "whole file":
+            return f.column is None
+        return self._said(str(f))  # sample, place: in the detail or the examples
+
+    def in_text(self, text: str, file: str) -> bool:
+        if self.kind == "column":
+            return f"column '{self.name}'" in text
+        if self.kind == "whole file":
+            return f"{file}: " in text  # "frames.npy: a complete file failed: ..."
+        return self._said(text)
+
+
+column = lambda name: Field("column", name)  # noqa: E731
+key = lambda name: Field("key", name)  # noqa: E731
+sample = lambda name: Field("sample", name)  # noqa: E731
+place = lambda name: Field("place", name)  # noqa: E731
+WHOLE_FILE = Field("whole file")
 
 
 def _samples(d: Path) -> pd.DataFrame:
@@ -26,45 +66,45 @@ def nan_channel(d):
     s = _series(d)
     s["zone-2"] = np.nan
     s.to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "zone-2", "expect_column_values_to_not_be_null"
+    return "series.parquet", (column("zone-2"),), "expect_column_values_to_not_be_null"
 
 
 def missing_column(d):
     _series(d).drop(columns=["zone-1"]).to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "zone-1", "column is missing"
+    return "series.parquet", (column("zone-1"),), "column is missing"
 
 
 def duplicate_id(d):
     s = _samples(d)
     s.loc[1, "sample_id"] = s.loc[0, "sample_id"]
     s.to_parquet(d / "samples.parquet", index=False)
-    return "samples.parquet", "sample_id", "expect_column_values_to_be_unique"
+    return "samples.parquet", (column("sample_id"), sample(s.loc[0, "sample_id"])), "expect_column_values_to_be_unique"
 
 
 def label_out_of_range(d):
     s = _samples(d)
     s.loc[5, "label"] = 10
     s.to_parquet(d / "samples.parquet", index=False)
-    return "samples.parquet", "label", "expect_column_values_to_be_in_set"
+    return "samples.parquet", (column("label"), sample(s.loc[5, "sample_id"])), "expect_column_values_to_be_in_set"
 
 
 def wrong_frame_shape(d):
     f = np.load(d / "frames.npy")
     np.save(d / "frames.npy", f[:, :, :, :, :31])
-    return "frames.npy", "width", "expect_column_values_to_be_in_set"
+    return "frames.npy", (column("width"),), "expect_column_values_to_be_in_set"
 
 
 def truncated_frames(d):
     raw = (d / "frames.npy").read_bytes()
     (d / "frames.npy").write_bytes(raw[: len(raw) // 2])
-    return "frames.npy", None, "truncated"
+    return "frames.npy", (WHOLE_FILE,), "truncated"
 
 
 def value_out_of_bounds(d):
     s = _series(d)
     s.loc[7, "zone-0"] = 1e6
     s.to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "zone-0", "expect_column_values_to_be_between"
+    return "series.parquet", (column("zone-0"), sample(s.loc[7, "sample_id"])), "expect_column_values_to_be_between"
 
 
 def missing_steps(d):
@@ -72,31 +112,31 @@ def missing_steps(d):
     s.drop(index=s.index[(s["sample_id"] == s["sample_id"].iloc[0]) & (s["step"] == 5)]).to_parquet(
         d / "series.parquet", index=False
     )
-    return "series.parquet", "n_steps", "every sample has exactly T steps"
+    return "series.parquet", (column("n_steps"), sample(s["sample_id"].iloc[0])), "every sample has exactly T steps"
 
 
 def id_only_in_series(d):
     s = _series(d)
     s.loc[s["sample_id"] == s["sample_id"].iloc[0], "sample_id"] = "ghost-1"
     s.to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "in_samples", "every series sample_id is in samples.parquet"
+    return "series.parquet", (column("in_samples"), sample("ghost-1")), "every series sample_id is in samples.parquet"
 
 
 def pickled_frames(d):
     np.save(d / "frames.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    return "frames.npy", None, "pickled"
+    return "frames.npy", (WHOLE_FILE,), "pickled"
 
 
 def not_parquet(d):
     (d / "samples.parquet").write_text("sample_id,label\na,1\n")
-    return "samples.parquet", None, "parquet"
+    return "samples.parquet", (WHOLE_FILE,), "parquet"
 
 
 def unknown_yaml_key(d):
     spec = yaml.safe_load((d / "dataset.yaml").read_text())
     spec["colour"] = "blue"
     (d / "dataset.yaml").write_text(yaml.safe_dump(spec))
-    return "dataset.yaml", "colour", "unknown key"
+    return "dataset.yaml", (key("colour"),), "unknown key"
 
 
 def _spec(d: Path) -> dict:
@@ -120,17 +160,25 @@ def series_as_text(d):
     s = _series(d)
     s["zone-3"] = s["zone-3"].astype(str)
     s.to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "zone-3", "expect_column_values_to_be_in_type_list"
+    return "series.parquet", (column("zone-3"),), "expect_column_values_to_be_in_type_list"
 
 
 def inf_in_frames(d):
     _float_frames(d, np.inf)
-    return "frames.npy", "nonfinite_count", "expect_column_values_to_be_between"
+    return (
+        "frames.npy",
+        (column("nonfinite_count"), sample(_samples(d).loc[3, "sample_id"])),
+        "expect_column_values_to_be_between",
+    )
 
 
 def nan_in_frames(d):
     _float_frames(d, np.nan)
-    return "frames.npy", "nonfinite_count", "expect_column_values_to_be_between"
+    return (
+        "frames.npy",
+        (column("nonfinite_count"), sample(_samples(d).loc[3, "sample_id"])),
+        "expect_column_values_to_be_between",
+    )
 
 
 def nan_label(d):
@@ -138,7 +186,7 @@ def nan_label(d):
     s["label"] = s["label"].astype(float)
     s.loc[2, "label"] = np.nan
     s.to_parquet(d / "samples.parquet", index=False)
-    return "samples.parquet", "label", "expect_column_values_to_not_be_null"
+    return "samples.parquet", (column("label"), sample(s.loc[2, "sample_id"])), "expect_column_values_to_not_be_null"
 
 
 def duplicated_step(d):
@@ -146,78 +194,86 @@ def duplicated_step(d):
     first = s[s["sample_id"] == s["sample_id"].iloc[0]]
     s.loc[first.index[4], "step"] = 3
     s.to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "sample_id,step", "expect_compound_columns_to_be_unique"
+    return (
+        "series.parquet",
+        (column("sample_id,step"), sample(s.loc[first.index[4], "sample_id"])),
+        "expect_compound_columns_to_be_unique",
+    )
 
 
 def step_out_of_range(d):
     s = _series(d)
     s.loc[s.index[0], "step"] = 32
     s.to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "step", "expect_column_values_to_be_between"
+    return (
+        "series.parquet",
+        (column("step"), sample(s.loc[s.index[0], "sample_id"])),
+        "expect_column_values_to_be_between",
+    )
 
 
 def id_only_in_samples(d):
     s = _series(d)
     s[s["sample_id"] != s["sample_id"].iloc[0]].to_parquet(d / "series.parquet", index=False)
-    return "series.parquet", "n_steps", "every sample has exactly T steps"
+    return "series.parquet", (column("n_steps"), sample(s["sample_id"].iloc[0])), "every sample has exactly T steps"
 
 
 def empty_samples(d):
     _samples(d).iloc[:0].to_parquet(d / "samples.parquet", index=False)
-    return "samples.parquet", None, "expect_table_row_count_to_be_between(min_value=1)"
+    return "samples.parquet", (WHOLE_FILE,), "expect_table_row_count_to_be_between(min_value=1)"
 
 
 def empty_series_file(d):
     (d / "series.parquet").write_bytes(b"")
-    return "series.parquet", None, "parquet"
+    return "series.parquet", (WHOLE_FILE,), "parquet"
 
 
 def frames_wrong_dtype(d):
     np.save(d / "frames.npy", np.load(d / "frames.npy").astype(np.int16))
-    return "frames.npy", "dtype", "expect_column_values_to_be_in_set"
+    return "frames.npy", (column("dtype"),), "expect_column_values_to_be_in_set"
 
 
 def frames_fewer_rows(d):
     np.save(d / "frames.npy", np.load(d / "frames.npy")[:-1])
-    return "frames.npy", None, "expect_table_row_count_to_equal(value=256)"
+    return "frames.npy", (WHOLE_FILE,), "expect_table_row_count_to_equal(value=256)"
 
 
 def yaml_wrong_type(d):
     spec = _spec(d)
     spec["series"]["steps"] = "many"
     _write_spec(d, spec)
-    return "dataset.yaml", "series.steps", "integer"
+    return "dataset.yaml", (key("series.steps"),), "integer"
 
 
 def yaml_path_traversal_name(d):
     spec = _spec(d)
     spec["name"] = "../../etc/evil"
     _write_spec(d, spec)
-    return "dataset.yaml", None, "a-z, 0-9"
+    return "dataset.yaml", (key("name"),), "a-z, 0-9"
 
 
 def yaml_huge_dimensions(d):
     spec = _spec(d)
     spec["frames"]["height"] = spec["frames"]["width"] = 100_000
     _write_spec(d, spec)
-    return "dataset.yaml", None, "too large"
+    return "dataset.yaml", (key("frames"),), "too large"
 
 
 def yaml_future_frame_step(d):
     spec = _spec(d)
     spec["frames"]["steps"][-1] = 40
     _write_spec(d, spec)
-    return "dataset.yaml", None, "frames.steps"
+    return "dataset.yaml", (key("frames.steps"),), "every step must be in [0, 31]"
 
 
 def missing_frames_file(d):
     (d / "frames.npy").unlink()
-    return "frames.npy", None, "missing"
+    return "frames.npy", (WHOLE_FILE,), "missing"
 
 
 def yaml_not_yaml(d):
     (d / "dataset.yaml").write_text("name: [unclosed\n  task: : :")
-    return "dataset.yaml", None, "valid YAML"
+    return "dataset.yaml", (place("line 1, column 7"),), "valid YAML"
 
 
 def invalid_split_value(d):
@@ -225,7 +281,7 @@ def invalid_split_value(d):
     s["split"] = "train"
     s.loc[0, "split"] = "training"
     s.to_parquet(d / "samples.parquet", index=False)
-    return "samples.parquet", "split", "expect_column_values_to_be_in_set"
+    return "samples.parquet", (column("split"), sample(s.loc[0, "sample_id"])), "expect_column_values_to_be_in_set"
 
 
 CORRUPTIONS = [
@@ -268,29 +324,40 @@ def test_clean_dataset_passes(tiny_dataset, tmp_path):
     assert (tmp_path / "report.json").is_file() and (tmp_path / "report.html").is_file()
 
 
+def _check_named(text: str, file: str, fields: tuple[Field, ...], what) -> None:
+    """`text` (an error message, a command's output) names the file and every declared field."""
+    assert file in text, (what, f"{file} not named", text[-3000:])
+    for field in fields:
+        assert field.in_text(text, file), (what, f"{field} not named", text[-3000:])
+
+
 @pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__)
 def test_corruption_is_caught_and_named(corrupt, dataset_copy, tmp_path):
-    file, column, words = corrupt(dataset_copy)
+    file, fields, words = corrupt(dataset_copy)
+    assert fields, "every case declares the field that must be named"
     with pytest.raises(DataValidationError) as info:
         validate_dataset(dataset_copy, 0.05, tmp_path / "report.json")
     failures = info.value.failures
-    hit = [f for f in failures if f.file.startswith(file) and (column is None or f.column == column)]
-    assert hit, f"no failure names {file}/{column}: {failures}"
-    assert any(words in str(f) for f in hit), str(info.value)
-    assert file in str(info.value)
+    # one failure of that file says the words and names every declared field
+    hit = [
+        f
+        for f in failures
+        if f.file.startswith(file) and words in str(f) and all(field.in_failure(f) for field in fields)
+    ]
+    assert hit, f"no failure of {file} names {fields} with {words!r}: {failures}"
+    _check_named(str(info.value), file, fields, "validate_dataset")
 
 
 @pytest.mark.parametrize("corrupt", [nan_channel, truncated_frames], ids=lambda f: f.__name__)
 def test_cli_validate_exits_non_zero_with_a_readable_message(corrupt, dataset_copy, tmp_path):
-    file, column, _ = corrupt(dataset_copy)
+    file, fields, _ = corrupt(dataset_copy)
     stfn = Path(sys.executable).with_name("stfn")
     proc = subprocess.run(
         [str(stfn), "validate", str(dataset_copy)], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert file in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
-    if column:
-        assert column in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    _check_named(proc.stderr, file, fields, "stfn validate")
 
 
 def _files(root: Path) -> dict[str, int]:
@@ -312,7 +379,7 @@ def test_every_corruption_is_refused_by_validate_ingest_and_run_and_nothing_is_w
     corrupt, dataset_copy, tmp_path, write_tiny_params, monkeypatch
 ):
     """The corpus through the commands a user runs (in-process, as `stfn ...`): exit code 2, the
-    file named, no traceback; nothing written among the project's files, no model registered."""
+    file and the field named, no traceback; nothing written among the project's files, no model registered."""
     from typer.testing import CliRunner
 
     from stfn.cli import app
@@ -320,7 +387,7 @@ def test_every_corruption_is_refused_by_validate_ingest_and_run_and_nothing_is_w
     project = tmp_path / "project"
     project.mkdir()
     write_tiny_params(project / "params.yaml")
-    file, column, _ = corrupt(dataset_copy)
+    file, fields, _ = corrupt(dataset_copy)
     monkeypatch.chdir(project)
     before, versions = _files(project), _versions()
     folder = str(dataset_copy)
@@ -332,6 +399,7 @@ def test_every_corruption_is_refused_by_validate_ingest_and_run_and_nothing_is_w
             logging.root.handlers = saved
         said = result.output
         assert result.exit_code == 2, (args, said[-3000:], result.exception)
-        assert file in said and "Traceback" not in said, (args, said[-3000:])
+        assert "Traceback" not in said, (args, said[-3000:])
+        _check_named(said, file, fields, args)
     assert _files(project) == before  # no half-written dataset, features, model or report
     assert _versions() == versions

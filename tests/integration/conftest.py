@@ -10,15 +10,24 @@ from teamlib import PG, free_port, stfn_cmd
 
 
 @pytest.fixture
-def pg_databases():
-    """Two fresh PostgreSQL databases (MLflow's and Prefect's), dropped afterwards; the test is
-    skipped, saying why, when PostgreSQL is not reachable."""
-    try:
-        import psycopg2
+def pg_databases(need):
+    """Two fresh PostgreSQL databases (MLflow's and Prefect's), dropped afterwards. When PostgreSQL
+    is not reachable the test fails under CI, is skipped elsewhere, saying what to start."""
+    import psycopg2
 
+    try:
         conn = psycopg2.connect(connect_timeout=3, **PG)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 (trust auth, database test): {exc}")
+    except psycopg2.Error as exc:
+        refused = " ".join(str(exc).split())
+    else:
+        refused = None
+    if refused is not None:
+        need(
+            f"PostgreSQL not reachable at {PG['host']}:{PG['port']} (user {PG['user']}, trust auth,"
+            f" database {PG['dbname']}; {refused})",
+            "start it with `pg_ctlcluster --skip-systemctl-redirect 15 main start`"
+            f" (and `createdb -h {PG['host']} -U {PG['user']} {PG['dbname']}` once)",
+        )
     conn.autocommit = True
     names = [f"stfn_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "prefect")]
     with conn.cursor() as cur:

@@ -1,6 +1,7 @@
 """`stfn ablate` machinery on a tiny dataset: same split, every model, nested MLflow runs."""
 
 import json
+import statistics
 
 import pytest
 import yaml
@@ -26,8 +27,14 @@ def test_ablation_trains_every_model_over_seeds_and_logs_nested_runs(tmp_path, w
     saved = json.loads((tmp_path / "reports" / "ablation.json").read_text())
     assert saved["metric"] == "accuracy" and saved["dataset"] == "moving-digits"
     assert set(saved["models"]) == {"stfn", "time_only", "space_only", "late_concat"}
-    for m in saved["models"].values():
-        assert len(m["seeds"]) == 2 and 0 <= m["mean"] <= 1 and m["std"] >= 0
+    accuracies: dict[str, list[float]] = {}
+    for r in seen:
+        accuracies.setdefault(r["variant"], []).append(r["accuracy"])
+    for variant, m in saved["models"].items():
+        assert m["seeds"] == accuracies[variant]  # each seed's test accuracy, in seed order
+        assert all(a * 48 == pytest.approx(round(a * 48), abs=1e-9) for a in m["seeds"])  # k of 48 test samples
+        assert m["mean"] == pytest.approx(statistics.mean(m["seeds"]), abs=1e-12)
+        assert m["std"] == pytest.approx(statistics.stdev(m["seeds"]), abs=1e-12)  # sample std (ddof 1)
     assert (tmp_path / "reports" / "plots" / "ablation.png").stat().st_size > 1000
     assert len(seen) == 8 and all("pointing" in r for r in seen if r["variant"] != "time_only")
     client = MlflowClient()

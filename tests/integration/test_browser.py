@@ -18,12 +18,16 @@ CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 LEARNS = LEARNING_DIGITS  # with STFN_SCREENSHOTS: a run that learns, for the pictures in the README
 
 
-def _ensure_chromium() -> None:
-    """Debian's chromium and chromium-driver, installed by the test setup when missing."""
+def _ensure_chromium(need) -> None:
+    """Debian's chromium and chromium-driver, installed by the test setup when missing (as root,
+    with apt-get); otherwise the test fails under CI, is skipped elsewhere, saying what to install."""
     if Path(CHROMIUM).exists() and Path(DRIVER).exists():
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"{CHROMIUM} / {DRIVER} missing and cannot be installed here (needs root and apt-get)")
+        need(
+            f"{CHROMIUM} / {DRIVER} missing and cannot be installed here (needs root and apt-get)",
+            "install them with `apt-get install chromium chromium-driver` (as root, Debian/Ubuntu)",
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
     if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
@@ -70,8 +74,8 @@ def _wait_for_text(driver, *texts: str, timeout: float = 90) -> str:
 
 
 @pytest.mark.slow
-def test_the_mlflow_ui_shows_the_champion_and_the_runs_metrics(tmp_path, write_tiny_params):
-    _ensure_chromium()
+def test_the_mlflow_ui_shows_the_champion_and_the_runs_metrics(tmp_path, write_tiny_params, need):
+    _ensure_chromium(need)
     shots = Path(os.environ["STFN_SCREENSHOTS"]).resolve() if os.environ.get("STFN_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     write_tiny_params(tmp_path / "params.yaml", **(LEARNS if os.environ.get("STFN_SCREENSHOTS") else {}))

@@ -1,5 +1,6 @@
 """Every spatial encoder x alignment operator learns through the same pipeline (prepare ->
-featurize -> fit -> score on test), on a small moving-digits dataset: well above chance."""
+featurize -> fit -> score on test), on a small moving-digits dataset: each pair up to a bar just
+under what it measurably reaches (the CNN >= 0.9, the patches >= 0.5-0.6; chance is 0.1)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ SMALL = {
     "model.patch_depth": 1,
 }
 CHANCE = 0.1  # ten digit classes, balanced
+# Bars just under what each pair measurably reaches (test accuracy on these 300 videos, same seed,
+# torch 2.13 on a 2-core CPU). CNN after 6 epochs: mfb 0.993, film 0.987, gmu 0.973, bilinear
+# 0.983. Spacetime patches after 12 epochs, with 2 threads / 1 thread (OMP_NUM_THREADS=1): mfb
+# 0.640 / 0.627, film 0.537 / 0.540, gmu 0.587 / 0.587, bilinear 0.580 / 0.557; the bars sit
+# ~0.04 under the lower figure, about the spread the thread count alone makes.
+BAR = {
+    ("cnn", "mfb"): 0.9,
+    ("cnn", "film"): 0.9,
+    ("cnn", "gmu"): 0.9,
+    ("cnn", "bilinear"): 0.9,
+    ("patches", "mfb"): 0.58,
+    ("patches", "film"): 0.5,
+    ("patches", "gmu"): 0.55,
+    ("patches", "bilinear"): 0.52,
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +66,7 @@ CASES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spatial,alignment", CASES)
-def test_each_encoder_and_alignment_learns_well_above_chance(small_features, spatial, alignment, tmp_path):
+def test_each_encoder_and_alignment_learns_to_its_bar(small_features, spatial, alignment, tmp_path):
     from stfn.features import load_features
     from stfn.stages.evaluate import score_split
     from stfn.training import fit
@@ -65,4 +81,7 @@ def test_each_encoder_and_alignment_learns_well_above_chance(small_features, spa
     accuracy = test["metrics"]["accuracy"]
     print(f"{spatial}+{alignment}: test accuracy {accuracy:.3f} after {len(result.history)} epochs")
     assert attention is not None and attention.shape[0] == len(fs.rows("test"))
-    assert accuracy >= 4 * CHANCE, f"{spatial}+{alignment}: test accuracy {accuracy:.3f} (history {result.history})"
+    bar = BAR[spatial, alignment]
+    assert bar >= 5 * CHANCE and accuracy >= bar, (
+        f"{spatial}+{alignment}: test accuracy {accuracy:.3f} < {bar} (history {result.history})"
+    )

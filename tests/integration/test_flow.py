@@ -37,7 +37,11 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
         "promoted",
     }
     assert metrics["mlflow_run_id"] == first["mlflow_run_id"] and metrics["promoted"] is True
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["n_train"] == 160
+    assert metrics["n_train"] == 160 and metrics["n_test"] == 48
+    # the test accuracy is the share of the 48 test samples the per-class table counts as right
+    per_class = json.loads((tmp_path / "reports" / "per_class.json").read_text())
+    right = sum(round(c["recall"] * c["support"]) for c in per_class)
+    assert sum(c["support"] for c in per_class) == 48 and metrics["test"]["accuracy"] == right / 48
     eff = metrics["efficiency"]
     assert eff["flops_train_step_per_sample"] > eff["flops_forward_per_sample"] > 0 and eff["peak_memory_mb"] > 0
     client = MlflowClient()
@@ -67,7 +71,11 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
         "plots/reliability.png",
         "plots/input_samples.png",
     } <= artifacts
-    assert {"ece", "brier", "nll", "pointing"} <= set(metrics["test"]) and 0 <= metrics["test"]["pointing"] <= 1
+    assert {"ece", "brier", "nll", "pointing"} <= set(metrics["test"])
+    pointing = metrics["test"]["pointing"]
+    assert pointing * 48 == pytest.approx(round(pointing * 48), abs=1e-9)  # k of the 48 test samples
+    for key in ("accuracy", "macro_f1", "nll", "ece", "brier", "pointing"):  # what MLflow has, as reported
+        assert run.data.metrics[f"test_{key}"] == pytest.approx(metrics["test"][key], rel=1e-9), key
     name = "stfn-moving-digits"
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == str(first["version"]) and champion.tags["decision"] == "promoted"

@@ -23,11 +23,13 @@ def test_a_one_epoch_challenger_is_registered_not_promoted(tmp_path, write_tiny_
     write_dataset(tmp_path / "data" / "raw" / "gate-digits", *make_moving_digits(digits, name="gate-digits"))
     good = training_pipeline(root=str(tmp_path))
     acc = good["metrics"]["test"]["accuracy"]
-    assert good["promoted"] is True and acc >= 0.4, good["metrics"]["test"]  # chance is 0.1
+    # measured: 0.955 after 8 epochs, 0.125 after 1 (200 test videos, seed 11); chance is 0.1
+    assert good["promoted"] is True and acc >= 0.9, good["metrics"]["test"]
     worse = training_pipeline(root=str(tmp_path), overrides=["train.epochs=1"])
     worse_acc = worse["metrics"]["test"]["accuracy"]
     print(f"8 epochs: test accuracy {acc:.3f}; 1 epoch: {worse_acc:.3f}")
-    assert worse_acc < acc and worse["promoted"] is False and worse["version"] != good["version"]
+    assert acc - worse_acc >= 0.5, (acc, worse_acc)  # genuinely worse, not a tie broken by noise
+    assert worse["promoted"] is False and worse["version"] != good["version"]
 
     name = "stfn-gate-digits"
     client = MlflowClient()

@@ -14,11 +14,15 @@ CACHE = REPO / ".stfn" / "cache" / "irish-wind"  # the download cache `stfn impo
 
 
 @pytest.fixture(scope="module")
-def wind_dataset(tmp_path_factory) -> Path:
+def wind_dataset(tmp_path_factory, need) -> Path:
     from stfn import importers
 
     if shutil.which("apt-get") is None and not (CACHE / "unpacked" / importers.RDA_IN_DEB).is_file():
-        pytest.skip("apt-get not available (not Debian/Ubuntu) and no cached r-cran-gstat: cannot fetch wind.rda")
+        need(
+            "apt-get not available and no cached r-cran-gstat: cannot fetch wind.rda",
+            "needs apt-get (Debian/Ubuntu) to fetch r-cran-gstat (`apt-get download r-cran-gstat`),"
+            f" or its unpacked package under {CACHE / 'unpacked'}",
+        )
     root = tmp_path_factory.mktemp("wind")
     folder, _ = importers.import_irish_wind(root / "data" / "raw" / "irish-wind", CACHE)
     return folder

@@ -114,5 +114,14 @@ def test_new_data_the_champion_is_re_evaluated_on_the_current_test_split(trained
     assert mv.tags["test_set_md5"] != before.tags["test_set_md5"]
     assert "champion re-evaluated on the current test split (48 samples)" in mv.tags["decision_reason"]
     rescored = float(mv.tags[f"champion_v{before.version}_current_test_accuracy"])
-    assert 0.0 <= rescored <= 1.0
     assert f"{rescored:.4f}" in mv.tags["decision_reason"]  # the gate compared against the re-evaluated value
+    # and that value is what the old champion scores on the new test split
+    from flows.batch_predict import batch_predict
+
+    client.set_registered_model_alias(name, "rescored-champion", before.version)
+    try:
+        scored = batch_predict(str(root / "data" / "raw" / "predict-digits"), alias="rescored-champion",
+                               split="test", root=str(root))  # fmt: skip
+    finally:
+        client.delete_registered_model_alias(name, "rescored-champion")
+    assert scored["n"] == 48 and rescored == pytest.approx(scored["metrics"]["accuracy"], abs=1e-9)
