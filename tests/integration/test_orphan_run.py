@@ -40,7 +40,7 @@ def test_killed_run_is_marked_killed_and_linked_to_the_run_that_carried_on(tmp_p
     # enough work per epoch (~1-2 s) that the kill lands inside training, after epoch 1
     write_tiny_params(
         project / "params.yaml",
-        **{"prepare.moving_digits.n_train": 1600, "train.epochs": 6, "train.patience": 6, "train.num_threads": 1},
+        **{"prepare.moving_digits.n_train": 1200, "train.epochs": 5, "train.patience": 5, "train.num_threads": 1},
     )
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
