@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "einops", "pyyaml", "pydantic", "mlflow"]
 
 
-def model_name(dataset: str) -> str:
-    return f"stfn-{dataset}"
-
-
 def default_tracking_uri(mlflow_dir: Path) -> str:
     return f"sqlite:///{Path(mlflow_dir).resolve() / 'mlflow.db'}"
 
