@@ -1,4 +1,12 @@
-"""No secret in a process's command line, in a file we write, or in what we print or log (#15):
+"""Team mode with MLflow's basic auth, and no secret in a process's command line, in a file we
+write, or in what we print or log (#15). One team-mode start serves both checks.
+
+Basic auth (`stfn servers start --auth`): refused to start without an admin password; an
+anonymous or wrongly authenticated request is refused (401), the admin's served; the pipeline's
+tracking calls work with MLFLOW_TRACKING_USERNAME/PASSWORD and a wrong password is refused at
+once (not retried as "unreachable"); the CSRF key file is 0600.
+
+Secrets:
 team mode on PostgreSQL with a role whose password is in every database URL (STFN_DB_URL,
 STFN_PREFECT_DB_URL, STFN_AUTH_DB_URL), MLflow's basic auth with its admin password, and
 `stfn deploy` with a worker and a tracking URI that carries the admin's credentials. While all of
@@ -29,13 +37,16 @@ ADMIN_PASSWORD = f"AdminPw-{secrets.token_hex(12)}-9"
 SECRETS = (DB_PASSWORD, ADMIN_PASSWORD)
 
 
-def _admin():
-    try:
-        import psycopg2
+def _admin(need):
+    import psycopg2
 
+    try:
         conn = psycopg2.connect(connect_timeout=3, **PG)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 (trust auth, database test): {exc}")
+    except psycopg2.Error as exc:
+        need(
+            f"PostgreSQL not reachable at {PG['host']}:{PG['port']} ({' '.join(str(exc).split())})",
+            "start it with `pg_ctlcluster --skip-systemctl-redirect 15 main start`",
+        )
     conn.autocommit = True
     return conn
 
@@ -49,10 +60,10 @@ def _drop_role(cur) -> None:
 
 
 @pytest.fixture
-def secret_role():
+def secret_role(need):
     """A login role with DB_PASSWORD owning three fresh databases (MLflow's, Prefect's, the
     auth app's users); all dropped afterwards."""
-    conn = _admin()
+    conn = _admin(need)
     names = [f"stfn_secret_{kind}_{secrets.token_hex(4)}" for kind in ("mlflow", "prefect", "auth")]
     with conn.cursor() as cur:
         _drop_role(cur)
@@ -98,9 +109,35 @@ def _environ(pid: int) -> str:
     return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode("utf-8", "replace")
 
 
+def _tracking_with_credentials(url: str, tmp_path: Path, monkeypatch) -> None:
+    """The pipeline's tracking calls, authenticated by MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    import mlflow
+    from stfn import tracking
+
+    for k, v in {"MLFLOW_TRACKING_URI": url, "MLFLOW_REGISTRY_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
+                 "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        tracking.configure(tmp_path / "mlflow")
+        run_id = tracking.start_run("auth", tmp_path / "mlflow", "auth", {})
+        tracking.log_metrics(run_id, {"x": 1.0}, step=1)
+        assert mlflow.MlflowClient(url).get_run(run_id).data.metrics["x"] == 1.0
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        with pytest.raises(Exception, match="401|Unauthorized|credentials"):
+            tracking.log_metrics(run_id, {"x": 2.0}, step=2)  # refused at once: not retried as "unreachable"
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(k, raising=False)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
-def test_no_password_in_command_lines_files_or_output(tmp_path, secret_role, write_tiny_params):
+def test_basic_auth_and_no_password_in_command_lines_files_or_output(
+    tmp_path, secret_role, write_tiny_params, monkeypatch
+):
     mlflow_db, prefect_db, auth_db = secret_role
     mp, pp = free_port(), free_port()
 
@@ -120,6 +157,11 @@ def test_no_password_in_command_lines_files_or_output(tmp_path, secret_role, wri
     shutil.copytree(REPO / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("__pycache__"))
 
     printed = []
+    no_admin = {k: v for k, v in env.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    ports = ("--mlflow-port", str(mp), "--prefect-port", str(pp))
+    refused = stfn_cmd(tmp_path, no_admin, "servers", "start", "--auth", *ports)
+    assert refused.returncode == 1 and "MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr  # no default password
+    printed.append(refused)
     started = stfn_cmd(tmp_path, env, "servers", "start", "--auth", "--mlflow-port", str(mp), "--prefect-port", str(pp))
     printed.append(started)
     try:
@@ -133,7 +175,8 @@ def test_no_password_in_command_lines_files_or_output(tmp_path, secret_role, wri
         assert DB_PASSWORD in _environ(pids["prefect"])
         # basic auth works, its users in the PostgreSQL database of STFN_AUTH_DB_URL
         api = f"http://127.0.0.1:{mp}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert _get(api) == 401 and _get(api, "admin", ADMIN_PASSWORD) == 200
+        assert _get(api) == 401 and _get(api, "admin", "wrong") == 401 and _get(api, "admin", ADMIN_PASSWORD) == 200
+        _tracking_with_credentials(f"http://127.0.0.1:{mp}", tmp_path, monkeypatch)
         import psycopg2
 
         with psycopg2.connect(**{**PG, "dbname": auth_db}) as conn, conn.cursor() as cur:
@@ -173,5 +216,6 @@ def test_no_password_in_command_lines_files_or_output(tmp_path, secret_role, wri
     logs = {p.name: p.stat().st_size for p in (tmp_path / ".stfn" / "servers").glob("*.log")}
     assert logs.get("mlflow.log") and logs.get("prefect.log") and logs.get(f"worker-{pool}.log"), logs
     assert (tmp_path / ".stfn" / "servers" / "basic_auth.ini").is_file()
+    assert oct((tmp_path / ".stfn" / "servers" / "flask-secret-key").stat().st_mode & 0o777) == "0o600"
     leaks = [(str(p), s) for p in files for s in SECRETS if s.encode() in p.read_bytes()]
     assert not leaks
