@@ -357,7 +357,7 @@ class STFN(nn.Module):
         self.frame_bias = nn.Linear(d, 1)
         self.pool = AttentionPooling(d, cfg.attention_hidden, cfg.attention_heads)
         self.head = _head(d, d, cfg.n_outputs, cfg.dropout)
-        # LSTNet's "autoregressive highway"; `fit` solves it in closed form (ridge) and freezes it,
+        # LSTNet's "autoregressive highway"; `fit` fits it as the ridge baseline (scikit-learn) and freezes it,
         # so the fusion learns what the linear forecast misses
         self.skip = nn.Linear(cfg.steps * cfg.series_channels, cfg.n_outputs) if cfg.linear_skip else None
         # each frame (or tubelet of t frames) is aligned with the series step at which it ends

@@ -363,7 +363,7 @@ def fit(
     train_rows, val_rows = fs.rows("train"), fs.rows("val")
     if getattr(model, "skip", None) is not None and task == "regression":
         alpha = init_linear_skip(model, fs, train_rows, val_rows)
-        log.info("linear skip fitted in closed form (ridge, alpha=%g) and frozen", alpha)
+        log.info("linear skip fitted (the ridge baseline's fit, alpha=%g) and frozen", alpha)
     rank, world = distributed()
     if world > 1 and device.type == "cuda":  # one GPU per process (torchrun's LOCAL_RANK)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
