@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench docs-screenshots
+.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs-screenshots
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ install-dev: $(VENV)/.installed-dev ## Create .venv and install the project with
 
 run: $(VENV)/.installed ## Run the whole pipeline on the default dataset (Prefect flow -> MLflow registry)
 	$(BIN)/stfn run
+
+serve: $(VENV)/.installed ## Serve the champion over HTTP on 127.0.0.1:5001 (follows @champion; SERVE_ARGS="--port 8080")
+	$(BIN)/stfn serve $(SERVE_ARGS)
 
 test: $(VENV)/.installed-dev ## Run the test suite (unit, data, integration: real Prefect, MLflow, DVC, GX)
 	$(BIN)/python -m pytest

@@ -361,6 +361,56 @@ def predict(
 
 
 @app.command()
+def serve(
+    dataset: Annotated[str | None, typer.Option(help="Serve stfn-<dataset> (default: params.yaml's).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default serve.host: loopback).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port, 5001).")] = None,
+    alias: Annotated[str | None, typer.Option(help="The alias followed (default serve.alias: champion).")] = None,
+) -> None:
+    """Serve the champion over HTTP with MLflow's scoring protocol (/ping, /health, /version,
+    /invocations). Answers follow the alias: after `stfn promote` or `stfn rollback` they come from
+    the new version within serve.follow_seconds (+ its load time), with no request failing.
+    Every answer names its version (header X-STFN-Model-Version); every prediction is logged
+    under .stfn/inference/<dataset>/ for `stfn monitor`.
+
+    Example: stfn serve --port 5001, then
+    curl -s localhost:5001/invocations -H 'Content-Type: application/json' -d @serving_input_example.json
+    """
+    root = _root()
+    paths = Paths(root)
+    params = _guard(load_params, paths.params_file)
+    from stfn import registry, tracking
+    from stfn.endpoint import serve as run_endpoint
+
+    name_of = paths.dataset_name(dataset or params.data.dataset)
+    sp = params.serve
+    host, port, alias = host or sp.host, port or sp.port, alias or sp.alias
+    tracking.configure(paths.mlflow_dir)
+    name = registry.model_name(name_of)
+
+    def ready(endpoint) -> None:
+        console.print(
+            f"serving {name}@{alias} (version {endpoint.current.version}) at http://{host}:{port}/invocations;"
+            f" follows @{alias} every {sp.follow_seconds:g} s; inference log {paths.inference_log(name_of)}",
+            soft_wrap=True,
+        )
+
+    _guard(
+        run_endpoint,
+        name,
+        paths.inference_log(name_of),
+        host,
+        port,
+        alias,
+        sp.follow_seconds,
+        sp.max_request_mb,
+        sp.log_flush_seconds,
+        sp.log_keep_days,
+        ready,
+    )
+
+
+@app.command()
 def servers(
     action: Annotated[str, typer.Argument(help="start | stop | status")],
     host: Annotated[str, typer.Option(help="Interface to bind (loopback unless you mean it).")] = "127.0.0.1",

@@ -116,6 +116,18 @@ class TrackingParams(_Section):
     retry_seconds: float = Field(120.0, ge=0.0)
 
 
+class ServeParams(_Section):
+    """`stfn serve`: the champion over HTTP (MLflow's scoring protocol)."""
+
+    host: str = "127.0.0.1"  # loopback unless you mean it
+    port: int = Field(5001, ge=1, le=65535)  # 5000 is the MLflow UI's
+    alias: str = "champion"  # the alias followed
+    follow_seconds: float = Field(5.0, gt=0)  # how often the alias is re-read
+    max_request_mb: float = Field(32.0, gt=0)  # larger bodies get a 413
+    log_flush_seconds: float = Field(5.0, gt=0)  # the inference log is written this often
+    log_keep_days: float = Field(30.0, gt=0)  # older inference-log files are deleted
+
+
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
@@ -125,6 +137,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     tracking: TrackingParams = TrackingParams()
     retrain: RetrainParams = RetrainParams()
+    serve: ServeParams = ServeParams()
     # per-dataset settings, merged over the sections above when `data.dataset` names the dataset
     datasets: dict[str, dict[str, Any]] = {}
 
@@ -323,6 +336,10 @@ class Paths:
 
     def predictions_file(self, dataset: str, split: str | None = None) -> Path:
         return self.reports / "predictions" / f"{dataset}{'-' + split if split else ''}.parquet"
+
+    def inference_log(self, dataset: str) -> Path:
+        """Where `stfn serve` logs what it answered (parquet files; `stfn monitor` reads them)."""
+        return self.state / "inference" / dataset
 
     @property
     def state(self) -> Path:

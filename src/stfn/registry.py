@@ -60,9 +60,10 @@ class Decision:
 
 
 @retrying("registering the model")
-def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> str:
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any], description: str = "") -> str:
     """Register the run's model as a new version of `name` (once per run: a retry finds the
-    version it made before) and set the `challenger` alias on it."""
+    version it made before), describe it (`description`: how to install what it runs) and set
+    the `challenger` alias on it."""
     c = client()
     try:
         c.get_registered_model(name)
@@ -77,6 +78,8 @@ def register(model_uri: str, name: str, run_id: str, tags: dict[str, Any]) -> st
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints "Created version ..." itself
             version = str(mlflow.register_model(model_uri, name).version)
         log.info("registered %s version %s (from run %s)", name, version, run_id)
+    if description:
+        c.update_model_version(name, version, description=description)
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, str(v))
     c.set_registered_model_alias(name, CHALLENGER, version)

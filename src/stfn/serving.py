@@ -2,7 +2,11 @@
 MLflow stores this file beside the model and runs it when the model is loaded, instead of
 unpickling a Python object. A pyfunc taking the raw inputs of the dataset contract: `series`
 (N, T, C) float32 with NaN for missing and `frames` (N, F, C, H, W) in the dataset's dtype ->
-class probabilities (N, K), or values (N,) in the target's unit. Needs `stfn` where it is served."""
+class probabilities (N, K), or values (N,) in the target's unit.
+
+It imports only `stfn.inference` (and through it `models`, `transforms`, `config`, `errors`):
+those files travel in the model's folder (`code/stfn/`, MLflow's `code_paths`), so the model
+loads where this project is not installed."""
 
 from __future__ import annotations
 
@@ -10,27 +14,23 @@ import json
 from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from stfn.evaluation import softmax
-from stfn.features import transform_frames, transform_series
-from stfn.training import load_checkpoint, predict_arrays
+from stfn.inference import InputError, Predictor
 
 
 class STFNModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        self.model, _ = load_checkpoint(context.artifacts["checkpoint"])
         self.meta = json.loads(Path(context.artifacts["features"]).read_text())
+        self.predictor = Predictor.load(context.artifacts["checkpoint"], self.meta)
 
     def predict(self, context, model_input, params=None):
-        stats = self.meta["stats"]
-        series = transform_series(np.asarray(model_input["series"], np.float32), stats)
-        frames = transform_frames(np.asarray(model_input["frames"]), stats)
-        out, _ = predict_arrays(self.model, series, frames)
-        if self.meta["task"] == "classification":
-            return softmax(out).astype(np.float32)
-        return (out[:, 0] * stats["target_std"] + stats["target_mean"]).astype(np.float32)
+        try:
+            return self.predictor.predict(model_input)
+        except InputError as exc:  # a scoring server answers 400 with this message, not 500
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 set_model(STFNModel())

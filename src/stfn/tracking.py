@@ -9,6 +9,7 @@ artifacts in `<project>/mlflow/artifacts`.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -36,7 +37,12 @@ from stfn.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
-PIP_REQUIREMENTS = ["torch", "numpy", "pandas", "einops", "pyyaml", "pydantic", "mlflow"]
+# What a logged model needs where it is served, pinned to the versions this environment runs:
+# the distributions `stfn.inference` and its closure import, and MLflow (which brings pandas).
+MODEL_DISTRIBUTIONS = ("torch", "numpy", "pandas", "einops", "PyYAML", "pydantic", "mlflow")
+# the files of ours a served model imports: the import closure of stfn.serving (logged apart), copied into
+# the model's folder as code/stfn/ (tests/code/test_layout.py derives the closure from the imports and compares)
+MODEL_CODE = ("__init__.py", "inference.py", "transforms.py", "models.py", "config.py", "errors.py")
 
 
 def default_tracking_uri(mlflow_dir: Path) -> str:
@@ -273,10 +279,57 @@ def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> N
 # ---------------------------------------------------------------------------------------------
 
 
+def model_requirements() -> list[str]:
+    """`name==version` of each of MODEL_DISTRIBUTIONS as installed here. torch is pinned without its
+    local build tag (`2.13.0+cpu` -> `torch==2.13.0`, which a package index can resolve); which build
+    to install is stated by `torch_build()`."""
+    return [f"{d}=={importlib.metadata.version(d).split('+')[0]}" for d in MODEL_DISTRIBUTIONS]
+
+
+def torch_build() -> dict[str, str]:
+    """The torch build the model was trained with, and how a server installs the same kind."""
+    import torch  # already loaded by every caller that logs a model; not needed to read a run
+
+    version = torch.__version__.split("+")[0]
+    cuda = torch.version.cuda
+    if cuda:
+        tag = "cu" + cuda.replace(".", "")
+        kind = f"CUDA {cuda} build"
+    else:
+        tag, kind = "cpu", "CPU build"
+    index = f"https://download.pytorch.org/whl/{tag}"
+    return {
+        "torch": str(torch.__version__),
+        "kind": kind,
+        "install": f"pip install torch=={version} --index-url {index}",
+    }
+
+
+def model_description(build: dict[str, str]) -> str:
+    return (
+        f"Trained with torch {build['torch']} ({build['kind']}). A server installs torch first, "
+        f"then the model's requirements.txt: `{build['install']}` "
+        "(for a GPU server, the CUDA build of the same version, e.g. --index-url "
+        "https://download.pytorch.org/whl/cu128; the weights load on either). The model's code travels in its "
+        "folder (code/stfn): no checkout of the project is needed to load it."
+    )
+
+
+def _model_code(dest: Path) -> Path:
+    """A `stfn` package folder holding only MODEL_CODE (what the served model imports)."""
+    pkg = dest / "stfn"
+    pkg.mkdir(parents=True)
+    here = Path(__file__).parent
+    for name in MODEL_CODE:
+        (pkg / name).write_bytes((here / name).read_bytes())
+    return pkg
+
+
 @retrying("logging the model")
 def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], example: dict[str, np.ndarray]) -> str:
-    """Log the model (pyfunc, signature for both inputs, an input example, explicit pip
-    requirements) into the run; return its model URI."""
+    """Log the model into the run and return its URI: a pyfunc (models-from-code), the signature
+    of both inputs, an input example, its own code (`code/stfn`, MLflow's code_paths) and the exact
+    requirements of this environment, torch's build in the metadata."""
 
     spec = features_meta["spec"]
     t, c = spec["series"]["steps"], len(spec["series"]["channels"])
@@ -292,6 +345,7 @@ def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], exam
     with tempfile.TemporaryDirectory() as tmp:
         meta_path = Path(tmp) / "features.json"
         meta_path.write_text(json.dumps(features_meta))
+        code = _model_code(Path(tmp) / "code")
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -299,6 +353,8 @@ def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], exam
                 artifacts={"checkpoint": str(checkpoint), "features": str(meta_path)},
                 signature=ModelSignature(inputs=inputs, outputs=outputs),
                 input_example=example,
-                pip_requirements=PIP_REQUIREMENTS,
+                pip_requirements=model_requirements(),
+                code_paths=[str(code)],
+                metadata={"torch_build": torch_build()},
             )
     return info.model_uri

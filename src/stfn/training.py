@@ -33,6 +33,7 @@ from stfn.baselines import as_linear_map, fit_ridge
 from stfn.config import ModelParams, Paths, TrainParams
 from stfn.features import FeatureSet
 from stfn.fileio import atomic_path
+from stfn.inference import load_checkpoint, predict_arrays  # noqa: F401 (re-exported: models logged before the serving split import them from here)
 from stfn.models import STFNConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -114,32 +115,6 @@ def to_device(a: np.ndarray, device: torch.device, pin: bool = False) -> torch.T
     return t.to(device)
 
 
-@torch.no_grad()
-def predict_arrays(
-    model: nn.Module,
-    series: np.ndarray,
-    frames: np.ndarray,
-    batch_size: int = 256,
-    device: torch.device | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model outputs (logits or standardised values) and attention maps (None without);
-    `on_batch(done, total)` after each batch, in samples."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    outs, atts = [], []
-    for i in range(0, len(series), batch_size):
-        s = torch.as_tensor(np.asarray(series[i : i + batch_size]), device=device)
-        f = torch.as_tensor(np.asarray(frames[i : i + batch_size]), device=device)
-        res = model(s, f)
-        outs.append(res["output"].float().cpu().numpy())
-        if "attention" in res:  # (B, F, h, w); the time-only baseline has none
-            atts.append(res["attention"].float().cpu().numpy())
-        if on_batch:
-            on_batch(min(i + batch_size, len(series)), len(series))
-    return np.concatenate(outs), (np.concatenate(atts) if atts else None)
-
-
 def score(task: str, output: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The quick validation numbers used for early stopping."""
     if task == "classification":
@@ -168,14 +143,6 @@ def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any]) -> None
     payload = {"config": model.cfg.to_dict(), "state_dict": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    payload = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(STFNConfig.from_dict(payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return model, payload
 
 
 # training settings that change no number: a run differing only in these resumes the same training

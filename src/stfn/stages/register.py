@@ -40,7 +40,8 @@ def register(
     test_set = registry.test_set_md5(lineage.get("data_md5", ""), list(test_ids))
     tags = {**lineage, "test_" + metric: value, "model_uri": model_uri, "test_set_md5": test_set}
     registered = registry.model_name(name)
-    version = registry.register(model_uri, registered, run_id, tags)
+    description = tracking.model_description(tracking.torch_build())
+    version = registry.register(model_uri, registered, run_id, tags, description)
     decision = registry.judge(
         registered,
         version,

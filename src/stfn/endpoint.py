@@ -1,0 +1,394 @@
+"""`stfn serve`: the champion of a dataset over HTTP, following its alias.
+
+Each loaded version is served by MLflow's own scoring server app (`mlflow.pyfunc.scoring_server.init`:
+`/ping`, `/health`, `/version`, `/invocations`, its JSON parsing and schema enforcement). What we
+add is a thin ASGI layer in front of it, hand-written because no library swaps the model under a
+running MLflow app:
+
+- it follows `models:/<name>@<alias>`: a thread re-reads the alias every `follow_seconds`, loads a
+  new version completely (and predicts once) before switching; a request holds the app it started
+  with, so none fails during the switch
+- every answer names the version that produced it (`X-STFN-Model`, `X-STFN-Model-Version`)
+- a request body over `max_request_mb` is refused with 413 before it is read
+- error answers keep MLflow's JSON (`error_code`, `message`) without MLflow's echo of the whole
+  input and without a stack trace (that goes to the server's log)
+- every prediction is logged, a row per sample (when, request, version, input summary, the
+  prediction), to parquet files under `.stfn/inference/<dataset>/` (`InferenceLog`)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import scoring_server
+
+from stfn import registry
+from stfn.fileio import atomic_path
+from stfn.inference import InputError, Predictor
+
+log = logging.getLogger(__name__)
+
+MODEL_HEADER = "x-stfn-model"
+VERSION_HEADER = "x-stfn-model-version"
+REQUEST_HEADER = "x-request-id"
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+# ---------------------------------------------------------------------------------------------
+# The inference log
+# ---------------------------------------------------------------------------------------------
+
+
+class InferenceLog:
+    """Rows of served predictions, buffered in memory and written every `flush_seconds` as one
+    parquet file `<UTC time>-<pid>-<n>.parquet` in `folder` (atomically: a reader never sees half a
+    file); files older than `keep_days` are deleted at each flush (the rotation). `read()` gives
+    the whole log as one table, which is what `stfn monitor` reads."""
+
+    def __init__(self, folder: Path, flush_seconds: float = 5.0, keep_days: float = 30.0):
+        self.folder, self.flush_seconds, self.keep_days = Path(folder), flush_seconds, keep_days
+        self._rows: list[pd.DataFrame] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._n = 0
+        self._thread: threading.Thread | None = None
+
+    def append(self, table: pd.DataFrame) -> None:
+        with self._lock:
+            self._rows.append(table)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()
+
+    def flush(self) -> Path | None:
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._n += 1
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            path = self.folder / f"{stamp}-{os.getpid()}-{self._n:05d}.parquet"
+            with atomic_path(path) as tmp:
+                pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
+            self._prune()
+            return path
+        except Exception:  # noqa: BLE001 - the log must never take the endpoint down
+            log.exception("could not write the inference log to %s", self.folder)
+            return None
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.keep_days * 86400
+        for f in self.folder.glob("*.parquet"):
+            if f.stat().st_mtime < cutoff:
+                f.unlink(missing_ok=True)
+
+    @staticmethod
+    def read(folder: Path) -> pd.DataFrame:
+        """Every logged row under `folder`, oldest first (an empty table when there is none)."""
+        files = sorted(Path(folder).glob("*.parquet"))
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("time", kind="stable")
+
+
+def summarise(predictor: Predictor, series: np.ndarray, frames: np.ndarray, out: np.ndarray) -> pd.DataFrame:
+    """One row per sample: the input's per-channel means, the share of missing readings, the
+    prediction (class and probabilities, or the value)."""
+    n = len(series)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing channel has no mean
+        s_mean = np.nanmean(series, axis=1) if n else np.zeros((0, series.shape[-1]))
+    f_mean = frames.astype(np.float32).mean(axis=(1, 3, 4)) if n else np.zeros((0, frames.shape[2]))
+    cols: dict[str, Any] = {
+        "series_shape": [str(tuple(series.shape[1:]))] * n,
+        "frames_shape": [str(tuple(frames.shape[1:]))] * n,
+        "series_missing": np.isnan(series).mean(axis=(1, 2)) if n else np.zeros(0),
+    }
+    for k, name in enumerate(predictor.channels):
+        cols[f"series_mean_{name}"] = s_mean[:, k]
+    for c in range(frames.shape[2]):
+        cols[f"frames_mean_{c}"] = f_mean[:, c]
+    if predictor.task == "classification":
+        cols["prediction"] = out.argmax(axis=1) if n else np.zeros(0, np.int64)
+        cols["predicted_class"] = [predictor.classes[i] for i in cols["prediction"]]
+        for k, name in enumerate(predictor.classes):
+            cols[f"prob_{name}"] = out[:, k]
+    else:
+        cols["prediction"] = out
+    return pd.DataFrame(cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# One served version
+# ---------------------------------------------------------------------------------------------
+
+
+class _Scored:
+    """What MLflow's scoring app calls: the loaded pyfunc, our input checks first (their messages
+    name the input and what was expected), then a row per sample into the inference log."""
+
+    def __init__(self, pyfunc: Any, name: str, version: str, inference_log: InferenceLog | None):
+        self.pyfunc, self.name, self.version, self.log = pyfunc, name, version, inference_log
+        self.metadata = pyfunc.metadata
+        # the contract of the version, from its own logged metadata (models logged before the
+        # serving split carry no Predictor: a checker without weights does the same checks)
+        self.checker = Predictor(None, pyfunc.unwrap_python_model().meta)
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        try:
+            series, frames = self.checker.check(data)
+        except InputError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        out = self.pyfunc.predict({"series": series, "frames": frames})
+        if self.log is not None:
+            table = summarise(self.checker, series, frames, out)
+            table.insert(0, "row", np.arange(len(table)))
+            table.insert(0, "version", int(self.version))
+            table.insert(0, "model", self.name)
+            table.insert(0, "request_id", _request_id.get())
+            table.insert(0, "time", pd.Timestamp.now(tz="UTC"))
+            self.log.append(table)
+        return out
+
+
+@dataclass
+class Served:
+    name: str
+    version: str
+    app: Any  # MLflow's scoring app for this version
+    expected: str = ""  # what /invocations takes, in words
+
+    @classmethod
+    def load(cls, name: str, version: str, inference_log: InferenceLog | None) -> Served:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        scored = _Scored(pyfunc, name, version, inference_log)
+        c = scored.checker
+        # one prediction before taking traffic: a version that cannot predict is never switched to
+        pyfunc.predict(
+            {
+                "series": np.zeros((1, *c.series_shape), np.float32),
+                "frames": np.zeros((1, *c.frames_shape), c.frames_dtype),
+            }
+        )
+        inputs = f'JSON {{"inputs": {{"series": {c.expected("series")}, "frames": {c.expected("frames")}}}}}'
+        return cls(name, version, scoring_server.init(scored), inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The endpoint: follows the alias, fronts MLflow's app
+# ---------------------------------------------------------------------------------------------
+
+
+class Endpoint:
+    """An ASGI app serving `models:/<name>@<alias>` through MLflow's scoring app."""
+
+    def __init__(
+        self,
+        name: str,
+        alias: str = "champion",
+        follow_seconds: float = 5.0,
+        max_request_mb: float = 32.0,
+        inference_log: InferenceLog | None = None,
+    ):
+        self.name, self.alias, self.follow_seconds = name, alias, follow_seconds
+        self.max_bytes = int(max_request_mb * 1024 * 1024)
+        self.max_request_mb = max_request_mb
+        self.log = inference_log
+        mv = registry.version_by_alias(name, alias)  # TrackingError saying how to get one when none
+        self.current = Served.load(name, str(mv.version), inference_log)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        log.info("serving %s@%s: version %s", name, alias, self.current.version)
+
+    # -- following the alias -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._follow, name="follow-alias", daemon=True)
+        self._thread.start()
+        if self.log is not None:
+            self.log.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.log is not None:
+            self.log.close()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.follow_seconds):
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Switch to the version now behind the alias, if it changed (True when switched)."""
+        try:
+            version = str(registry.version_by_alias(self.name, self.alias).version)
+            if version == self.current.version:
+                return False
+            served = Served.load(self.name, version, self.log)
+        except Exception as exc:  # noqa: BLE001 - keep serving what works; say why
+            log.warning("still serving %s v%s: could not switch (%s)", self.name, self.current.version, exc)
+            return False
+        before, self.current = self.current.version, served  # one reference swap: atomic
+        log.info("%s@%s moved: now serving version %s (was %s)", self.name, self.alias, version, before)
+        return True
+
+    # -- ASGI ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.current.app(scope, receive, send)
+        served = self.current  # this request's version, whatever happens to the alias meanwhile
+        rid = dict(scope["headers"]).get(REQUEST_HEADER.encode(), b"").decode() or uuid.uuid4().hex
+        _request_id.set(rid)
+        extra = [
+            (MODEL_HEADER.encode(), served.name.encode()),
+            (VERSION_HEADER.encode(), served.version.encode()),
+            (REQUEST_HEADER.encode(), rid.encode()),
+        ]
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._error(
+                send, 413, f"request body of {int(length)} bytes: the limit is {self.max_request_mb:g} MB", extra
+            )
+        if length is None and scope["method"] == "POST":
+            body = await self._read_all(receive)
+            if body is None:
+                return await self._error(send, 413, f"request body over the limit of {self.max_request_mb:g} MB", extra)
+            receive = _replay(body, receive)
+        held: dict[str, Any] = {}
+
+        async def send_wrapped(message):
+            if message["type"] == "http.response.start":
+                if message["status"] >= 400:  # rewrite the error body once it is complete
+                    held["start"], held["body"] = message, b""
+                    return
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            elif message["type"] == "http.response.body" and "start" in held:
+                held["body"] += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                hint = served.expected if scope["path"] == "/invocations" else ""
+                return await self._error(send, held["start"]["status"], _clean(held["body"], hint), extra)
+            await send(message)
+
+        await served.app(scope, receive, send_wrapped)
+
+    async def _read_all(self, receive) -> bytes | None:
+        """A body sent without Content-Length, read up to the limit (None when over it)."""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return body
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return None
+            if not message.get("more_body"):
+                return body
+
+    async def _error(self, send, status: int, message: Any, extra) -> None:
+        if isinstance(message, str):
+            body = {"error_code": "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR", "message": message}
+        else:
+            body = message
+        raw = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that gives `body` first, then what the connection says (a disconnect)."""
+    sent = False
+
+    async def wrapped():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return wrapped
+
+
+MAX_MESSAGE = 600  # MLflow echoes the input in some messages: a huge body must not come back
+
+
+def _clean(raw: bytes, hint: str = "") -> Any:
+    """MLflow's error JSON without its stack trace and without its echo of the input
+    ("Failed to predict data '<the whole input>'. Error: ..."), cut to MAX_MESSAGE characters;
+    when the message names no input (MLflow's parse errors: "cannot convert float NaN to
+    integer"), `hint` says what the inputs should be. Plain text becomes a message."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {"error_code": "BAD_REQUEST", "message": raw.decode("utf-8", "replace").strip() or "request refused"}
+    if not isinstance(body, dict):
+        body = {"error_code": "BAD_REQUEST", "message": str(body)}
+    trace = body.pop("stack_trace", None)
+    if trace:
+        log.warning("refused request: %s", trace.strip().splitlines()[-1])
+    message = str(body.get("message", ""))
+    if message.startswith("Failed to predict data") and "Error: " in message:
+        message = message.split("Error: ", 1)[1].strip()
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + " [...]"
+    if hint and "expected" not in message:
+        message += f" (expected {hint})"
+    body["message"] = message
+    return body
+
+
+def serve(
+    name: str,
+    log_folder: Path,
+    host: str,
+    port: int,
+    alias: str = "champion",
+    follow_seconds: float = 5.0,
+    max_request_mb: float = 32.0,
+    log_flush_seconds: float = 5.0,
+    log_keep_days: float = 30.0,
+    ready: Any = None,
+) -> None:
+    """Serve `models:/<name>@<alias>` on host:port until interrupted (one uvicorn worker);
+    `ready(endpoint)` is called once the first version is loaded."""
+    import uvicorn  # MLflow's scoring server runs on it; only this command needs it
+
+    inference_log = InferenceLog(log_folder, log_flush_seconds, log_keep_days)
+    endpoint = Endpoint(name, alias, follow_seconds, max_request_mb, inference_log)
+    endpoint.start()
+    if ready is not None:
+        ready(endpoint)
+    try:
+        uvicorn.run(endpoint, host=host, port=port, workers=1, lifespan="off", log_level="warning")
+    finally:
+        endpoint.stop()
