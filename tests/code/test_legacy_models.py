@@ -70,3 +70,20 @@ def test_legacy_versions_load_predict_and_roll_back(legacy_store):
 
 def before_after(name: str) -> tuple[str, str]:
     return registry.rollback(name)
+
+
+def test_a_legacy_champion_is_served_from_the_projects_venv(legacy_store):
+    """Its folder carries no code: `stfn serve` loads it with this checkout's modules."""
+    from starlette.testclient import TestClient
+
+    from stfn.endpoint import VERSION_HEADER, Endpoint
+
+    expected = json.loads((FIXTURE / "expected_predictions.json").read_text())
+    endpoint = Endpoint("stfn-moving-digits", follow_seconds=3600)
+    assert endpoint.current.version == "2"
+    example = Path(mlflow.artifacts.download_artifacts("models:/stfn-moving-digits/2")) / "serving_input_example.json"
+    with TestClient(endpoint) as client:
+        r = client.post("/invocations", content=example.read_bytes(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.headers[VERSION_HEADER] == "2"
+    np.testing.assert_allclose(np.asarray(r.json()["predictions"]), np.asarray(expected["2"]), atol=1e-6)

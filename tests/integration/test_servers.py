@@ -5,10 +5,52 @@ reports to them; `stfn servers stop` stops exactly what was started."""
 import json
 import os
 import socket
+import subprocess
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
-from teamlib import PG, free_port, stfn_cmd
+from teamlib import BIN, PG, free_port, stfn_cmd
+
+
+def assert_serves(root: Path, client_env: dict, version: str) -> None:
+    """`stfn serve` started with the client environment answers two samples with `version`."""
+    import requests
+
+    from stfn.data import load_spec
+
+    spec = load_spec(root / "data" / "raw" / "moving-digits")
+    series = [[[0.0] * len(spec.series.channels)] * spec.series.steps] * 2
+    frames = [[[[[0] * spec.frames.width] * spec.frames.height] * spec.frames.channels] * spec.frames.count] * 2
+    body = json.dumps({"inputs": {"series": series, "frames": frames}})
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **client_env}
+    env["MLFLOW_REGISTRY_URI"] = client_env["MLFLOW_TRACKING_URI"]
+    proc = subprocess.Popen(
+        [str(BIN / "stfn"), "serve", "--port", str(port)], cwd=root, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                r = requests.post(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=30,
+                )
+                break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+        assert r.status_code == 200 and r.headers["x-stfn-model-version"] == version, r.text
+        assert len(r.json()["predictions"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -54,6 +96,8 @@ def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_
         with psycopg2.connect(**{**PG, "dbname": prefect_db}) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM flow_run WHERE id = %s", (flow_run_id,))
             assert cur.fetchone()[0] == 1
+        # `stfn serve` against the team store: the registry on PostgreSQL, the model through the proxy
+        assert_serves(tmp_path, client_env, str(champion.version))
     finally:
         stopped = stfn_cmd(tmp_path, {}, "servers", "stop")
     assert stopped.returncode == 0 and "mlflow" in stopped.stdout and "prefect" in stopped.stdout
