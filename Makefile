@@ -73,8 +73,8 @@ bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipel
 	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
 	$(BIN)/python benchmarks/run.py
 
-docs-screenshots: $(VENV)/.installed-dev ## The browser test on a run that learns; its screenshots of the MLflow UI into docs/screenshots/
-	STFN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_browser.py
+docs-screenshots: $(VENV)/.installed-dev ## The team-mode test (with its browser check) on a run that learns; its screenshots of the MLflow UI into docs/screenshots/
+	STFN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_servers.py
 
 lint: $(VENV)/.installed-dev ## ruff
 	$(BIN)/ruff check src flows tests benchmarks

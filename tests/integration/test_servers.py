@@ -1,6 +1,9 @@
 """Team mode for real: `stfn servers start` runs an MLflow tracking server and a Prefect server,
 both on PostgreSQL (fresh databases on 127.0.0.1:5432), on free loopback ports; `stfn run`
-reports to them; `stfn servers stop` stops exactly what was started."""
+reports to them; `stfn serve` serves the champion from them; a real browser (headless Chromium)
+sees the champion and the run's metrics in the MLflow UI, and saves screenshots (to
+docs/screenshots/ with `make docs-screenshots`, else to the test's temp folder); `stfn servers
+stop` stops exactly what was started."""
 
 import json
 import os
@@ -11,7 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from teamlib import BIN, PG, free_port, stfn_cmd
+from browserlib import check_mlflow_ui, ensure_chromium
+from teamlib import BIN, LEARNING_DIGITS, PG, free_port, stfn_cmd
 
 
 def assert_serves(root: Path, client_env: dict, version: str) -> None:
@@ -55,9 +59,15 @@ def assert_serves(root: Path, client_env: dict, version: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_path, pg_databases, write_tiny_params):
+def test_team_servers_on_postgresql_receive_a_run_serve_it_show_it_and_stop_cleanly(
+    tmp_path, pg_databases, write_tiny_params, need
+):
+    ensure_chromium(need)
+    shots = Path(os.environ["STFN_SCREENSHOTS"]).resolve() if os.environ.get("STFN_SCREENSHOTS") else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
     mlflow_db, prefect_db = pg_databases
-    write_tiny_params(tmp_path / "params.yaml")
+    # with STFN_SCREENSHOTS: a run that learns, for the pictures in the README
+    write_tiny_params(tmp_path / "params.yaml", **(LEARNING_DIGITS if os.environ.get("STFN_SCREENSHOTS") else {}))
     mp, pp = free_port(), free_port()
     env = {
         "STFN_DB_URL": f"postgresql://postgres@127.0.0.1:5432/{mlflow_db}",
@@ -98,6 +108,7 @@ def test_team_servers_on_postgresql_receive_a_pipeline_run_and_stop_cleanly(tmp_
             assert cur.fetchone()[0] == 1
         # `stfn serve` against the team store: the registry on PostgreSQL, the model through the proxy
         assert_serves(tmp_path, client_env, str(champion.version))
+        check_mlflow_ui(url, client, shots)  # what a user sees of it
     finally:
         stopped = stfn_cmd(tmp_path, {}, "servers", "stop")
     assert stopped.returncode == 0 and "mlflow" in stopped.stdout and "prefect" in stopped.stdout

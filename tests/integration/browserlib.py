@@ -1,8 +1,5 @@
-"""A real browser on the real MLflow UI: after a tiny pipeline run against `mlflow server`
-(`stfn servers start`), headless Chromium (Debian's `chromium` + `chromium-driver`, installed here
-when missing) opens the registered model `stfn-moving-digits`, sees the `champion` alias, opens the
-run and sees its test metrics, and saves screenshots (to docs/screenshots/ with
-`make docs-screenshots`, else to the test's temp folder)."""
+"""A real browser for the UI checks: Debian's headless Chromium driven by Selenium (installed by
+the test setup when missing, as root with apt-get)."""
 
 from __future__ import annotations
 
@@ -11,14 +8,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-from teamlib import LEARNING_DIGITS, free_port, stfn_cmd
-
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-LEARNS = LEARNING_DIGITS  # with STFN_SCREENSHOTS: a run that learns, for the pictures in the README
 
 
-def _ensure_chromium(need) -> None:
+def ensure_chromium(need) -> None:
     """Debian's chromium and chromium-driver, installed by the test setup when missing (as root,
     with apt-get); otherwise the test fails under CI, is skipped elsewhere, saying what to install."""
     if Path(CHROMIUM).exists() and Path(DRIVER).exists():
@@ -73,41 +66,25 @@ def _wait_for_text(driver, *texts: str, timeout: float = 90) -> str:
     return WebDriverWait(driver, timeout).until(seen)
 
 
-@pytest.mark.slow
-def test_the_mlflow_ui_shows_the_champion_and_the_runs_metrics(tmp_path, write_tiny_params, need):
-    _ensure_chromium(need)
-    shots = Path(os.environ["STFN_SCREENSHOTS"]).resolve() if os.environ.get("STFN_SCREENSHOTS") else tmp_path
-    shots.mkdir(parents=True, exist_ok=True)
-    write_tiny_params(tmp_path / "params.yaml", **(LEARNS if os.environ.get("STFN_SCREENSHOTS") else {}))
-    mp, pp = free_port(), free_port()
-    started = stfn_cmd(tmp_path, {}, "servers", "start", "--mlflow-port", str(mp), "--prefect-port", str(pp))
+def check_mlflow_ui(mlflow_url: str, client, shots: Path) -> None:
+    """The registered model page shows the champion and the version's tags; the champion's run
+    page shows its test metrics, as logged; screenshots of both into `shots`."""
+    champion = client.get_model_version_by_alias("stfn-moving-digits", "champion")
+    mlflow_run = client.get_run(champion.run_id)
+    accuracy = mlflow_run.data.metrics["test_accuracy"]
+    driver = _browser()
     try:
-        assert started.returncode == 0, started.stderr
-        env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mp}", "PREFECT_API_URL": f"http://127.0.0.1:{pp}/api"}
-        run = stfn_cmd(tmp_path, env, "run")
-        assert run.returncode == 0, run.stderr[-3000:]
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
-        champion = client.get_model_version_by_alias("stfn-moving-digits", "champion")
-        mlflow_run = client.get_run(champion.run_id)
-        accuracy = mlflow_run.data.metrics["test_accuracy"]
-
-        driver = _browser()
-        try:
-            driver.get(f"http://127.0.0.1:{mp}/#/models/stfn-moving-digits")
-            page = _wait_for_text(driver, "stfn-moving-digits", "champion", f"Version {champion.version}")
-            assert "decision" in page and "test_accuracy" in page  # the version's tags, as the pipeline set them
-            _tidy(driver, "Versions")
-            driver.save_screenshot(str(shots / "mlflow-registered-model.png"))
-            exp = mlflow_run.info.experiment_id
-            driver.get(f"http://127.0.0.1:{mp}/#/experiments/{exp}/runs/{champion.run_id}")
-            page = _wait_for_text(driver, "test_accuracy", "test_macro_f1", "val_accuracy")
-            assert str(accuracy)[:5] in page  # the run's metric value, as logged
-            _tidy(driver, "Metrics (")
-            driver.save_screenshot(str(shots / "mlflow-run.png"))
-        finally:
-            driver.quit()
+        driver.get(f"{mlflow_url}/#/models/stfn-moving-digits")
+        page = _wait_for_text(driver, "stfn-moving-digits", "champion", f"Version {champion.version}")
+        assert "decision" in page and "test_accuracy" in page  # the version's tags, as the pipeline set them
+        _tidy(driver, "Versions")
+        driver.save_screenshot(str(shots / "mlflow-registered-model.png"))
+        exp = mlflow_run.info.experiment_id
+        driver.get(f"{mlflow_url}/#/experiments/{exp}/runs/{champion.run_id}")
+        page = _wait_for_text(driver, "test_accuracy", "test_macro_f1", "val_accuracy")
+        assert str(accuracy)[:5] in page  # the run's metric value, as logged
+        _tidy(driver, "Metrics (")
+        driver.save_screenshot(str(shots / "mlflow-run.png"))
     finally:
-        stfn_cmd(tmp_path, {}, "servers", "stop")
+        driver.quit()
     assert (shots / "mlflow-registered-model.png").stat().st_size > 10_000
