@@ -34,7 +34,7 @@ MODEL = f"stfn-{NAME}"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, write_tiny_params):
-    """Two registered versions of stfn-serve-digits: v1 @champion, v2 (one more epoch)."""
+    """Two registered versions of stfn-serve-digits: v1 @champion (2 epochs), v2 (1 epoch)."""
     from flows.training_pipeline import training_pipeline
     from stfn.config import MovingDigitsParams
     from stfn.data import make_moving_digits, write_dataset
@@ -47,7 +47,7 @@ def project(tmp_path_factory, write_tiny_params):
     params = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=11)
     write_dataset(root / "data" / "raw" / NAME, *make_moving_digits(params, name=NAME))
     first = training_pipeline(root=str(root))
-    second = training_pipeline(root=str(root), overrides=["train.epochs=3"])
+    second = training_pipeline(root=str(root), overrides=["train.epochs=1"])  # other weights, same features
     v1, v2 = str(first["version"]), str(second["version"])
     if champion_version() != v1:  # the gate let v2 through: the tests start from v1 @champion
         registry.promote(MODEL, v1, "test set-up")
