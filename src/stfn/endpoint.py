@@ -59,19 +59,20 @@ class InferenceLog:
     """Rows of served predictions, buffered in memory and written every `flush_seconds` as one
     parquet file `<UTC time>-<pid>-<n>.parquet` in `folder` (atomically: a reader never sees half a
     file); files older than `keep_days` are deleted at each flush (the rotation). `read()` gives
-    the whole log as one table, which is what `stfn monitor` reads."""
+    the whole log as one table, which is what `stfn monitor` reads. A request only appends a few
+    small arrays (`Summary`); the tables are built by the flushing thread, off the request path."""
 
     def __init__(self, folder: Path, flush_seconds: float = 5.0, keep_days: float = 30.0):
         self.folder, self.flush_seconds, self.keep_days = Path(folder), flush_seconds, keep_days
-        self._rows: list[pd.DataFrame] = []
+        self._rows: list[Summary] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._n = 0
         self._thread: threading.Thread | None = None
 
-    def append(self, table: pd.DataFrame) -> None:
+    def append(self, summary: Summary) -> None:
         with self._lock:
-            self._rows.append(table)
+            self._rows.append(summary)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="inference-log", daemon=True)
@@ -97,8 +98,9 @@ class InferenceLog:
             self._n += 1
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             path = self.folder / f"{stamp}-{os.getpid()}-{self._n:05d}.parquet"
+            table = pd.concat([r.table() for r in rows], ignore_index=True)
             with atomic_path(path) as tmp:
-                pd.concat(rows, ignore_index=True).to_parquet(tmp, index=False)
+                table.to_parquet(tmp, index=False)
             self._prune()
             return path
         except Exception:  # noqa: BLE001 - the log must never take the endpoint down
@@ -120,31 +122,65 @@ class InferenceLog:
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("time", kind="stable")
 
 
-def summarise(predictor: Predictor, series: np.ndarray, frames: np.ndarray, out: np.ndarray) -> pd.DataFrame:
-    """One row per sample: the input's per-channel means, the share of missing readings, the
-    prediction (class and probabilities, or the value)."""
-    n = len(series)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing channel has no mean
-        s_mean = np.nanmean(series, axis=1) if n else np.zeros((0, series.shape[-1]))
-    f_mean = frames.astype(np.float32).mean(axis=(1, 3, 4)) if n else np.zeros((0, frames.shape[2]))
-    cols: dict[str, Any] = {
-        "series_shape": [str(tuple(series.shape[1:]))] * n,
-        "frames_shape": [str(tuple(frames.shape[1:]))] * n,
-        "series_missing": np.isnan(series).mean(axis=(1, 2)) if n else np.zeros(0),
-    }
-    for k, name in enumerate(predictor.channels):
-        cols[f"series_mean_{name}"] = s_mean[:, k]
-    for c in range(frames.shape[2]):
-        cols[f"frames_mean_{c}"] = f_mean[:, c]
-    if predictor.task == "classification":
-        cols["prediction"] = out.argmax(axis=1) if n else np.zeros(0, np.int64)
-        cols["predicted_class"] = [predictor.classes[i] for i in cols["prediction"]]
-        for k, name in enumerate(predictor.classes):
-            cols[f"prob_{name}"] = out[:, k]
-    else:
-        cols["prediction"] = out
-    return pd.DataFrame(cols)
+@dataclass
+class Summary:
+    """One answered request, reduced in the request path to per-sample numbers (cheap numpy
+    reductions): the input's per-channel means and missing share, the output."""
+
+    time: float
+    request_id: str
+    model: str
+    version: int
+    predictor: Predictor
+    series_shape: tuple
+    frames_shape: tuple
+    series_mean: np.ndarray  # (N, C)
+    series_missing: np.ndarray  # (N,)
+    frames_mean: np.ndarray  # (N, frame channels)
+    out: np.ndarray  # (N, K) probabilities or (N,) values
+
+    @classmethod
+    def of(cls, predictor: Predictor, series: np.ndarray, frames: np.ndarray, out: np.ndarray, **who) -> Summary:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing channel has no mean
+            s_mean = np.nanmean(series, axis=1)
+        return cls(
+            time=time.time(),
+            predictor=predictor,
+            series_shape=tuple(series.shape[1:]),
+            frames_shape=tuple(frames.shape[1:]),
+            series_mean=s_mean,
+            series_missing=np.isnan(series).mean(axis=(1, 2)),
+            frames_mean=frames.mean(axis=(1, 3, 4), dtype=np.float64),
+            out=np.asarray(out),
+            **who,
+        )
+
+    def table(self) -> pd.DataFrame:
+        """A row per sample: time, request, model version, the input summary, the prediction."""
+        n, p = len(self.out), self.predictor
+        cols: dict[str, Any] = {
+            "time": pd.Series(pd.to_datetime([self.time] * n, unit="s", utc=True), dtype="datetime64[us, UTC]"),
+            "request_id": [self.request_id] * n,
+            "model": [self.model] * n,
+            "version": np.full(n, self.version),
+            "row": np.arange(n),
+            "series_shape": [str(self.series_shape)] * n,
+            "frames_shape": [str(self.frames_shape)] * n,
+            "series_missing": self.series_missing,
+        }
+        for k, name in enumerate(p.channels):
+            cols[f"series_mean_{name}"] = self.series_mean[:, k]
+        for c in range(self.frames_mean.shape[1]):
+            cols[f"frames_mean_{c}"] = self.frames_mean[:, c]
+        if p.task == "classification":
+            cols["prediction"] = self.out.argmax(axis=1)
+            cols["predicted_class"] = [p.classes[i] for i in cols["prediction"]]
+            for k, name in enumerate(p.classes):
+                cols[f"prob_{name}"] = self.out[:, k]
+        else:
+            cols["prediction"] = self.out
+        return pd.DataFrame(cols)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,13 +206,8 @@ class _Scored:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         out = self.pyfunc.predict({"series": series, "frames": frames})
         if self.log is not None:
-            table = summarise(self.checker, series, frames, out)
-            table.insert(0, "row", np.arange(len(table)))
-            table.insert(0, "version", int(self.version))
-            table.insert(0, "model", self.name)
-            table.insert(0, "request_id", _request_id.get())
-            table.insert(0, "time", pd.Timestamp.now(tz="UTC"))
-            self.log.append(table)
+            who = {"request_id": _request_id.get(), "model": self.name, "version": int(self.version)}
+            self.log.append(Summary.of(self.checker, series, frames, out, **who))
         return out
 
 
