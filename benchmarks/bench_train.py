@@ -135,7 +135,9 @@ def patch_vs_vivit(batch: int = 64, frames: int = 8, size: int = 32, dim: int = 
     from stfn.models import SpacetimePatchEmbed
 
     ViViT = _vivit_class()
-    ours = lambda: SpacetimePatchEmbed(1, dim, (size, size), frames, tubelet=tubelet, patch=patch, depth=depth, heads=heads)  # noqa: E731, E501
+    ours = lambda: SpacetimePatchEmbed(
+        1, dim, (size, size), frames, tubelet=tubelet, patch=patch, depth=depth, heads=heads
+    )  # noqa: E731, E501
     theirs = ViViT(image_size=size, image_patch_size=patch, frames=frames, frame_patch_size=tubelet, num_classes=dim,
                    dim=dim, spatial_depth=depth, temporal_depth=depth, heads=heads, dim_head=dim // heads,
                    mlp_dim=2 * dim, pool="mean", channels=1, variant="factorized_self_attention")  # fmt: skip

@@ -16,12 +16,13 @@ from common import REPO  # noqa: E402
 def main() -> None:
     import bench_pipeline
     import bench_scaling
+    import bench_serve
     import bench_train
     import torch
 
     t0 = time.perf_counter()
     results: dict = {}
-    for bench in (bench_train, bench_pipeline, bench_scaling):
+    for bench in (bench_train, bench_pipeline, bench_scaling, bench_serve):
         out, text = bench.run()
         results.update(out)
         print(text, flush=True)
