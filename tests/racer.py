@@ -1,5 +1,6 @@
-"""A promoting process for the race tests: waits for a signal file, then runs the gate with the
-champion read slowed down (a wider window between reading the champion and moving the alias).
+"""A promoting process for the race tests: says it is ready (GO_FILE.ready-VERSION), waits for the
+signal file, then runs the gate with the champion read slowed down (a wider window between
+reading the champion and moving the alias).
 
 python tests/racer.py NAME VERSION VALUE DELAY GO_FILE [READ_SECONDS]  ->  prints "promoted champion_version"
 """
@@ -28,6 +29,7 @@ import prefect.client.orchestration  # noqa: E402, F401
 import prefect.concurrency.sync  # noqa: E402, F401
 
 registry.champion(name)
+go.with_name(f"{go.name}.ready-{version}").touch()  # the test waits for every racer's, then says go
 while not go.exists():
     time.sleep(0.01)
 time.sleep(delay)

@@ -50,9 +50,9 @@ def legacy_store(tmp_path, monkeypatch):
 def _predict(version: str) -> np.ndarray:
     uri = f"models:/stfn-moving-digits/{version}"
     model = mlflow.pyfunc.load_model(uri)
-    example = json.loads(
-        (Path(mlflow.artifacts.download_artifacts(uri)) / "serving_input_example.json").read_text()
-    )["inputs"]
+    example = json.loads((Path(mlflow.artifacts.download_artifacts(uri)) / "serving_input_example.json").read_text())[
+        "inputs"
+    ]
     inputs = {"series": np.asarray(example["series"], np.float32), "frames": np.asarray(example["frames"], np.uint8)}
     return np.asarray(model.predict(inputs))
 

@@ -14,7 +14,7 @@ from stfn import progress
 
 def _console() -> tuple[Console, io.StringIO]:
     buf = io.StringIO()
-    return Console(file=buf, force_terminal=True, width=160, color_system=None), buf
+    return Console(file=buf, force_terminal=True, width=300, color_system=None), buf  # long temp paths fit
 
 
 def _final_lines(text: str) -> list[str]:

@@ -163,7 +163,10 @@ def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
     ]
     import time
 
-    time.sleep(8)  # both have imported MLflow and wait for the signal
+    deadline = time.monotonic() + 180  # both have imported MLflow and wait for the signal
+    while not all(go.with_name(f"go.ready-{v}").exists() for v in (v2, v3)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in racers), "racers not ready"
+        time.sleep(0.05)
     go.touch()
     outs = [p.communicate(timeout=120)[0].split() for p in racers]
     assert all(p.returncode == 0 for p in racers)

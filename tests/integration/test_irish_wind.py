@@ -71,3 +71,33 @@ def test_regression_flow_on_the_real_record_with_baselines(wind_dataset, tmp_pat
     assert m["baselines"]["ridge"]["test"]["mae"] < m["baselines"]["persistence"]["test"]["mae"]
     version = MlflowClient().get_model_version_by_alias("stfn-irish-wind", "champion")
     assert str(version.version) == str(result["version"])
+
+    # online equals batch for a regression model too: the endpoint's values (in the target's unit)
+    # against `stfn predict`'s, row for row, missing readings sent as JSON null
+    import numpy as np
+    import pandas as pd
+    from starlette.testclient import TestClient
+
+    from stfn import data as data_mod
+    from stfn.endpoint import VERSION_HEADER, Endpoint
+    from stfn.predict import batch_predict, select_rows
+
+    folder = tmp_path / "data" / "raw" / "irish-wind"
+    batch_predict(folder, tmp_path / "predictions.parquet", "stfn-irish-wind", split="test")
+    table = pd.read_parquet(tmp_path / "predictions.parquet")
+    spec = data_mod.load_spec(folder)
+    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    rows = select_rows(folder, spec, samples, "test")
+    ids = samples["sample_id"].astype(str).iloc[rows]
+    assert list(ids) == list(table["sample_id"])
+    series = data_mod.series_array(data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name), ids, spec)
+    frames = np.asarray(data_mod.open_frames(folder, spec, len(samples))[rows])
+    online = []
+    with TestClient(Endpoint("stfn-irish-wind", follow_seconds=3600)) as client:
+        for i in range(0, len(rows), 64):
+            s = np.where(np.isnan(series[i : i + 64]), None, series[i : i + 64].astype(object)).tolist()
+            body = json.dumps({"inputs": {"series": s, "frames": frames[i : i + 64].tolist()}})
+            r = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 200 and r.headers[VERSION_HEADER] == str(result["version"]), r.text[:500]
+            online.append(np.asarray(r.json()["predictions"], np.float64))
+    np.testing.assert_allclose(np.concatenate(online), table["prediction"].to_numpy(), rtol=1e-5)

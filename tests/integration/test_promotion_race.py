@@ -39,7 +39,10 @@ def _race(env: dict, name: str, better: str, worse: str, go) -> list[list[str]]:
 
     # the worse one reads the champion while the better one is between reading and writing
     racers = [racer(better, "0.7", "0"), racer(worse, "0.6", "0.4")]
-    time.sleep(10)  # both have imported MLflow and Prefect and wait for the signal
+    deadline = time.monotonic() + 180  # both have imported MLflow and Prefect and wait for the signal
+    while not all(go.with_name(f"{go.name}.ready-{v}").exists() for v in (better, worse)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in racers), "racers not ready"
+        time.sleep(0.05)
     go.touch()
     outs = [p.communicate(timeout=180) for p in racers]
     assert all(p.returncode == 0 for p in racers), [o[1][-2000:] for o in outs]
