@@ -55,10 +55,11 @@ def _stop(proc: subprocess.Popen) -> None:
     stop_group(proc.pid, 15)
 
 
-def _load(port: int, body: bytes, clients: int, seconds: float) -> tuple[int, list[float], int]:
+def _load(port: int, body: bytes, clients: int, seconds: float) -> tuple[float, list[float], int]:
     """`clients` threads, each on one keep-alive connection, posting `body` for `seconds`:
-    (answers, latencies in s, errors)."""
-    stop = time.monotonic() + seconds
+    (answers per second over the time until the last answer, latencies in s, errors)."""
+    start = time.monotonic()
+    stop = start + seconds
     lat: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
 
@@ -79,8 +80,9 @@ def _load(port: int, body: bytes, clients: int, seconds: float) -> tuple[int, li
         t.start()
     for t in threads:
         t.join()
+    elapsed = time.monotonic() - start  # the last request started before `stop` ended after it
     every = [x for part in lat for x in part]
-    return len(every), every, sum(errors)
+    return len(every) / elapsed, every, sum(errors)
 
 
 def _bodies(root: Path) -> dict[int, bytes]:
@@ -170,9 +172,9 @@ def run(rounds: int = 3, seconds: float = 4.0) -> tuple[dict, str]:
                 for r in range(rounds):
                     order = list(servers) if r % 2 == 0 else list(reversed(servers))  # alternate who goes first
                     for k in order:
-                        _load(servers[k][1], body, clients, 0.5)  # warm the connection and the caches
-                        n, lat, errors = _load(servers[k][1], body, clients, seconds)
-                        per[k]["rps"].append(n / seconds)
+                        _load(servers[k][1], body, clients, 1.0)  # warm the connection and the caches
+                        rps, lat, errors = _load(servers[k][1], body, clients, seconds)
+                        per[k]["rps"].append(rps)
                         per[k]["lat"] += lat
                         per[k]["errors"] += errors
                 figures[key] = {
