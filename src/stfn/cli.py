@@ -205,14 +205,30 @@ def import_(
     )
 
 
+def _dataset_params(root: Path, folder: Path, sets: list[str] | None):
+    """params.yaml for the dataset in `folder`: its own `datasets.<name>` section applied (the name
+    in its dataset.yaml, else the folder's), then the command line's --set."""
+    import yaml
+
+    try:
+        name = str(yaml.safe_load((folder / "dataset.yaml").read_text()).get("name") or folder.resolve().name)
+    except (OSError, yaml.YAMLError, AttributeError):  # validation reports a broken dataset.yaml itself
+        name = folder.resolve().name
+    return _guard(load_params, Paths(root).params_file, [f"data.dataset={name}", *(sets or [])])
+
+
 @app.command()
-def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the contract.")]) -> None:
-    """Validate a dataset folder against its dataset.yaml (Great Expectations).
+def validate(
+    path: Annotated[Path, typer.Argument(help="A dataset folder in the contract.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: --set data.max_missing_ratio=0.25")] = None,
+) -> None:
+    """Validate a dataset folder against its dataset.yaml (Great Expectations), with the settings
+    of params.yaml, its `datasets.<name>` section for this dataset, and --set.
 
     Example: stfn validate data/raw/moving-digits
     """
     root = _root()
-    params = _guard(load_params, Paths(root).params_file)
+    params = _dataset_params(root, path, set_)
     from stfn.stages.validate import validate_folder
 
     with _bars():
@@ -227,13 +243,15 @@ def validate(path: Annotated[Path, typer.Argument(help="A dataset folder in the 
 def ingest(
     path: Annotated[Path, typer.Argument(help="A dataset folder in the contract.")],
     force: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: --set data.max_missing_ratio=0.25")] = None,
 ) -> None:
-    """Validate a dataset folder, copy it to data/raw/<name>/ and track it with DVC.
+    """Validate a dataset folder (params.yaml, its `datasets.<name>` section, --set), copy it to
+    data/raw/<name>/ and track it with DVC.
 
-    Example: stfn ingest ~/my-dataset && stfn run --dataset my-dataset
+    Example: stfn ingest ~/my-dataset --set data.max_missing_ratio=0.25 && stfn run --dataset my-dataset
     """
     root = _root()
-    params = _guard(load_params, Paths(root).params_file)
+    params = _dataset_params(root, path, set_)
     from stfn import data as data_mod
     from stfn.fileio import atomic_dir
     from stfn.stages.validate import validate_folder

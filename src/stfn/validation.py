@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,6 +279,8 @@ def _describe(table: str, r: Any) -> dict:
         n = result.get("unexpected_count", 0)
         pct = result.get("unexpected_percent")
         detail = f"{n} unexpected value{'s' * (n != 1)}" + (f" ({pct:.2f}%)" if pct is not None else "")
+        if cfg.type == "expect_column_values_to_not_be_null" and pct is not None and "mostly" in kwargs:
+            detail += _missing_hint(pct / 100.0, 1.0 - float(kwargs["mostly"]))
         idx = result.get("unexpected_index_list") or []
         if idx and isinstance(idx[0], dict):
             examples = [_plain({k: v for k, v in row.items()}) for row in idx[:5]]
@@ -298,6 +301,16 @@ def _describe(table: str, r: Any) -> dict:
         "detail": detail,
         "examples": examples,
     }
+
+
+def _missing_hint(found: float, allowed: float) -> str:
+    """A refusal for missing readings names the setting that would accept them."""
+    enough = math.ceil(round(found * 20, 6)) / 20  # the next 0.05 at or above the share found
+    return (
+        f" missing, over data.max_missing_ratio = {allowed:.2f}: to accept it, --set data.max_missing_ratio="
+        f"{enough:.2f} (stfn validate / ingest / run), or data: {{max_missing_ratio: {enough:.2f}}} in this "
+        "dataset's datasets.<name> section of params.yaml (the model masks missing readings)"
+    )
 
 
 def _kw(d: dict) -> str:
