@@ -237,6 +237,8 @@ def validate(
         f"[green]ok[/] {s['dataset']}: {s['expectations']} expectations passed on {s['n_samples']} samples "
         f"in {s['seconds']} s; report: {s['report']} (+ .html)"
     )
+    for hint in s.get("hints", []):
+        console.print(f"[yellow]hint:[/] {hint}", soft_wrap=True)
 
 
 @app.command()

@@ -446,3 +446,17 @@ def test_missing_readings_over_the_threshold_name_the_setting_and_the_setting_ac
     assert stfn("validate", folder, "--set", "data.max_missing_ratio=0.05").exit_code == 2  # --set wins
     ingested = stfn("ingest", folder)
     assert ingested.exit_code == 0 and (project / "data" / "raw" / "moving-digits").is_dir(), ingested.output
+
+
+def test_a_regression_dataset_without_target_channel_is_told_what_declaring_it_adds(dataset_copy):
+    from stfn.stages.validate import hints
+
+    assert hints(dataset_copy) == []  # classification: nothing to add
+    spec = _spec(dataset_copy)
+    spec["task"], spec["target"] = "regression", {"name": "load", "unit": "kW"}
+    _write_spec(dataset_copy, spec)
+    (hint,) = hints(dataset_copy)
+    assert "target.channel is not declared" in hint and "persistence baseline" in hint
+    spec["target"]["channel"] = "zone-0"
+    _write_spec(dataset_copy, spec)
+    assert hints(dataset_copy) == []

@@ -10,6 +10,7 @@ from typing import Any
 
 from stfn import progress
 from stfn.config import Params, Paths
+from stfn.data import load_spec
 from stfn.fileio import dir_md5
 from stfn.runtime import stage_context
 from stfn.validation import STEPS, validate_dataset
@@ -33,7 +34,19 @@ def validate_folder(folder: Path, name: str, max_missing_ratio: float, paths: Pa
             lambda msg: update(next(steps, STEPS - 1), info=f"{name}: {msg}"),
             refused_report_path=paths.refused_report(name),
         )
-    return {**report.summary(), "report": str(paths.validation_report(name))}
+    return {**report.summary(), "report": str(paths.validation_report(name)), "hints": hints(folder)}
+
+
+def hints(folder: Path) -> list[str]:
+    """What a valid dataset could declare to get more out of a run."""
+    spec = load_spec(folder)
+    if spec.task == "regression" and not spec.target.channel:
+        return [
+            "target.channel is not declared: if the target is the next value of a series channel, "
+            "name that channel (dataset.yaml, target: {channel: NAME}) and runs add a persistence "
+            "baseline (tomorrow = today) to the ones they compare with"
+        ]
+    return []
 
 
 def main() -> None:
