@@ -322,14 +322,15 @@ class Endpoint:
         if scope["type"] != "http":
             return await self.current.app(scope, receive, send)
         served = self.current  # this request's version, whatever happens to the alias meanwhile
-        rid = dict(scope["headers"]).get(REQUEST_HEADER.encode(), b"").decode() or uuid.uuid4().hex
+        headers = dict(scope["headers"])
+        rid = headers.get(REQUEST_HEADER.encode(), b"").decode() or uuid.uuid4().hex
         _request_id.set(rid)
         extra = [
             (MODEL_HEADER.encode(), served.name.encode()),
             (VERSION_HEADER.encode(), served.version.encode()),
             (REQUEST_HEADER.encode(), rid.encode()),
         ]
-        length = dict(scope["headers"]).get(b"content-length")
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._error(
                 send, 413, f"request body of {int(length)} bytes: the limit is {self.max_request_mb:g} MB", extra
