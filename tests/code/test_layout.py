@@ -130,3 +130,19 @@ def test_a_logged_model_carries_the_code_it_imports():
 
     files = {MODULES[m].relative_to(SRC / "stfn").as_posix() for m in closure("stfn.serving")} - {"serving.py"}
     assert files == set(MODEL_CODE)
+
+
+def test_every_package_our_code_imports_is_declared_in_pyproject():
+    """`make run` installs the project without its dev extra: a package imported by src/ or flows/
+    that only a dev tool or another package pulls in breaks it on a fresh clone (tenacity did).
+    deptry reads the imports and pyproject.toml ([tool.deptry] says what is used without import)."""
+    import shutil
+    import subprocess
+    import sys
+
+    deptry = shutil.which("deptry", path=str(Path(sys.executable).parent))
+    assert deptry, "deptry is missing: `make install-dev` installs it (the dev extra)"
+    proc = subprocess.run(
+        [deptry, "src", "flows", "--no-ansi"], cwd=SRC.parent, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
