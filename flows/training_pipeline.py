@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from stfn import reports, tracking
+from stfn import defaults, reports, tracking
 from stfn.config import Params, Paths, load_params
 from stfn.ops.servers import ui_of_api
 from stfn.stages.evaluate import evaluate
@@ -49,8 +49,10 @@ def featurize_task(params: Params, paths: Paths, data_md5: str) -> str:
 
 
 @task(name="open-mlflow-run", cache_policy=NONE, retries=2, retry_delay_seconds=2)
-def open_run_task(params: Params, paths: Paths, data_md5: str, dvc_md5: str | None) -> dict[str, Any]:
-    return open_run(params, paths, str(flow_run.get_id() or ""), data_md5, dvc_md5)
+def open_run_task(
+    params: Params, paths: Paths, data_md5: str, dvc_md5: str | None, choices: list[defaults.Choice]
+) -> dict[str, Any]:
+    return open_run(params, paths, str(flow_run.get_id() or ""), data_md5, dvc_md5, choices)
 
 
 @task(name="train", cache_policy=NONE, retries=1, retry_delay_seconds=2)
@@ -103,8 +105,9 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     create_markdown_artifact(
         reports.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
     )
+    params, choices = defaults.for_dataset(params, paths)  # `auto` settings, for this dataset's task
     featurize_task(params, paths, validation["data_md5"])
-    run = open_run_task(params, paths, validation["data_md5"], prepared.get("dvc_md5"))
+    run = open_run_task(params, paths, validation["data_md5"], prepared.get("dvc_md5"), choices)
     try:
         trained = train_task(params, paths, run["run_id"])
         evaluation = evaluate_task(params, paths, run["run_id"], trained, validation)
@@ -128,6 +131,8 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "metrics": evaluation["metrics"],
         "train_seconds": trained["train_seconds"],
         "epochs_run": trained["epochs_run"],
+        "best_epoch": trained["best_epoch"],
+        "settings": [c.line() for c in choices],
         "dvc": f"{prepared['dvc']}; {dvc_outputs}",
         **registered,
     }

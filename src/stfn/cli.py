@@ -113,6 +113,8 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
     table.add_row("test metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["test"].items()))
     table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
     table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
+    for i, line in enumerate(r.get("settings", [])):
+        table.add_row("settings" if i == 0 else "", line)
     if r.get("champion_before") and r.get("champion_value_before") is not None:
         before = f"{r['champion_value_before']:.4f} of champion v{r['champion_before']}"
         vs = f"test {metric} {m['test'][metric]:.4f} vs {before}"
@@ -137,6 +139,11 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
     console.print(table)
     if m.get("baselines"):
         _print_baselines(m)
+    vs = m.get("versus_baselines")
+    if vs:
+        console.print(("[green]" if vs["stfn_wins"] else "[bold yellow]") + vs["text"] + "[/]", soft_wrap=True)
+        if not vs["stfn_wins"] and r.get("best_epoch") == 0:
+            console.print("no training epoch beat the linear start on validation: the model is the ridge forecast")
     if not uri.startswith("http"):
         console.print(f"Open the MLflow UI: [bold]make ui[/]  (then {link})", soft_wrap=True)
 

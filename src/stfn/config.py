@@ -32,8 +32,9 @@ class DataParams(_Section):
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     max_missing_ratio: float = Field(0.05, ge=0.0, le=1.0)
     # median: remove each sample's per-channel median (offsets vary per sample; moving-digits);
-    # global: subtract the train mean per channel (the level itself matters; forecasting)
-    series_norm: Literal["median", "global"] = "median"
+    # global: subtract the train mean per channel (the level itself matters; forecasting);
+    # auto: chosen from the dataset's task (stfn.defaults says how and why)
+    series_norm: Literal["auto", "median", "global"] = "auto"
 
 
 class MovingDigitsParams(_Section):
@@ -69,7 +70,9 @@ class ModelParams(_Section):
     mfb_factor: int = Field(4, ge=1)
     attention_hidden: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    linear_skip: bool = False  # regression: add a linear map of the whole series window to the output
+    # regression: add the ridge forecast on the whole series window to the output (fitted, frozen);
+    # auto: on for regression, off for classification (stfn.defaults)
+    linear_skip: bool | Literal["auto"] = "auto"
 
 
 class TrainParams(_Section):

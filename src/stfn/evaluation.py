@@ -150,3 +150,25 @@ def is_better(metric: str, challenger: float, champion: float, min_improvement: 
     """Does `challenger` strictly beat `champion` on `metric`, by at least `min_improvement`?"""
     gain = improvement(metric, challenger, champion)
     return gain > 0 and gain >= min_improvement
+
+
+def versus_baselines(test: dict[str, float], baselines: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
+    """STFN's test `metric` against the best baseline's on the same rows, and a plain sentence
+    saying which wins (the run summary prints it; a tie counts for STFN)."""
+    scored = {n: float(b["test"][metric]) for n, b in baselines.items() if np.isfinite(b["test"].get(metric, np.nan))}
+    if not scored:
+        return {}
+    best = max(scored, key=lambda n: improvement(metric, scored[n], 0.0))
+    ours, theirs = float(test[metric]), scored[best]
+    gain = improvement(metric, ours, theirs)
+    wins = gain >= 0
+    pct = abs(gain) / max(abs(theirs), 1e-12) * 100
+    if wins:
+        text = f"STFN beats every baseline: test {metric} {ours:.4g} vs the best, {best}, {theirs:.4g}"
+        text += f" ({pct:.1f} % better)"
+    else:
+        text = (
+            f"the {best} baseline wins: test {metric} {theirs:.4g} vs STFN's {ours:.4g} ({pct:.1f} % better); "
+            f"on this dataset use {best}, or give the model more data or epochs"
+        )
+    return {"metric": metric, "best_baseline": best, "baseline": theirs, "stfn": ours, "stfn_wins": wins, "text": text}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stfn import defaults
 from stfn.config import Paths
 from stfn.data import (
     FRAMES_FILE,
@@ -48,11 +49,13 @@ def fit_stats(
     frames: np.ndarray,
     labels: np.ndarray,
     train: np.ndarray,
-    series_norm: str = "median",
+    series_norm: str = "auto",
 ) -> dict[str, Any]:
-    """Normalisation statistics from the training rows only."""
+    """Normalisation statistics from the training rows only (`auto`: stfn.defaults' choice for the
+    dataset's task)."""
+    series_norm = defaults.value("data.series_norm", series_norm, spec.task)
     if series_norm not in ("median", "global"):
-        raise ValueError(f"data.series_norm {series_norm!r}: expected 'median' or 'global'")
+        raise ValueError(f"data.series_norm {series_norm!r}: expected 'auto', 'median' or 'global'")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel gets mean 0, scale 1
         series_mean = np.nan_to_num(np.nanmean(series[train], axis=(0, 1)))
@@ -89,7 +92,7 @@ def build_features(
     test_fraction: float,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
-    series_norm: str = "median",
+    series_norm: str = "auto",
 ) -> Path:
     """Read a validated dataset, fit normalisation on train, write the features folder."""
     spec = load_spec(dataset_dir)

@@ -34,6 +34,7 @@ class STFNConfig(ModelParams):
     steps: int  # T
     n_outputs: int  # classes, or 1 for regression
     task: Literal["classification", "regression"] = "classification"
+    linear_skip: bool = False  # resolved: a built model has it or not (params' `auto` is resolved first)
 
     # keys that checkpoints written before the house pass (#15) carry and this config dropped
     LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("extra",)

@@ -20,6 +20,10 @@ def run_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} (baseline) | " + " | ".join(f"{b['test'].get(k, float('nan')):.4f}" for k in keys) + " |"
         )
+    if m.get("versus_baselines"):
+        lines += ["", f"**Against the baselines:** {m['versus_baselines']['text']}"]
+    if result.get("settings"):
+        lines += ["", "**Settings:** " + "; ".join(f"`{s}`" for s in result["settings"])]
     uri = result.get("tracking_uri", "")
     run_id = result["mlflow_run_id"]
     link = (

@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from stfn import defaults
 from stfn.baselines import as_linear_map, fit_ridge
 from stfn.config import ModelParams, Paths, TrainParams
 from stfn.features import FeatureSet
@@ -60,7 +61,7 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
     """The model's full config: params.yaml's `model` section and the dataset's shapes."""
     spec = fs.spec
     return STFNConfig(
-        **mp.model_dump(),
+        **{**mp.model_dump(), "linear_skip": defaults.value("model.linear_skip", mp.linear_skip, spec.task)},
         series_channels=len(spec.series.channels),
         frame_channels=spec.frames.channels,
         frame_size=(spec.frames.height, spec.frames.width),
@@ -388,6 +389,13 @@ def fit(
         if on_epoch and rank == 0:
             for row in result.history:  # the new tracking run gets the whole curve
                 on_epoch(row)
+    if state is None and getattr(model, "skip", None) is not None and task == "regression":
+        # the linear start (the ridge forecast) is epoch 0: an epoch is kept only when it beats it
+        _, val0 = _validate(model, fs, val_rows, task, tp.regression_loss, device)
+        best, result.best_epoch = next(iter(val0.values())), 0
+        if rank == 0:
+            save_checkpoint(out_dir / Paths.CHECKPOINT, model, {"epoch": 0, **{f"val_{k}": v for k, v in val0.items()}})
+        log.info("the linear start scores val %s on validation; epochs must beat it", best)
     finished = False
     for epoch in range(start, tp.epochs + 1):
         model.train()

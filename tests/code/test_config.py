@@ -52,7 +52,7 @@ datasets:
 def test_dataset_section_applies_only_to_its_dataset_and_overrides_still_win(tmp_path):
     (tmp_path / "params.yaml").write_text(PROFILED)
     base = load_params(tmp_path / "params.yaml")
-    assert base.train.epochs == 8 and base.data.series_norm == "median"
+    assert base.train.epochs == 8 and base.data.series_norm == "auto"
     wind = load_params(tmp_path / "params.yaml", ["data.dataset=irish-wind"])
     assert wind.train.epochs == 20 and wind.data.series_norm == "global" and wind.train.lr == 0.002
     forced = load_params(tmp_path / "params.yaml", ["data.dataset=irish-wind", "train.epochs=2"])

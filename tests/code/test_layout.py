@@ -13,7 +13,7 @@ FLOWS = SRC.parent / "flows"
 
 # CONTRIBUTING.md's table: what each module may import of ours (stages and ops by folder)
 BASE = {"errors", "fileio", "progress"}
-DATA = BASE | {"config", "data"}
+DATA = BASE | {"config", "data", "defaults"}
 MODEL = DATA | {"models", "transforms", "inference", "features", "baselines", "training", "evaluation", "plots"}
 MODEL |= {"efficiency"}
 SERVE = MODEL | {"tracking", "registry", "predict"}
@@ -23,7 +23,8 @@ ALLOWED = {
     "progress": set(),
     "config": {"errors"},
     "runtime": {"config", "errors"},
-    "data": DATA,
+    "data": BASE | {"config", "data"},
+    "defaults": {"config", "data"},
     "validation": DATA,
     "transforms": set(),
     "features": DATA | {"transforms"},

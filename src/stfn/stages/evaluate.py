@@ -176,6 +176,7 @@ def _write_outputs(
         files["attention"] = plots.plot_attention(
             np.asarray(fs.frames[test_rows[:show]]), per_frame, titles, folder / "attention.png"
         )
+    test_metrics = results["test"]["metrics"]
     metrics = {
         "dataset": name,
         "task": spec.task,
@@ -188,6 +189,7 @@ def _write_outputs(
         "train_seconds": history["train_seconds"],
         "efficiency": history.get("efficiency", {}),
         **({"baselines": baselines} if spec.task == "regression" else {}),
+        **({"versus_baselines": ev.versus_baselines(test_metrics, baselines, "mae")} if baselines else {}),
         "mlflow_run_id": None,
         "registered_version": None,
         "promoted": False,

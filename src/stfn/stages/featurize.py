@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from stfn import progress
+from stfn import defaults, progress
 from stfn.config import Params, Paths
 from stfn.features import build_features
 from stfn.fileio import dir_md5, write_json
@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def featurize(params: Params, paths: Paths, data_md5: str | None = None) -> Path:
     """Build the features (or keep them when up to date). `data_md5`: the dataset's hash when the
-    caller has it already (validation computes it), so it is not hashed twice."""
+    caller has it already (validation computes it), so it is not hashed twice. `auto` settings are
+    resolved for the dataset's task (stfn.defaults)."""
+    params, _ = defaults.for_dataset(params, paths)
     folder = paths.dataset_dir(params.data.dataset)
     out = paths.features_dir(folder.name)
     inputs = {

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from stfn import data as data_mod
-from stfn import registry, tracking
+from stfn import defaults, registry, tracking
 from stfn.config import Params, Paths
 from stfn.features import load_features
 from stfn.fileio import write_json
@@ -41,6 +41,10 @@ def register(
     tags = {**lineage, "test_" + metric: value, "model_uri": model_uri, "test_set_md5": test_set}
     registered = registry.model_name(name)
     description = tracking.model_description(tracking.torch_build())
+    prefix = defaults.TAG_PREFIX
+    chosen = [f"- {k.removeprefix(prefix)}={v}" for k, v in lineage.items() if k.startswith(prefix)]
+    if chosen:  # also tags of the version (the lineage)
+        description += "\n\nSettings of this dataset's run:\n" + "\n".join(chosen)
     version = registry.register(model_uri, registered, run_id, tags, description)
     decision = registry.judge(
         registered,

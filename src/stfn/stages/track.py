@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stfn import data as data_mod
-from stfn import registry, tracking
+from stfn import defaults, registry, tracking
 from stfn.config import Params, Paths
 
 log = logging.getLogger(__name__)
@@ -19,9 +19,16 @@ RESUMED_FROM, CONTINUED_BY = "stfn.resumed_from_run", "stfn.continued_by_run"
 
 
 def open_run(
-    params: Params, paths: Paths, flow_run_id: str | None, data_md5: str, dvc_md5: str | None = None
+    params: Params,
+    paths: Paths,
+    flow_run_id: str | None,
+    data_md5: str,
+    dvc_md5: str | None = None,
+    choices: list[defaults.Choice] | None = None,
 ) -> dict[str, Any]:
-    """Start the MLflow run of one pipeline run; log params, params.yaml and lineage tags."""
+    """Start the MLflow run of one pipeline run; log params (as resolved), params.yaml and the
+    lineage tags, which include each `auto` setting's choice (`stfn.auto.*`, from `choices`) and
+    go onto the registered version too."""
     uri = tracking.configure(paths.mlflow_dir, params.tracking.retry_seconds)
     registry.lock_kind()  # refuse now, not at the gate after training, when promotion cannot be serialised
     name = paths.dataset_name(params.data.dataset)
@@ -34,6 +41,7 @@ def open_run(
     }
     if dvc_md5:
         lineage["dvc_md5"] = dvc_md5  # the data version as `dvc.lock` records it
+    lineage.update(defaults.as_tags(choices or []))
     run_id = tracking.start_run(
         name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=lineage
     )
@@ -79,6 +87,9 @@ def log_evaluation(
     tracking.log_metrics(run_id, {f"best_val_{k}": v for k, v in m["val"].items()})  # val_* are per-epoch curves
     for base, scores in m.get("baselines", {}).items():  # e.g. baseline_ridge_test_mae
         tracking.log_metrics(run_id, {f"baseline_{base}_test_{k}": v for k, v in scores["test"].items()})
+    if m.get("versus_baselines"):
+        vs = m["versus_baselines"]
+        tracking.set_tags(run_id, {"versus_baselines": "stfn" if vs["stfn_wins"] else vs["best_baseline"]})
     tracking.log_metrics(
         run_id,
         {

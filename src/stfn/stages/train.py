@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from stfn import progress
+from stfn import defaults, progress
 from stfn.config import Params, Paths, load_params
 from stfn.efficiency import flops_per_sample, peak_memory_mb
 from stfn.features import load_features
@@ -51,7 +51,9 @@ def train(
     With `train.nproc` > 1 (and not already inside a torchrun group) it launches torchrun with
     that many DDP processes and reads their summary back (the epochs replayed to `on_epoch`).
     `meta` is saved with the resumable state (e.g. the MLflow run id) and, when this call resumed
-    an interrupted run, what that run saved comes back as `resumed_meta`."""
+    an interrupted run, what that run saved comes back as `resumed_meta`. `auto` settings are
+    resolved for the dataset's task (stfn.defaults)."""
+    params, _ = defaults.for_dataset(params, paths)
     if params.train.nproc > 1 and not in_group:
         return _train_ddp(params, paths, on_epoch)
     name = paths.dataset_name(params.data.dataset)
