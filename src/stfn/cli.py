@@ -173,23 +173,27 @@ def _track(root: Path, folder: Path, msg: str) -> None:
 
 @app.command(name="import")
 def import_(
-    name: Annotated[str, typer.Argument(help="Which recording: irish-wind.")],
+    name: Annotated[str, typer.Argument(help="Which recording: irish-wind | german-pm10.")],
     source: Annotated[
         Path | None,
         typer.Option(help="The file or folder to read (e.g. wind.rda or a r-cran-gstat .deb); default: fetch it."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: --set data.max_missing_ratio=0.25")] = None,
 ) -> None:
     """Import a real recording that ships inside a package as a dataset in the contract,
-    validate it, and track it with DVC.
+    validate it (params.yaml, its `datasets.<name>` section, --set), and track it with DVC.
 
     irish-wind: daily wind at 12 Irish stations 1961-1978 (gstat's wind.rda; fetched with
     `apt-get download r-cran-gstat` on Debian/Ubuntu, or give --source).
 
+    german-pm10: daily PM10 at 31 German rural stations 2002-2009, with their real gaps
+    (spacetime's air.rda; `apt-get download r-cran-spacetime`, or give --source).
+
     Example: stfn import irish-wind && stfn run --dataset irish-wind
     """
     root = _root()
-    params = _guard(load_params, Paths(root).params_file)
+    params = _guard(load_params, Paths(root).params_file, [f"data.dataset={name}", *(set_ or [])])
     from stfn import importers
     from stfn.stages.validate import validate_folder
 
@@ -199,16 +203,24 @@ def import_(
     target = paths.raw / name
     if target.exists() and not force:
         _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
+    staged = paths.state / "imports" / name  # built and validated here; data/raw/ gets it only when valid
+    shutil.rmtree(staged, ignore_errors=True)
     try:
-        folder, spec = importers.IMPORTERS[name](target, paths.state / "cache" / name, source)
+        importers.IMPORTERS[name](staged, paths.state / "cache" / name, source)
     except importers.ImportError_ as exc:
         _fail(exc, 2)
     with _bars():
-        s = _guard(validate_folder, folder, name, params.data.max_missing_ratio, paths)
+        s = _guard(validate_folder, staged, name, params.data.max_missing_ratio, paths)
+    from stfn.fileio import atomic_dir
+
+    with atomic_dir(target) as tmp:
+        for f in staged.iterdir():
+            shutil.move(f, tmp / f.name)
+    shutil.rmtree(staged, ignore_errors=True)
     _track(
         root,
-        folder,
-        f"[green]imported[/] {name} -> {folder}: {s['n_samples']} samples, {s['expectations']} expectations passed",
+        target,
+        f"[green]imported[/] {name} -> {target}: {s['n_samples']} samples, {s['expectations']} expectations passed",
     )
 
 
