@@ -49,9 +49,12 @@ def test_readme_dataset_is_ingested_and_runs_through_the_flow(tmp_path, write_ti
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert metrics["task"] == "regression" and metrics["primary_metric"] == "mae"
     assert set(metrics["test"]) == {"mae", "rmse", "r2"}
-    # no target.channel in this dataset: no persistence; a timestamp: climatology; always ridge
-    assert set(metrics["baselines"]) == {"climatology", "ridge"}
-    assert metrics["baselines"]["ridge"]["test"]["mae"] < metrics["baselines"]["climatology"]["test"]["mae"]
+    # target.channel declared: persistence; a timestamp: climatology; always ridge
+    assert set(metrics["baselines"]) == {"persistence", "climatology", "ridge"}
+    assert metrics["baselines"]["ridge"]["test"]["mae"] < metrics["baselines"]["persistence"]["test"]["mae"]
+    # the defaults chosen for a regression dataset, said and recorded: the run's tags, the version's
+    assert result["settings"][0].startswith("data.series_norm=global (auto: regression")
+    assert metrics["versus_baselines"]["best_baseline"] == "ridge"
     stats = json.loads((project / "data" / "features" / "my-dataset" / "stats.json").read_text())
     assert stats["split_method"].startswith("by time")  # a timestamp column: split by time
     assert (project / "reports" / "plots" / "predicted_vs_actual.png").is_file()
@@ -60,3 +63,7 @@ def test_readme_dataset_is_ingested_and_runs_through_the_flow(tmp_path, write_ti
     assert str(version.version) == str(result["version"])
     run = client.get_run(result["mlflow_run_id"])
     assert {"test_mae", "baseline_ridge_test_mae", "baseline_climatology_test_mae"} <= set(run.data.metrics)
+    assert run.data.params["model.linear_skip"] == "True"  # logged as resolved
+    assert run.data.tags["stfn.auto.model.linear_skip"].startswith("true (auto: regression")
+    assert version.tags["stfn.auto.data.series_norm"].startswith("global (auto: regression")
+    assert "model.linear_skip=true (auto" in version.description
