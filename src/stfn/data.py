@@ -53,17 +53,24 @@ class _Strict(BaseModel):
 
 
 class Target(_Strict):
-    name: str
+    name: str = Field(min_length=1)
     classes: list[str] | None = None
-    unit: str | None = None
+    unit: str | None = Field(None, min_length=1)
     channel: str | None = None  # regression: the series channel whose future value the target is (persistence)
+
+    @model_validator(mode="after")
+    def _classes(self) -> Target:
+        names = self.classes or []
+        if any(not c.strip() for c in names) or len(set(names)) != len(names):
+            raise ValueError(f"target.classes: expected distinct, non-empty class names, got {names}")
+        return self
 
 
 class Channel(_Strict):
     name: str = Field(min_length=1)
-    unit: str | None = None
-    min: float | None = None
-    max: float | None = None
+    unit: str | None = Field(None, min_length=1)
+    min: float | None = Field(None, allow_inf_nan=False)  # physical bounds: finite numbers, or null
+    max: float | None = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _bounds(self) -> Channel:
@@ -146,6 +153,46 @@ class DatasetSpec(_Strict):
         return len(self.target.classes or [])
 
 
+def dvc_caches(folder: Path) -> list[Path]:
+    """The DVC caches of the repository around `folder`: `.dvc/cache`, or the `cache.dir` its
+    `.dvc/config` / `.dvc/config.local` set (what `dvc checkout` links a dataset's files into)."""
+    import configparser
+
+    for root in (folder, *folder.parents):
+        dvc = root / ".dvc"
+        if not dvc.is_dir():
+            continue
+        caches = [dvc / "cache"]
+        for name in ("config", "config.local"):
+            cfg = configparser.ConfigParser(strict=False, interpolation=None)
+            try:
+                cfg.read(dvc / name)
+            except configparser.Error:
+                continue
+            if cfg.has_option("cache", "dir"):
+                caches.append((dvc / cfg.get("cache", "dir").strip().strip("'\"")).resolve())
+        return caches
+    return []
+
+
+def check_links(folder: Path, name: str) -> None:
+    """Refuse a contract file that is a link resolving outside both the dataset folder and the
+    project's DVC cache (DVC's own symlink/hardlink checkouts point into the cache): such a file
+    would make validation and training read whatever it points at."""
+    folder = Path(folder)
+    inside = [folder.resolve(), *(c.resolve() for c in dvc_caches(folder.resolve()))]
+    bad = []
+    for f in CONTRACT_FILES:
+        path = folder / f
+        if not path.is_symlink():
+            continue
+        real = path.resolve()
+        if not any(real == base or base in real.parents for base in inside):
+            bad.append(Failure(f, None, "a file in the dataset folder or the DVC cache", f"a link to {real}; refused"))
+    if bad:
+        raise DataValidationError(name, bad)
+
+
 def load_spec(folder: Path) -> DatasetSpec:
     """Read and check `dataset.yaml`; every problem is a `DataValidationError` naming the field."""
     folder = Path(folder)
@@ -156,6 +203,7 @@ def load_spec(folder: Path) -> DatasetSpec:
     missing = [f for f in CONTRACT_FILES if not (folder / f).is_file()]
     if missing:
         raise DataValidationError(name, [Failure(f, None, "file exists", f"missing from {folder}") for f in missing])
+    check_links(folder, name)
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -5,9 +5,12 @@ Suites are built from `dataset.yaml` for every table of the contract:
 - `series.parquet`: columns present, steps in range, (sample_id, step) unique, values within the
   channels' physical bounds, missing ratio under `data.max_missing_ratio`, row count N*T;
 - a per-sample coverage table: every sample has exactly T steps, no id in one file only;
-- a per-sample frames statistics table: shape, min, max, NaN/inf count, dtype.
+- a per-sample frames statistics table: shape, min, max, NaN/inf count, dtype;
+- a table of each contract column's type (sample_id and split text, step and class labels
+  integers, timestamp a date-time, regression labels numbers), whether or not a run uses it.
 A failure raises `DataValidationError` naming the file, the column or sample, the expectation
-and a few offending values. The full report is written as JSON and HTML.
+and a few offending values; where the expectation comes from dataset.yaml, the key and its value
+too, and what the file holds. The full report is written as JSON and HTML.
 """
 
 from __future__ import annotations
@@ -159,8 +162,12 @@ def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, max_
                     column="label", type_list=["float64", "float32", "int64", "int32", "Float64", "Int64"]
                 )
             )
+    if "label" in samples and spec.task == "regression":  # finite: inf is no target
+        s.append(gxe.ExpectColumnValuesToBeBetween(column="label", min_value=-FINITE, max_value=FINITE))
     if "split" in samples:
         s.append(gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
+    if "timestamp" in samples:
+        s.append(gxe.ExpectColumnValuesToNotBeNull(column="timestamp"))
     s.append(gxe.ExpectTableRowCountToBeBetween(min_value=1))  # an empty dataset is an error
 
     r: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "step", *names)]
@@ -203,10 +210,38 @@ def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, max_
             gxe.ExpectColumnValuesToBeBetween(column="min", min_value=lo, max_value=hi),
             gxe.ExpectColumnValuesToBeBetween(column="max", min_value=lo, max_value=hi),
         ]
-    return {"samples": s, "series": r, "coverage": cov, "frames": fr}
+    label_kinds = ["integer"] if spec.task == "classification" else ["float", "integer"]
+    wanted = {"sample_id": ["string"], "label": label_kinds, "split": ["string"], "timestamp": ["datetime"]}
+    st = [gxe.ExpectColumnValuesToBeInSet(column=c, value_set=k) for c, k in wanted.items() if c in samples]
+    rt = [gxe.ExpectColumnValuesToBeInSet(column=c, value_set=["string" if c == "sample_id" else "integer"])
+          for c in ID_COLUMNS if c in series]  # fmt: skip
+    return {"samples_types": st, "samples": s, "series_types": rt, "series": r, "coverage": cov, "frames": fr}
 
 
+def column_kind(col: pd.Series) -> str:
+    """A column's type in the contract's words: string, integer, float, datetime, bool, or what
+    pandas infers for anything else (e.g. mixed)."""
+    t = pd.api.types
+    if t.is_bool_dtype(col):
+        return "bool"
+    if t.is_integer_dtype(col):
+        return "integer"
+    if t.is_float_dtype(col):
+        return "float"
+    if t.is_datetime64_any_dtype(col):
+        return "datetime"
+    inferred = t.infer_dtype(col, skipna=True)
+    return "string" if inferred in ("string", "empty") else inferred
+
+
+def _types_table(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: [column_kind(df[c])] for c in columns if c in df.columns})
+
+
+FINITE = 1e300  # regression labels must lie within +-FINITE: any real number, not inf
 FILE_OF = {
+    "samples_types": SAMPLES_FILE,
+    "series_types": SERIES_FILE,
     "samples": SAMPLES_FILE,
     "series": SERIES_FILE,
     "coverage": f"{SERIES_FILE} vs {SAMPLES_FILE}",
@@ -218,11 +253,14 @@ WHAT = {  # readable names of the coverage and frames checks
 }
 
 
-STEPS = 7  # what `validate_dataset` reports to `progress`: 3 reads, then one suite per table (4 at most)
+STEPS = 9  # what `validate_dataset` reports to `progress`: 3 reads, then one suite per table (6 at most)
 
 
 def _run_gx(
-    tables: dict[str, pd.DataFrame], suites: dict[str, list], say: Callable[[str], None] = lambda _m: None
+    tables: dict[str, pd.DataFrame],
+    suites: dict[str, list],
+    say: Callable[[str], None] = lambda _m: None,
+    spec: DatasetSpec | None = None,
 ) -> list[dict]:
     # lazy: Great Expectations takes 2-3 s to import; only validation needs it
     import great_expectations as gx
@@ -248,11 +286,53 @@ def _run_gx(
             fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": index_cols}
         res = vd.run(batch_parameters={"dataframe": df}, result_format=fmt)
         for r in res.results:
-            out.append(_describe(table, r))
+            out.append(_describe(table, r, df, spec))
     return out
 
 
-def _describe(table: str, r: Any) -> dict:
+def _declared(spec: DatasetSpec, table: str, column: str | None, kind: str) -> str | None:
+    """The dataset.yaml key (and its value) an expectation comes from, if it comes from one."""
+    T, n = spec.series.steps, spec.n_classes
+    if table == "series" and column == "step" and "between" in kind:
+        return f"series.steps: {T} (steps 0 to {T - 1})"
+    if table == "coverage" and column == "n_steps":
+        return f"series.steps: {T}"
+    if table == "series" and column is None and "row_count" in kind:
+        return f"series.steps: {T} (so {T} rows per sample)"
+    if table == "series" and column in spec.channel_names:
+        ch = spec.series.channels[spec.channel_names.index(column)]
+        if "between" in kind:
+            return f"series.channels '{column}': min {ch.min}, max {ch.max}"
+        if "exist" in kind:
+            return f"series.channels: {spec.channel_names}"
+    if table == "samples" and column == "label" and "in_set" in kind and spec.task == "classification":
+        return f"target.classes: {n} classes (labels 0 to {n - 1})"
+    if table == "samples_types" and column == "label":
+        return f"task: {spec.task}"
+    if table == "frames" and column in ("frames", "channels", "height", "width", "dtype"):
+        key = "count" if column == "frames" else column
+        return f"frames.{key}: {getattr(spec.frames, key)}"
+    return None
+
+
+def _holds(table: str, df: pd.DataFrame | None, column: str | None, kind: str) -> str | None:
+    """What the file holds where dataset.yaml and the file disagree (a range, the columns)."""
+    if df is None or table.endswith("_types") or table in ("coverage", "frames"):
+        return None
+    if "exist" in kind:
+        return f"the file holds the columns {list(df.columns)[:20]}"
+    if column in df.columns and "between" in kind and pd.api.types.is_numeric_dtype(df[column]):
+        values = df[column].to_numpy(np.float64)
+        finite = values[np.isfinite(values)]
+        if len(finite):
+            return f"the file holds {column} from {finite.min():g} to {finite.max():g}"
+    if column in df.columns and "in_set" in kind:
+        seen = pd.unique(df[column].dropna())
+        return f"the file holds {len(seen)} distinct values, e.g. {[_plain(v) for v in seen[:8]]}"
+    return None
+
+
+def _describe(table: str, r: Any, df: pd.DataFrame | None = None, spec: DatasetSpec | None = None) -> dict:
     cfg = r.expectation_config
     kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
     column = kwargs.get("column") or (",".join(kwargs["column_list"]) if "column_list" in kwargs else None)
@@ -260,6 +340,8 @@ def _describe(table: str, r: Any) -> dict:
     if "value_set" in shown and len(shown["value_set"]) > 12:
         shown["value_set"] = f"<{len(shown['value_set'])} values>"
     expectation = WHAT.get((table, column or "")) or (cfg.type + (f"({_kw(shown)})" if shown else ""))
+    if table.endswith("_types"):
+        expectation = f"column type is {' or '.join(kwargs['value_set'])}"
     result = r.result or {}
     info = r.exception_info or {}
     exc_msgs = []
@@ -292,6 +374,13 @@ def _describe(table: str, r: Any) -> dict:
         detail = "column is missing"
     else:
         detail = "failed"
+    if table.endswith("_types") and not r.success:
+        detail = f"column type is {_plain(result.get('partial_unexpected_list', ['?'])[0])}"
+    if not r.success and spec is not None:
+        said = [_declared(spec, table, column, cfg.type), _holds(table, df, column, cfg.type)]
+        if said[0]:
+            said[0] = f"dataset.yaml says {said[0]}"
+        detail += "".join(f"; {s}" for s in said if s)
     return {
         "file": FILE_OF[table],
         "table": table,
@@ -355,7 +444,12 @@ def validate_dataset(
     say("frames statistics")
     frames_tab, fp = _frames_table(folder, ids)
     problems += fp
-    tables: dict[str, pd.DataFrame] = {"samples": samples, "series": series}
+    tables: dict[str, pd.DataFrame] = {
+        "samples_types": _types_table(samples, ["sample_id", "label", "split", "timestamp"]),
+        "samples": samples,
+        "series_types": _types_table(series, ID_COLUMNS),
+        "series": series,
+    }
     if frames_tab is not None:
         tables["frames"] = frames_tab
     if "sample_id" in series and "sample_id" in samples:
@@ -368,7 +462,7 @@ def validate_dataset(
                 "in_samples": all_ids.isin(samples["sample_id"].astype(str)),
             }
         )
-    results = problems + _run_gx(tables, _suites(spec, samples, series, max_missing_ratio), say)
+    results = problems + _run_gx(tables, _suites(spec, samples, series, max_missing_ratio), say, spec)
     report = ValidationReport(
         spec.name, all(r["success"] for r in results), len(samples), results, time.perf_counter() - t0
     )

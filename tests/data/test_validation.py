@@ -284,6 +284,83 @@ def invalid_split_value(d):
     return "samples.parquet", (column("split"), sample(s.loc[0, "sample_id"])), "expect_column_values_to_be_in_set"
 
 
+def yaml_steps_disagree_with_series(d):
+    """dataset.yaml and series.parquet disagree: the key and its value, and what the file holds."""
+    spec = _spec(d)
+    spec["series"]["steps"] = 24
+    spec["frames"]["steps"] = [min(s, 23) for s in spec["frames"]["steps"]]
+    _write_spec(d, spec)
+    return "series.parquet", (column("step"), place("series.steps: 24"), place("0 to 31")), "dataset.yaml says"
+
+
+def yaml_channel_not_in_series(d):
+    spec = _spec(d)
+    spec["series"]["channels"][1]["name"] = "zone-9"
+    spec["sensors"] = {("zone-9" if k == "zone-1" else k): v for k, v in spec["sensors"].items()}
+    _write_spec(d, spec)
+    return "series.parquet", (column("zone-9"), place("zone-1")), "the file holds the columns"
+
+
+def yaml_channel_bound_not_a_number(d):
+    spec = _spec(d)
+    spec["series"]["channels"][0]["max"] = float("nan")
+    _write_spec(d, spec)
+    return "dataset.yaml", (key("series.channels.0.max"),), "finite number"
+
+
+def yaml_duplicate_class_names(d):
+    spec = _spec(d)
+    spec["target"]["classes"][1] = spec["target"]["classes"][0]
+    _write_spec(d, spec)
+    return "dataset.yaml", (key("target"),), "distinct"
+
+
+def yaml_sensor_outside_the_frame(d):
+    spec = _spec(d)
+    spec["sensors"]["zone-0"] = [0.5, 1.5]
+    _write_spec(d, spec)
+    return "dataset.yaml", (key("sensors.zone-0"),), "must be in [0, 1]"
+
+
+def timestamp_as_text(d):
+    s = _samples(d)
+    s["timestamp"] = [f"day {i}" for i in range(len(s))]
+    s.to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", (column("timestamp"),), "column type is datetime"
+
+
+def sample_id_as_number(d):
+    for name in ("samples", "series"):
+        table = pd.read_parquet(d / f"{name}.parquet")
+        table["sample_id"] = table["sample_id"].astype("category").cat.codes.astype(np.int64)
+        table.to_parquet(d / f"{name}.parquet", index=False)
+    return "samples.parquet", (column("sample_id"),), "column type is string"
+
+
+def step_as_fraction(d):
+    s = _series(d)
+    s["step"] = s["step"].astype(np.float64)
+    s.loc[3, "step"] = 2.5
+    s.to_parquet(d / "series.parquet", index=False)
+    return "series.parquet", (column("step"),), "column type is integer"
+
+
+def class_label_as_fraction(d):
+    s = _samples(d)
+    s["label"] = s["label"].astype(np.float64)
+    s.loc[2, "label"] = 1.5
+    s.to_parquet(d / "samples.parquet", index=False)
+    return "samples.parquet", (column("label"), place("task: classification")), "column type is integer"
+
+
+def link_outside_the_dataset(d):
+    """A contract file that is a link to a file outside the dataset folder (and any DVC cache)."""
+    outside = d.parent / f"{d.name}-elsewhere.parquet"
+    (d / "samples.parquet").rename(outside)
+    (d / "samples.parquet").symlink_to(outside)
+    return "samples.parquet", (WHOLE_FILE, place(str(outside))), "a link to"
+
+
 CORRUPTIONS = [
     nan_channel,
     missing_column,
@@ -315,6 +392,16 @@ CORRUPTIONS = [
     missing_frames_file,
     yaml_not_yaml,
     invalid_split_value,
+    yaml_steps_disagree_with_series,
+    yaml_channel_not_in_series,
+    yaml_channel_bound_not_a_number,
+    yaml_duplicate_class_names,
+    yaml_sensor_outside_the_frame,
+    timestamp_as_text,
+    sample_id_as_number,
+    step_as_fraction,
+    class_label_as_fraction,
+    link_outside_the_dataset,
 ]
 
 
@@ -460,3 +547,24 @@ def test_a_regression_dataset_without_target_channel_is_told_what_declaring_it_a
     spec["target"]["channel"] = "zone-0"
     _write_spec(dataset_copy, spec)
     assert hints(dataset_copy) == []
+
+
+@pytest.mark.parametrize("cache_dir", [None, "../elsewhere-cache"], ids=["default-cache", "cache-dir-set"])
+def test_dvc_symlinked_checkouts_still_validate(tiny_dataset, tmp_path, cache_dir):
+    """DVC's symlink checkouts point the dataset's files into its cache (`.dvc/cache`, or the
+    `cache.dir` the repo sets): those links are followed; the refusal is for links elsewhere."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    folder = repo / "data" / "raw" / tiny_dataset.name
+    shutil.copytree(tiny_dataset, folder)
+    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    steps = [["init", "--no-scm", "-q"], ["config", "cache.type", "symlink"]]
+    if cache_dir:
+        steps.append(["cache", "dir", cache_dir])
+    steps.append(["add", "-q", str(folder.relative_to(repo))])
+    for args in steps:
+        proc = subprocess.run(dvc + args, cwd=repo, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    assert all((folder / f).is_symlink() for f in ("dataset.yaml", "samples.parquet", "frames.npy"))
+    assert validate_dataset(folder, 0.05, tmp_path / "report.json").success
