@@ -112,3 +112,44 @@ def test_a_failed_apt_download_is_a_clear_error_and_is_retried_after_an_update(t
     with pytest.raises(importers.ImportError_, match="Unable to locate package.*--source PATH"):
         importers.find_rda(None, tmp_path / "cache", runner)
     assert calls == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]
+
+
+def test_maps_interpolate_over_the_stations_that_reported_and_gaps_stay_missing(tmp_path):
+    """A station record with gaps: the maps weigh only the stations that reported that day, the
+    series keep the gaps as NaN, and a day whose target reading is missing makes no sample."""
+    table = daily(60)
+    table.loc[20:29, "MAL"] = np.nan  # a 10-day outage at Malin Head
+    table.loc[40, "DUB"] = np.nan  # one missing target reading
+    weights = importers.idw_weights(STATIONS)
+    maps = importers.interpolate(table[list(STATIONS["code"])].to_numpy(), weights)
+    both = importers.interpolate(table.loc[25:25, ["VAL", "DUB"]].to_numpy(), weights[:, [0, 1]])
+    without_mal = (weights[:, [0, 1]] / weights[:, [0, 1]].sum(1, keepdims=True)).astype(np.float32)
+    assert np.allclose(maps[25], both[0]) and np.allclose(both[0].ravel(), without_mal @ table.loc[25, ["VAL", "DUB"]])
+    assert np.isfinite(maps).all()
+    spec, samples, series, frames = importers.build_irish_wind(table, STATIONS)
+    assert "1974-01-10" not in set(samples["sample_id"])  # day 40 (2 Jan + 38) has no DUB reading: no sample
+    assert len(samples) == len(table) - importers.HISTORY_DAYS - 1
+    assert series["MAL"].isna().any() and samples["label"].notna().all() and np.isfinite(frames).all()
+    folder = write_dataset(tmp_path / "irish-wind", spec, samples, series, frames)
+    with pytest.raises(Exception, match="max_missing_ratio"):  # MAL misses more than 5 % of its readings
+        validate_dataset(folder, 0.05, tmp_path / "report.json")
+    assert validate_dataset(folder, 0.5, tmp_path / "report.json").success
+
+
+def test_stations_are_kept_by_their_share_of_missing_days():
+    table = daily(100, start="2001-12-01")
+    table.loc[40:70, "VAL"] = np.nan  # 31 of the 69 days of 2002 missing: 45 %
+    table.loc[40:45, "MAL"] = np.nan  # 6 days: 9 %
+    days, kept = importers.select_stations(table, STATIONS, years=(2002, 2002), max_missing=0.25)
+    assert list(kept["code"]) == ["DUB", "MAL"] and list(days.columns) == ["date", "DUB", "MAL"]
+    assert days["date"].dt.year.unique().tolist() == [2002]
+
+
+def test_a_german_pm10_file_that_is_not_r_data_is_refused(tmp_path):
+    bad = tmp_path / "air.rda"
+    bad.write_bytes(b"RDX3\nnot really")
+    with pytest.raises(importers.ImportError_, match="air.rda: not a readable R data file"):
+        importers.read_air(bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(importers.ImportError_, match="holds no air.rda and no r-cran-spacetime"):
+        importers.find_rda(tmp_path / "empty", tmp_path / "cache", package=importers.SPACETIME)
