@@ -327,8 +327,13 @@ def _holds(table: str, df: pd.DataFrame | None, column: str | None, kind: str) -
         if len(finite):
             return f"the file holds {column} from {finite.min():g} to {finite.max():g}"
     if column in df.columns and "in_set" in kind:
-        seen = pd.unique(df[column].dropna())
-        return f"the file holds {len(seen)} distinct values, e.g. {[_plain(v) for v in seen[:8]]}"
+        seen = list(pd.unique(df[column].dropna()))
+        try:
+            seen = sorted(seen)
+        except TypeError:  # mixed types: as found
+            pass
+        more = ", ..." if len(seen) > 12 else ""
+        return f"the file holds {len(seen)} distinct values: {[_plain(v) for v in seen[:12]]}{more}"
     return None
 
 
@@ -393,7 +398,10 @@ def _describe(table: str, r: Any, df: pd.DataFrame | None = None, spec: DatasetS
 
 
 def _missing_hint(found: float, allowed: float) -> str:
-    """A refusal for missing readings names the setting that would accept them."""
+    """A refusal for missing readings names the setting that would accept them (not for a channel
+    without a single reading: no setting makes that a sensor)."""
+    if found >= 1.0:
+        return " missing: the channel holds no reading at all; fix the file, or drop it from series.channels"
     enough = math.ceil(round(found * 20, 6)) / 20  # the next 0.05 at or above the share found
     return (
         f" missing, over data.max_missing_ratio = {allowed:.2f}: to accept it, --set data.max_missing_ratio="
