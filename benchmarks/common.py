@@ -10,17 +10,15 @@ from pathlib import Path
 
 import yaml
 
+from stfn.runtime import configure_environment
+
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(tempfile.mkdtemp(prefix="stfn-bench-"))
-os.environ.setdefault("PREFECT_HOME", str(STATE / "prefect"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the settings every `stfn` command applies (state under STATE/.stfn, telemetry off, Prefect's 120 s
+# start-up timeout for its temporary API: without it a slow day's start timed out with a traceback)
+configure_environment(STATE)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{STATE / 'mlflow' / 'mlflow.db'}")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as the CLI sets it (stfn.runtime)
 (STATE / "mlflow").mkdir(parents=True, exist_ok=True)
 
 
