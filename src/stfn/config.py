@@ -30,7 +30,8 @@ class DataParams(_Section):
     dataset: str = "moving-digits"
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    max_missing_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    # measured (README, Missing readings): real data within ~4 % of its complete-data MAE up to 30 %
+    max_missing_ratio: float = Field(0.30, ge=0.0, le=1.0)
     # median: remove each sample's per-channel median (offsets vary per sample; moving-digits);
     # global: subtract the train mean per channel (the level itself matters; forecasting);
     # auto: chosen from the dataset's task (stfn.defaults says how and why)

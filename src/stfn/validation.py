@@ -428,7 +428,7 @@ def _plain(v: Any) -> Any:
 
 def validate_dataset(
     folder: Path,
-    max_missing_ratio: float = 0.05,
+    max_missing_ratio: float = 0.30,
     report_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
     refused_report_path: Path | None = None,

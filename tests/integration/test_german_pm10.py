@@ -58,21 +58,23 @@ def test_the_real_record_with_its_gaps_becomes_a_dataset_in_the_contract(pm10_da
     assert frames.shape == (2811, 3, 1, 32, 32) and np.isfinite(frames).all()  # maps over the stations that reported
     with pytest.raises(DataValidationError, match="max_missing_ratio"):
         validate_dataset(pm10_dataset, 0.05, tmp_path / "report.json")
-    assert validate_dataset(pm10_dataset, 0.25, tmp_path / "report.json").success
+    from stfn.config import DataParams
+
+    assert validate_dataset(pm10_dataset, DataParams().max_missing_ratio, tmp_path / "report.json").success
 
 
 @pytest.mark.slow
 @pytest.mark.thorough
 @pytest.mark.parametrize("name", ["irish-wind", "german-pm10"])
 def test_with_default_settings_stfn_is_never_worse_than_the_baselines(name, tmp_path_factory, need, tmp_path):
-    """The README's table: the repo's params.yaml as it is (only the missing-readings threshold
-    raised where the record needs it), STFN's test MAE at most the best baseline's."""
+    """The README's table: the repo's params.yaml as it is, STFN's test MAE at most the best
+    baseline's."""
     from flows.training_pipeline import training_pipeline
 
     folder = imported(tmp_path_factory, need, name)
     shutil.copytree(folder, tmp_path / "data" / "raw" / name)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    result = training_pipeline(overrides=[f"data.dataset={name}", "data.max_missing_ratio=0.25"], root=str(tmp_path))
+    result = training_pipeline(overrides=[f"data.dataset={name}"], root=str(tmp_path))
     m = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     best = min(b["test"]["mae"] for b in m["baselines"].values())
     assert m["test"]["mae"] <= best, (m["test"], m["baselines"])
