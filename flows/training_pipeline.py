@@ -98,7 +98,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     paths = Paths(Path(root) if root else Path.cwd())
     if os.environ.get("STFN_TRAIN_DEVICE"):  # set by a (GPU) work pool's job variables
         overrides = [*(overrides or []), f"train.device={os.environ['STFN_TRAIN_DEVICE']}"]
-    params = load_params(paths.params_file, overrides)
+    params = requested = load_params(paths.params_file, overrides)
     prepared = prepare_task(params, paths)
     validation = validate_task(params, paths)
     name = paths.dataset_name(params.data.dataset)
@@ -116,7 +116,8 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         tracking.end_run(run["run_id"], "FAILED")
         raise
     tracking.end_run(run["run_id"])
-    dvc_outputs = record_task(params, paths)
+    # as requested, `auto` unresolved: what dvc.yaml's stages read from params.yaml (and resolve alike)
+    dvc_outputs = record_task(requested, paths)
     result = {
         "dataset": name,
         "dataset_folder": prepared["folder"],

@@ -55,7 +55,7 @@ def test_every_stage_shows_a_bar_that_ends_complete(tmp_path, write_tiny_params)
     last = {name: [x for x in lines if name in x][-1] for name in ("generating", "validating", "featurizing",
                                                                    "training", "evaluating")}  # fmt: skip
     assert "256/256" in last["generating"]  # 160 + 48 + 48 samples
-    assert "7/7" in last["validating"]
+    assert "9/9" in last["validating"]
     assert "256/256" in last["featurizing"]
     assert "96/96" in last["evaluating"]  # val + test
     steps = 2 * (160 // 32)  # epochs x batches

@@ -202,6 +202,6 @@ def test_dvc_repro_runs_the_stages_then_does_nothing(tmp_path, write_tiny_params
     from flows.training_pipeline import training_pipeline
 
     result = training_pipeline(root=str(proj))
-    assert "unchanged, skipped" in result["dvc"] and "recorded in dvc.lock" in result["dvc"]
+    assert "unchanged, skipped" in result["dvc"] and "; outputs recorded in dvc.lock" in result["dvc"]
     assert "Running stage" not in sh(dvc, "repro")
     assert "up to date" in sh(dvc, "status").lower()
