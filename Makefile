@@ -11,6 +11,8 @@ PIP := $(BIN)/python -m pip
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 # The bulk install uses uv (~40 s instead of ~3 min with pip here); INSTALLER=pip uses pip.
 INSTALLER ?= uv
+# when make started (before any install): `make run`'s summary prints the install time from it
+MAKE_START := $(shell date +%s.%N)
 UV_VERSION ?= 0.13.9
 UI_PORT ?= 5000
 
@@ -51,7 +53,7 @@ install: $(VENV)/.installed ## Create .venv and install the project
 install-dev: $(VENV)/.installed-dev ## Create .venv and install the project with dev extras
 
 run: $(VENV)/.installed ## Run the whole pipeline on the default dataset (Prefect flow -> MLflow registry)
-	$(BIN)/stfn run
+	STFN_MAKE_START=$(MAKE_START) $(BIN)/stfn run
 
 serve: $(VENV)/.installed ## Serve the champion over HTTP on 127.0.0.1:5001 (follows @champion; SERVE_ARGS="--port 8080")
 	$(BIN)/stfn serve $(SERVE_ARGS)
@@ -76,6 +78,7 @@ test-fast: $(VENV)/.installed-dev ## Only the fast tests (no real flow, no dvc r
 bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipeline overhead, scaling) -> reports/bench.json
 	@# vit-pytorch without its dependencies: it would pull a torchvision that does not load beside this torch
 	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
+	$(INSTALL) -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
 
 docs-screenshots: $(VENV)/.installed-dev ## The team-mode test (with its browser check) on a run that learns; its screenshots of the MLflow UI into docs/screenshots/

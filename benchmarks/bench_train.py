@@ -1,9 +1,16 @@
 """Training throughput, measured side by side in one process:
 
-- ours: `stfn.training.fit` (memory-mapped, pre-normalised features, batches gathered in order)
-  vs a reference loop a user would write: a per-sample `Dataset` that reads each sample's series
-  from `series.parquet` (pyarrow filter on sample_id) and its frames from `frames.npy` loaded into
-  RAM (no memmap), the default `DataLoader`, the same model, optimiser and batch size;
+- ours: `stfn.training.fit` (memory-mapped, pre-normalised features, batches gathered in order),
+  against the peers a user would pick:
+  (a) the plain loop: the same model, optimiser, schedule, clipping and batch size over the same
+      features held in memory as tensors, batches indexed from them (the limit of our data path);
+  (b) PyTorch Lightning's `Trainer` on the same model as a `LightningModule` (the same optimiser,
+      schedule and clipping), fed by a `DataLoader` over a `TensorDataset` of the same tensors;
+  (c) a per-sample `Dataset` that reads each sample's series from `series.parquet` (pyarrow filter
+      on sample_id) and its frames from `frames.npy` loaded into RAM: the loop people write first;
+  each an epoch's training (no validation) over the same rows, the sides taken in turn, rounds
+  repeated, each side's best figure kept and the per-round ratios' median reported;
+- a `torch.profiler` breakdown of the default training step (benchmarks/profile_step.py);
 - our spacetime-patch encoder (`SpacetimePatchEmbed` + factorised blocks) vs vit-pytorch's ViViT
   (factorised self-attention) at the same width, depth, heads, MLP width, patch and tubelet:
   forward + backward + AdamW step of the spatial branch alone;
@@ -21,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 from common import REPO, best_of, project, table  # noqa: I001
+
+from stfn.efficiency import matmul_gflops
 
 
 def _vivit_class():
@@ -79,13 +88,92 @@ def reference_samples_per_s(folder: Path, ids: list[str], cfg, batch_size: int, 
     return n / (time.perf_counter() - t0)
 
 
-def matmul_gflops(size: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+def _schedule(opt: torch.optim.Optimizer, tp, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    from stfn.training import warmup_cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, tp.warmup_fraction))
+
+
+def in_memory(fs, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training rows' features as tensors in RAM (what the plain loop and Lightning get)."""
+    idx = np.sort(rows)
+    return (torch.from_numpy(np.asarray(fs.series[idx])), torch.from_numpy(np.asarray(fs.frames[idx])),
+            torch.from_numpy(np.asarray(fs.labels[idx])))  # fmt: skip
+
+
+def plain_samples_per_s(data, cfg, tp, seed: int) -> float:
+    """The plain loop over in-memory tensors: a shuffled index per epoch, batches sliced from
+    the tensors, the same model, AdamW, warm-up + cosine schedule, clipping and batch size."""
+    from stfn.models import build_model
+    from stfn.training import loss_fn
+
+    series, frames, labels = data
+    model = build_model(cfg, seed=seed).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    sched = _schedule(opt, tp, -(-len(labels) // tp.batch_size))
+    g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+    order = torch.randperm(len(labels), generator=g)
+    for i in range(0, len(order), tp.batch_size):
+        b = order[i : i + tp.batch_size]
+        loss = loss_fn(cfg.task, model(series[b], frames[b])["output"], labels[b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+        opt.step()
+        sched.step()
+    return len(labels) / (time.perf_counter() - t0)
+
+
+def lightning_samples_per_s(data, cfg, tp, seed: int) -> float:
+    """PyTorch Lightning's Trainer, one epoch, the same model and optimisation; the epoch's
+    time is taken from its own hooks (start-up and teardown not counted)."""
+    try:
+        import lightning as L
+    except ImportError as exc:
+        raise RuntimeError("lightning is not installed: `make bench` installs the bench extra") from exc
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # its banners, once per Trainer
+    warnings.filterwarnings("ignore", module="lightning")
+    from stfn.models import build_model
+    from stfn.training import loss_fn
+
+    series, frames, labels = data
+    steps = -(-len(labels) // tp.batch_size)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = build_model(cfg, seed=seed)
+
+        def training_step(self, batch, _):
+            s, f, y = batch
+            return loss_fn(cfg.task, self.model(s, f)["output"], y)
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": _schedule(opt, tp, steps), "interval": "step"}}
+
+    class EpochTimer(L.Callback):
+        def on_train_epoch_start(self, *_):
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, *_):
+            self.seconds = time.perf_counter() - self.t0
+
+    timer = EpochTimer()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(series, frames, labels), batch_size=tp.batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, gradient_clip_val=tp.grad_clip, logger=False, callbacks=[timer],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(Module(), loader)
+    return len(labels) / timer.seconds
 
 
 def _trainer(model: torch.nn.Module, x: torch.Tensor):
@@ -161,10 +249,14 @@ def patch_vs_vivit(batch: int = 64, frames: int = 8, size: int = 32, dim: int = 
     }
 
 
-def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, str]:
-    """At the default size: the default dataset (params.yaml) and model; our loop times one epoch
-    over the first `ours_samples` training rows, the reference `reference_samples` samples."""
+def run(ours_samples: int = 2048, reference_samples: int = 384, rounds: int = 3) -> tuple[dict, str]:
+    """At the default size: the default dataset (params.yaml) and model. Ours, the plain loop
+    and Lightning each train one epoch over the same first `ours_samples` training rows, in turn
+    (A B C, then C B A, ...), `rounds` times; the parquet-per-sample loop `reference_samples`."""
     import dataclasses
+    import statistics
+
+    from profile_step import breakdown
 
     from stfn.config import Paths, load_params
     from stfn.efficiency import flops_per_sample
@@ -184,41 +276,69 @@ def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, s
     sub = dataclasses.replace(fs, index=part)
     tp = params.train.model_copy(update={"epochs": 1, "patience": 1})
     cfg = model_config(fs, params.model)
+    data = in_memory(fs, sub.rows("train"))
     ids = list(idx.loc[idx["split"] == "train", "sample_id"][:reference_samples])
 
-    ours = ref = 0.0
-    for r in range(2):  # alternated, best of each
-        result = fit(sub, params.model, tp, params.seed, root / f"fit-{r}", resume=False)
-        ours = max(ours, result.history[0]["samples_per_s"])
-        ref = max(ref, reference_samples_per_s(folder, ids, cfg, params.train.batch_size, params.train.lr))
+    def ours() -> float:
+        result = fit(sub, params.model, tp, params.seed, root / "fit", resume=False)
+        return result.history[0]["samples_per_s"]
+
+    sides = {
+        "ours": ours,
+        "plain": lambda: plain_samples_per_s(data, cfg, tp, params.seed),
+        "lightning": lambda: lightning_samples_per_s(data, cfg, tp, params.seed),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in sides}
+    names = list(sides)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            rates[name].append(sides[name]())
+    ref = best_of(lambda: reference_samples_per_s(folder, ids, cfg, params.train.batch_size, params.train.lr), 2)
+    best = {k: max(v) for k, v in rates.items()}
+    per_round = lambda k: [a / b for a, b in zip(rates["ours"], rates[k], strict=True)]  # noqa: E731
+    ratio = {k: statistics.median(per_round(k)) for k in ("plain", "lightning")}
+    prof = breakdown(fs, params.model, params.train, seed=params.seed)
     flops = flops_per_sample(cfg)["flops_train_step"]
-    peak = best_of(matmul_gflops, 3)
-    achieved = flops * ours / 1e9
+    peak = matmul_gflops()
+    achieved = flops * best["ours"] / 1e9
     vit = patch_vs_vivit(dim=params.model.dim, depth=params.model.patch_depth, heads=params.model.heads,
                          patch=params.model.patch, tubelet=params.model.tubelet)  # fmt: skip
     out = {
-        "train_vs_reference": ours / ref,
+        "train_vs_plain_loop": ratio["plain"],
+        "train_vs_lightning": ratio["lightning"],
+        "train_vs_parquet_per_sample": best["ours"] / ref,
         "patch_encoder_vs_vivit": vit["ratio"],
         "patch_encoder_vs_vivit_quartiles": list(vit["quartiles"]),
         "patch_encoder_control": vit["control"],
         "gflops_vs_matmul_peak": achieved / peak,
-        "train_samples_per_s": {"ours": ours, "reference": ref},
+        "train_samples_per_s": {**best, "parquet_per_sample": ref},
+        "train_samples_per_s_rounds": rates,
+        "train_step_profile": prof,
         "patch_encoder_samples_per_s": {"ours": vit["ours"], "vivit": vit["vivit"]},
         "patch_encoder_params": {"ours": vit["ours_params"], "vivit": vit["vivit_params"]},
         "gflops": {"achieved": achieved, "matmul_fp32_peak": peak, "flops_train_step_per_sample": flops},
         "threads": torch.get_num_threads(),
     }
+    spread = lambda k: f"{min(rates[k]):.0f}-{max(rates[k]):.0f}"  # noqa: E731
     text = table(
-        f"1. Training throughput (default dataset ({md.n_train} training samples) and model, batch "
-        f"{params.train.batch_size}, {torch.get_num_threads()} threads)",
+        f"1. Training throughput (default dataset and model, one epoch over {ours_samples} training samples, "
+        f"batch {params.train.batch_size}, {torch.get_num_threads()} threads; {rounds} rounds in turn, best)",
         [
             (
-                "STFN training step: ours (fit)",
-                f"{ours:.0f}",
-                "reference loop (parquet per sample)",
-                f"{ref:.0f}",
-                f"{ours / ref:.2f}x",
+                "STFN training: ours (fit)",
+                f"{best['ours']:.0f} ({spread('ours')})",
+                "plain loop, tensors in RAM",
+                f"{best['plain']:.0f} ({spread('plain')})",
+                f"{ratio['plain']:.2f}x (median of the rounds)",
             ),
+            (
+                "",
+                "",
+                "PyTorch Lightning Trainer",
+                f"{best['lightning']:.0f} ({spread('lightning')})",
+                f"{ratio['lightning']:.2f}x (median of the rounds)",
+            ),
+            ("", "", "Dataset reading parquet per sample", f"{ref:.0f}", f"{best['ours'] / ref:.2f}x"),
             (
                 "spatial branch: SpacetimePatchEmbed",
                 f"{vit['ours']:.0f}",
@@ -232,8 +352,8 @@ def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, s
                 "",
                 "(in the same rounds)",
                 "",
-                f"{vit['control']:.2f}x (quartiles {vit['control_quartiles'][0]:.2f}-"
-                f"{vit['control_quartiles'][1]:.2f})",
+                f"{vit['control']:.2f}x (quartiles "
+                f"{vit['control_quartiles'][0]:.2f}-{vit['control_quartiles'][1]:.2f})",
             ),
             (
                 "achieved GFLOP/s (train step)",
@@ -244,6 +364,12 @@ def run(ours_samples: int = 2048, reference_samples: int = 384) -> tuple[dict, s
             ),
         ],  # fmt: skip
         ("ours", "samples/s", "peer", "samples/s", "ratio"),
+    )
+    text += "\n" + table(
+        f"   Where a training step's time goes (torch.profiler, {prof['steps']} steps of {prof['batch']}, "
+        f"{prof['ms_per_step']:.0f} ms per step under the profiler)",
+        [(k, f"{prof['parts_ms'][k]:.1f}", f"{prof['shares'][k]:.1%}") for k in prof["parts_ms"]],
+        ("part", "ms per step", "share"),
     )
     return out, text
 

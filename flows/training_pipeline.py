@@ -9,7 +9,10 @@ at `PREFECT_API_URL` when it is set.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,18 @@ def record_task(params: Params, paths: Paths) -> str:
     return record_versions(params, paths)
 
 
+class Split(dict):
+    """Seconds per stage of this run, in the order they ran (the run summary prints them)."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - t0
+
+
 @flow(name="training-pipeline")
 def training_pipeline(overrides: list[str] | None = None, root: str | None = None) -> dict[str, Any]:
     """validate -> featurize -> train -> evaluate -> register, for `params.yaml` + overrides."""
@@ -99,25 +114,35 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
     if os.environ.get("STFN_TRAIN_DEVICE"):  # set by a (GPU) work pool's job variables
         overrides = [*(overrides or []), f"train.device={os.environ['STFN_TRAIN_DEVICE']}"]
     params = requested = load_params(paths.params_file, overrides)
-    prepared = prepare_task(params, paths)
-    validation = validate_task(params, paths)
+    split = Split()
+    with split("prepare"):
+        prepared = prepare_task(params, paths)
+    with split("validate"):
+        validation = validate_task(params, paths)
     name = paths.dataset_name(params.data.dataset)
     create_markdown_artifact(
         reports.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
     )
     params, choices = defaults.for_dataset(params, paths)  # `auto` settings, for this dataset's task
-    featurize_task(params, paths, validation["data_md5"])
-    run = open_run_task(params, paths, validation["data_md5"], prepared.get("dvc_md5"), choices)
+    with split("featurize"):
+        featurize_task(params, paths, validation["data_md5"])
+    with split("track"):
+        run = open_run_task(params, paths, validation["data_md5"], prepared.get("dvc_md5"), choices)
     try:
-        trained = train_task(params, paths, run["run_id"])
-        evaluation = evaluate_task(params, paths, run["run_id"], trained, validation)
-        registered = register_task(params, paths, run["run_id"], evaluation, run["lineage"])
+        with split("train"):
+            trained = train_task(params, paths, run["run_id"])
+        with split("evaluate"):
+            evaluation = evaluate_task(params, paths, run["run_id"], trained, validation)
+        with split("register"):
+            registered = register_task(params, paths, run["run_id"], evaluation, run["lineage"])
     except BaseException:
         tracking.end_run(run["run_id"], "FAILED")
         raise
-    tracking.end_run(run["run_id"])
+    with split("track"):
+        tracking.end_run(run["run_id"])
     # as requested, `auto` unresolved: what dvc.yaml's stages read from params.yaml (and resolve alike)
-    dvc_outputs = record_task(requested, paths)
+    with split("dvc"):
+        dvc_outputs = record_task(requested, paths)
     result = {
         "dataset": name,
         "dataset_folder": prepared["folder"],
@@ -135,6 +160,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "best_epoch": trained["best_epoch"],
         "settings": [c.line() for c in choices],
         "dvc": f"{prepared['dvc']}; {dvc_outputs}",
+        "split_seconds": dict(split),
         **registered,
     }
     create_markdown_artifact(

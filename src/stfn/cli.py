@@ -94,10 +94,33 @@ def run(
     _guard(load_params, Paths(root).params_file, overrides)  # a typo fails here, before Prefect starts
     from flows.training_pipeline import training_pipeline  # Prefect is imported before MLflow
 
-    t0 = time.perf_counter()
     with _bars():
         result = _guard(training_pipeline, overrides=overrides, root=str(root))
-    _print_summary(result, root, time.perf_counter() - t0)
+    _print_summary(result, root, _process_seconds())
+
+
+def _process_seconds() -> float:
+    """Seconds since this process started (interpreter and imports included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+def _split_line(r: dict[str, Any], seconds: float) -> str:
+    """Where the run's time went: start-up (interpreter, imports, Prefect's API), each stage,
+    and before it the install `make run` did (STFN_MAKE_START: when make started)."""
+    import os
+
+    from stfn.efficiency import matmul_gflops
+
+    split = dict(r.get("split_seconds") or {})
+    parts = []
+    if os.environ.get("STFN_MAKE_START"):
+        install = time.time() - seconds - float(os.environ["STFN_MAKE_START"])
+        parts.append(f"install {install:.0f} s (make, before stfn started)")
+    parts.append(f"start-up {max(0.0, seconds - sum(split.values())):.0f} s")
+    parts += [f"{k} {v:.0f} s" for k, v in split.items()]
+    return " · ".join(parts) + f"  (this machine's fp32 matmul: {matmul_gflops():.0f} GFLOP/s now)"
 
 
 def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
@@ -113,6 +136,7 @@ def _print_summary(r: dict[str, Any], root: Path, seconds: float) -> None:
     table.add_row("test metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["test"].items()))
     table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
     table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
+    table.add_row("time split", _split_line(r, seconds))
     for i, line in enumerate(r.get("settings", [])):
         table.add_row("settings" if i == 0 else "", line)
     if r.get("champion_before") and r.get("champion_value_before") is not None:

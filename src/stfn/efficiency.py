@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,3 +39,17 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def matmul_gflops(size: int = 1024, reps: int = 20, rounds: int = 3) -> float:
+    """The fp32 matrix-product GFLOP/s this machine reaches now (best of `rounds`): the yardstick
+    the run summary and `make bench` print beside their timings (this machine's speed varies)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        best = max(best, 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best

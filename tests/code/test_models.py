@@ -227,3 +227,30 @@ def test_time_attention_on_strided_views_equals_attention_on_the_rearranged_cell
     grads_ref = torch.autograd.grad(ref, [x, *att.parameters()], g)
     for a, b in zip(grads_fast, grads_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cnn_stems_see_the_same_grid_and_old_checkpoints_keep_theirs():
+    """The unshuffled stem (#18) and the max-pooling one give the same grid from the same number
+    of multiply-adds; a checkpoint's config written before the stem was a choice rebuilds the
+    max-pooling stem, so its weights load."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stfn.models import SpatialEncoder
+
+    frames = torch.randn(2 * F, 1, H, W)
+    flops = {}
+    for stem in ("unshuffle", "maxpool"):
+        enc = SpatialEncoder(1, 16, (H, W), stem=stem)
+        with FlopCounterMode(display=False) as count:
+            out = enc(frames.view(2, F, 1, H, W))
+        assert out.shape == (2, F, (H // 8) * (W // 8), 16)
+        flops[stem] = count.get_total_flops()
+    assert flops["unshuffle"] == flops["maxpool"]
+    assert config().cnn_stem == "unshuffle"
+    old = {k: v for k, v in config().to_dict().items() if k != "cnn_stem"}
+    legacy = build_model(STFNConfig.from_dict(old))
+    assert legacy.spatial.net[0].weight.shape == (16, 1, 3, 3)  # conv on the full frame, then the pool
+    new = build_model(STFNConfig.from_dict(config().to_dict()))
+    assert new.spatial.net[1].weight.shape == (16, 4, 3, 3)  # conv on the unshuffled 2x2 blocks
+    with pytest.raises(ValueError, match="unknown cnn stem"):
+        SpatialEncoder(1, 16, (H, W), stem="strided")
