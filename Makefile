@@ -23,7 +23,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs-screenshots
+.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs-screenshots gpu-wheels
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,14 @@ bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipel
 	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
 	$(INSTALL) -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
+
+# pydantic and its dependencies for CPython 3.12 (the GPU machine's Python; it has the rest), as constraints.txt pins them
+GPU_WHEELS = pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+gpu-wheels: $(BIN)/python ## The wheels benchmarks/gpu_check.sh carries to a GPU machine that reaches no package index -> .whl/
+	mkdir -p .whl
+	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
 
 docs-screenshots: $(VENV)/.installed-dev ## The team-mode test (with its browser check) on a run that learns; its screenshots of the MLflow UI into docs/screenshots/
 	STFN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_servers.py
