@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--junit", type=Path, help="the gpu tests' JUnit XML, counted into the JSON")
     ap.add_argument("--batches", default="", help="comma-separated batch sizes (default: params.yaml's and 1024)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny run on the CPU: checks this script, no figures")
     args = ap.parse_args()
 
     from stfn import defaults
@@ -62,10 +63,13 @@ def main() -> None:
     from stfn.features import build_features, load_features
     from stfn.training import fit, model_config
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.cpu_smoke:
         raise SystemExit("gpu_bench: no CUDA device")
+    device = "cpu" if args.cpu_smoke else "cuda"
     params = load_params(REPO / "params.yaml")
     md = params.prepare.moving_digits
+    if args.cpu_smoke:
+        md = md.model_copy(update={"n_train": 256, "n_val": 64, "n_test": 64})
     work = Path(tempfile.mkdtemp(prefix="stfn-gpu-"))
     t0 = time.perf_counter()
     folder = write_dataset(work / "moving-digits", *make_moving_digits(md))
@@ -76,14 +80,17 @@ def main() -> None:
     prepare_s = time.perf_counter() - t0
     cfg = model_config(fs, params.model)
     flops = flops_per_sample(cfg)["flops_train_step"]
-    name = torch.cuda.get_device_name(0)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run)"
     spec_peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-    measured_peak = bf16_matmul_flops()
+    measured_peak = bf16_matmul_flops() if device == "cuda" else None
     batches = [int(b) for b in args.batches.split(",") if b] or [params.train.batch_size, 1024]
+    if args.cpu_smoke:
+        batches = [64]
     rows = []
     for batch in batches:
-        tp = params.train.model_copy(update={"epochs": 2, "patience": 2, "device": "cuda", "batch_size": batch})
-        torch.cuda.reset_peak_memory_stats()
+        tp = params.train.model_copy(update={"epochs": 2, "patience": 2, "device": device, "batch_size": batch})
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         result = fit(fs, params.model, tp, params.seed, work / f"fit-{batch}", resume=False)
         sps = result.history[-1]["samples_per_s"]
         rows.append({
@@ -92,10 +99,10 @@ def main() -> None:
             "first_epoch_samples_per_s": result.history[0]["samples_per_s"],
             "achieved_tflops": flops * sps / 1e12,
             "mfu_vs_datasheet_bf16": flops * sps / spec_peak if spec_peak else None,
-            "mfu_vs_measured_bf16_matmul": flops * sps / measured_peak,
+            "mfu_vs_measured_bf16_matmul": flops * sps / measured_peak if measured_peak else None,
             "val_accuracy_after_2_epochs": result.history[-1].get("val_accuracy"),
             "gpu_path": result.gpu_path,
-            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     out = {
@@ -106,7 +113,7 @@ def main() -> None:
         "dataset": {"name": "moving-digits", "n_train": md.n_train, "prepare_seconds": prepare_s},
         "flops_train_step_per_sample": flops,
         "bf16_peak_datasheet_tflops": spec_peak / 1e12 if spec_peak else None,
-        "bf16_matmul_measured_tflops": measured_peak / 1e12,
+        "bf16_matmul_measured_tflops": measured_peak / 1e12 if measured_peak else None,
         "training": rows,
         "tests": junit_counts(args.junit) if args.junit and args.junit.exists() else None,
     }
