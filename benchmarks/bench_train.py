@@ -254,7 +254,6 @@ def run(ours_samples: int = 2048, reference_samples: int = 384, rounds: int = 3)
     and Lightning each train one epoch over the same first `ours_samples` training rows, in turn
     (A B C, then C B A, ...), `rounds` times; the parquet-per-sample loop `reference_samples`."""
     import dataclasses
-    import statistics
 
     from profile_step import breakdown
 
@@ -295,8 +294,8 @@ def run(ours_samples: int = 2048, reference_samples: int = 384, rounds: int = 3)
             rates[name].append(sides[name]())
     ref = best_of(lambda: reference_samples_per_s(folder, ids, cfg, params.train.batch_size, params.train.lr), 2)
     best = {k: max(v) for k, v in rates.items()}
-    per_round = lambda k: [a / b for a, b in zip(rates["ours"], rates[k], strict=True)]  # noqa: E731
-    ratio = {k: statistics.median(per_round(k)) for k in ("plain", "lightning")}
+    seconds = {k: [1 / r for r in v] for k, v in rates.items()}  # per sample, as paired_ratio takes them
+    ratio = {k: paired_ratio(seconds["ours"], seconds[k])["ratio"] for k in ("plain", "lightning")}
     prof = breakdown(fs, params.model, params.train, seed=params.seed)
     flops = flops_per_sample(cfg)["flops_train_step"]
     peak = matmul_gflops()

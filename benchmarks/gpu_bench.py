@@ -28,19 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 BF16_PEAK = {"H200": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
-def bf16_matmul_flops(size: int = 8192, reps: int = 20) -> float:
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * size**3 * reps / (time.perf_counter() - t0)
-
-
 def junit_counts(path: Path) -> dict[str, int]:
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root)
@@ -59,7 +46,7 @@ def main() -> None:
     from stfn import defaults
     from stfn.config import load_params
     from stfn.data import make_moving_digits, write_dataset
-    from stfn.efficiency import flops_per_sample
+    from stfn.efficiency import flops_per_sample, matmul_gflops
     from stfn.features import build_features, load_features
     from stfn.training import fit, model_config
 
@@ -82,7 +69,7 @@ def main() -> None:
     flops = flops_per_sample(cfg)["flops_train_step"]
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke run)"
     spec_peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-    measured_peak = bf16_matmul_flops() if device == "cuda" else None
+    measured_peak = matmul_gflops(8192, 20, 1, "cuda", torch.bfloat16) * 1e9 if device == "cuda" else None
     batches = [int(b) for b in args.batches.split(",") if b] or [params.train.batch_size, 1024]
     if args.cpu_smoke:
         batches = [64]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -110,8 +111,6 @@ def _start_temporary_api() -> threading.Thread | None:
     start here: start it now, beside the 5-7 s of importing the flow's modules (torch, MLflow,
     GX), instead of after. Prefect's server object is one per process, so the flow finds it
     running; should this start fail, the flow's own start tries again and reports."""
-    import os
-
     if os.environ.get("PREFECT_API_URL"):
         return None
     from prefect.server.api.server import SubprocessASGIServer
@@ -135,8 +134,6 @@ def _process_seconds() -> float:
 def _split_line(r: dict[str, Any], seconds: float) -> str:
     """Where the run's time went: start-up (interpreter, imports, Prefect's API), each stage,
     and before it the install `make run` did (STFN_MAKE_START: when make started)."""
-    import os
-
     from stfn.efficiency import matmul_gflops
 
     split = dict(r.get("split_seconds") or {})

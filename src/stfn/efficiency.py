@@ -41,15 +41,22 @@ def peak_memory_mb(device: torch.device | str = "cpu") -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def matmul_gflops(size: int = 1024, reps: int = 20, rounds: int = 3) -> float:
-    """The fp32 matrix-product GFLOP/s this machine reaches now (best of `rounds`): the yardstick
-    the run summary and `make bench` print beside their timings (this machine's speed varies)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(
+    size: int = 1024, reps: int = 20, rounds: int = 3, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
+    """The matrix-product GFLOP/s this machine reaches now (best of `rounds`; fp32 on the CPU by
+    default): the yardstick the run summary, `make bench` and the GPU benchmark print beside
+    their timings (this machine's speed varies)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     torch.mm(a, b)
+    sync()
     best = 0.0
     for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(reps):
             torch.mm(a, b)
+        sync()
         best = max(best, 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
