@@ -139,8 +139,13 @@ def _split_line(r: dict[str, Any], seconds: float) -> str:
     split = dict(r.get("split_seconds") or {})
     parts = []
     if os.environ.get("STFN_MAKE_START"):
+        # the process start time is known to ~1 s: below that, make found the venv up to date
         install = time.time() - seconds - float(os.environ["STFN_MAKE_START"])
-        parts.append(f"install {install:.0f} s (make, before stfn started)")
+        parts.append(
+            f"install {install:.0f} s (make, before stfn started)"
+            if install >= 1
+            else "install: none (venv up to date)"
+        )
     parts.append(f"start-up {max(0.0, seconds - sum(split.values())):.0f} s")
     parts += [f"{k} {v:.0f} s" for k, v in split.items()]
     return " · ".join(parts) + f"  (this machine's fp32 matmul: {matmul_gflops():.0f} GFLOP/s now)"
