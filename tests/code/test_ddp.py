@@ -70,7 +70,13 @@ def test_two_gloo_processes_end_where_one_does(features, tmp_path):
     # biases added before a softmax have no gradient but float noise, which AdamW scales up to a
     # step of lr: they drift apart a little; every other weight agrees to float precision
     gauge = {"frame_bias.bias", "pool.w.bias"}
-    assert max(v for k, v in diff.items() if k not in gauge) < 1e-5, diff
+    # The convolutions' weight gradients are sums over the batch that oneDNN orders by its kernel
+    # for this CPU and batch size (32 in one process, 16 in each of two): they differ in the last
+    # float bits, and AdamW, dividing by sqrt(v), turns that into up to ~4e-5 after 3 epochs on an
+    # AMD EPYC (<1e-5 on the machines before). Still 20x below one AdamW step (lr 2e-3), where a
+    # rank that steps on its own half-batch's gradient, or sees other batches, drifts by a sizeable
+    # fraction of a step per batch.
+    assert max(v for k, v in diff.items() if k not in gauge) < 1e-4, sorted(diff.items(), key=lambda kv: -kv[1])[:5]
     assert max(diff[k] for k in gauge) < 1e-3, diff
 
 
