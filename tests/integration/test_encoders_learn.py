@@ -54,9 +54,10 @@ def small_features(tmp_path_factory, write_tiny_params):
     return params, paths
 
 
-# in `make test`: both encoders with the default alignment (mfb, low-rank bilinear) and the CNN
-# with the gated average (gmu); every other pair (the same modules, ~15 s each) in `make test-all`
-DEFAULT = {("cnn", "mfb"), ("cnn", "gmu"), ("patches", "mfb")}
+# in `make test`: both encoders with the default alignment (mfb, low-rank bilinear); every other
+# pair (the same encoders, 15-30 s each) in `make test-all` (cnn+gmu left `make test` in #18, for
+# its time budget: each alignment's own output is tested in tests/code/test_models.py)
+DEFAULT = {("cnn", "mfb"), ("patches", "mfb")}
 CASES = [
     pytest.param(s, a, marks=() if (s, a) in DEFAULT else pytest.mark.thorough)
     for s in ("cnn", "patches")
