@@ -65,6 +65,14 @@ class ModelParams(_Section):
     tubelet: int = Field(1, ge=1)
     patch: int = Field(8, ge=2)
     patch_depth: int = Field(2, ge=0)
+    # patches: how a tubelet becomes a token. linear: one linear map of its raw pixels (ViViT's
+    # tubelet embedding); conv: two 3x3 convolutions and a 2x2 max-pool first (a convolutional stem,
+    # Xiao et al. 2021), then a linear map of (patch/4)^2-pixel tubelets of their 32 channels
+    patch_stem: Literal["linear", "conv"] = "linear"
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # patches: stochastic depth of the last block
+    # patches: LayerScale (CaiT): each residual branch times a learned per-channel gain starting
+    # here, so a block starts near the identity; 0 = off (gain 1, no parameter)
+    layer_scale: float = Field(0.0, ge=0.0)
     heads: int = Field(4, ge=1)
     attention_heads: int = Field(1, ge=1)
     dim: int = Field(64, ge=4)

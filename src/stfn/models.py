@@ -173,26 +173,48 @@ class SelfAttention(nn.Module):
 
 class FactorisedBlock(nn.Module):
     """Space attention within each time slice, then time attention per grid cell (causal: a
-    token never sees later frames), then an MLP; pre-norm residuals. (B, T', N, D) -> same."""
+    token never sees later frames), then an MLP; pre-norm residuals. (B, T', N, D) -> same.
+    `drop_path`: in training, each sample skips the block's residual branches with this
+    probability (stochastic depth; torchvision's `stochastic_depth` in four lines, rather than a
+    dependency on torchvision for it)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 2, drop_path: float = 0.0, layer_scale: float = 0.0):
         super().__init__()
         self.norm_s, self.norm_t, self.norm_m = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.space, self.time = SelfAttention(dim, heads), SelfAttention(dim, heads)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.drop_path = drop_path
+        # LayerScale: one gain per branch (space, time, mlp) and channel
+        self.gains = nn.Parameter(torch.full((3, dim), layer_scale)) if layer_scale else None
+
+    def _drop(self, y: torch.Tensor, branch: int) -> torch.Tensor:
+        if self.gains is not None:
+            y = y * self.gains[branch]
+        if not (self.training and self.drop_path):
+            return y
+        keep = 1.0 - self.drop_path
+        mask = y.new_empty((y.shape[0],) + (1,) * (y.dim() - 1)).bernoulli_(keep)
+        return y * mask.div_(keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         s = self.space(rearrange(self.norm_s(x), "b t n d -> (b t) n d"))
-        x = x + rearrange(s, "(b t) n d -> b t n d", b=b)
-        x = x + self.time.along_time(self.norm_t(x), causal=True)
-        return x + self.mlp(self.norm_m(x))
+        x = x + self._drop(rearrange(s, "(b t) n d -> b t n d", b=b), 0)
+        x = x + self._drop(self.time.along_time(self.norm_t(x), causal=True), 1)
+        return x + self._drop(self.mlp(self.norm_m(x)), 2)
 
 
 class SpacetimePatchEmbed(nn.Module):
     """Spacetime patches: tubelets of t x p x p pixels (a strided Conv3d) with separate learned
     space and time position embeddings, then a small factorised transformer.
-    (B, F, C, H, W) -> (B, F/t, (H/p)(W/p), D)."""
+    (B, F, C, H, W) -> (B, F/t, (H/p)(W/p), D).
+
+    `stem="conv"` puts a convolutional stem before the tubelet projection (Xiao et al. 2021,
+    "Early convolutions help transformers see better"): per frame, the CNN encoder's first two
+    layers (PixelUnshuffle + 3x3 conv to 16 channels, GELU, 3x3 conv to 32, 2x2 max-pool, GELU) take
+    the frame to a quarter of its size, and tubelets of t x p/4 x p/4 cells of that map become the
+    tokens: the same token grid, but a token sees its pixels through overlapping local filters instead
+    of one linear map of a digit cut at patch borders."""
 
     def __init__(
         self,
@@ -205,6 +227,9 @@ class SpacetimePatchEmbed(nn.Module):
         patch: int = 8,
         depth: int = 2,
         heads: int = 4,
+        stem: str = "linear",
+        drop_path: float = 0.0,
+        layer_scale: float = 0.0,
     ):
         super().__init__()
         h, w = frame_size
@@ -213,20 +238,42 @@ class SpacetimePatchEmbed(nn.Module):
                 f"frames {frames} must be divisible by model.tubelet {tubelet}, and the frame size "
                 f"{frame_size} by model.patch {patch}"
             )
+        if stem == "conv":
+            if patch % 4:
+                raise ValueError(f"model.patch {patch} must be a multiple of 4 with model.patch_stem conv")
+            self.stem = nn.Sequential(
+                nn.PixelUnshuffle(2),
+                nn.Conv2d(4 * channels, 16, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.MaxPool2d(2),
+                nn.GELU(),
+            ).to(memory_format=torch.channels_last)
+            channels, self.cell = 32, patch // 4
+        elif stem == "linear":
+            self.stem, self.cell = None, patch
+        else:
+            raise ValueError(f"unknown model.patch_stem '{stem}' (linear | conv)")
         self.tubelet, self.patch = tubelet, patch
         self.grid = (h // patch, w // patch)
-        self.proj = nn.Conv3d(channels, dim, (tubelet, patch, patch), stride=(tubelet, patch, patch))
+        self.proj = nn.Conv3d(channels, dim, (tubelet, self.cell, self.cell), stride=(tubelet, self.cell, self.cell))
         self.pos_space = nn.Parameter(torch.zeros(1, 1, self.grid[0] * self.grid[1], dim))
         self.pos_time = nn.Parameter(torch.zeros(1, frames // tubelet, 1, dim))
         nn.init.trunc_normal_(self.pos_space, std=0.02)
         nn.init.trunc_normal_(self.pos_time, std=0.02)
-        self.blocks = nn.ModuleList([FactorisedBlock(dim, heads) for _ in range(depth)])
+        # stochastic depth rising linearly to `drop_path` at the last block (DeiT's rule)
+        rates = [drop_path * (i + 1) / depth for i in range(depth)] if depth else []
+        self.blocks = nn.ModuleList([FactorisedBlock(dim, heads, drop_path=r, layer_scale=layer_scale) for r in rates])
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         # the strided Conv3d as the matrix product it is (tubelets flattened in the weight's
         # (c, t, p, p) order): the same numbers, without the CPU's slow 3-D convolution path
-        t, p = self.tubelet, self.patch
+        t, p = self.tubelet, self.cell
+        if self.stem is not None:
+            b = frames.shape[0]
+            x = rearrange(frames, "b f c h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
+            frames = rearrange(self.stem(x), "(b f) c h w -> b f c h w", b=b)
         x = rearrange(frames, "b (ft t) c (gh p1) (gw p2) -> b ft (gh gw) (c t p1 p2)", t=t, p1=p, p2=p)
         # bias and both position embeddings summed on the small (1, F/t, N, D) grid first: one
         # full-size addition instead of three
@@ -249,6 +296,9 @@ def build_spatial(cfg: STFNConfig) -> nn.Module:
             patch=cfg.patch,
             depth=cfg.patch_depth,
             heads=cfg.heads,
+            stem=cfg.patch_stem,
+            drop_path=cfg.drop_path,
+            layer_scale=cfg.layer_scale,
         )
     raise ValueError(f"unknown model.spatial_encoder '{cfg.spatial_encoder}' (cnn | patches)")
 

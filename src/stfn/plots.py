@@ -92,24 +92,26 @@ def plot_reliability(table: list[dict[str, Any]], ece: float, path: Path) -> Pat
     return path
 
 
-def plot_ablation(models: dict[str, dict[str, Any]], metric: str, path: Path) -> Path:
-    """Bar chart of each model's mean test metric over seeds, with the std as error bars."""
+def plot_ablation(encoders: dict[str, dict[str, dict[str, Any]]], metric: str, path: Path) -> Path:
+    """Bar chart of each model's mean test metric over seeds, with the std as error bars and the
+    seeds as dots; one group of bars per spatial encoder ({encoder: {model: {mean, std, seeds}}})."""
     plt = _plt()
-    names = list(models)
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    means = [models[n]["mean"] for n in names]
-    ax.bar(
-        names,
-        means,
-        yerr=[models[n]["std"] for n in names],
-        capsize=6,
-        color=["C3" if n == "stfn" else "C0" for n in names],
-    )
-    for i, n in enumerate(names):
-        ax.scatter([i] * len(models[n]["seeds"]), models[n]["seeds"], color="k", s=10, zorder=3)
-        ax.text(i, means[i], f"{means[i]:.3f}", ha="center", va="bottom", fontsize=8)
+    names = list(dict.fromkeys(n for models in encoders.values() for n in models))
+    width = 0.8 / len(encoders)
+    fig, ax = plt.subplots(figsize=(6 + 1.5 * (len(encoders) - 1), 3.8))
+    for k, (encoder, models) in enumerate(encoders.items()):
+        xs = [i + (k - (len(encoders) - 1) / 2) * width for i, n in enumerate(names) if n in models]
+        shown = [n for n in names if n in models]
+        means = [models[n]["mean"] for n in shown]
+        ax.bar(xs, means, width * 0.9, yerr=[models[n]["std"] for n in shown], capsize=4, color=f"C{k}", label=encoder)
+        for x, n, m in zip(xs, shown, means, strict=True):
+            ax.scatter([x] * len(models[n]["seeds"]), models[n]["seeds"], color="k", s=8, zorder=3)
+            ax.text(x, m, f"{m:.3f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
     ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"Ablation: mean ± std over {len(models[names[0]]['seeds'])} seeds (dots: seeds)")
+    seeds = {len(m["seeds"]) for models in encoders.values() for m in models.values()}
+    ax.set_title(f"Ablation: mean ± std over {'/'.join(map(str, sorted(seeds)))} seeds (dots: seeds)")
+    ax.legend(title="spatial encoder", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -128,9 +128,10 @@ def test_unknown_variant_and_too_wide_bilinear_are_clear_errors():
         build_model(config(alignment="bilinear", dim=128))
 
 
+@pytest.mark.parametrize("stem", ["linear", "conv"])
 @pytest.mark.parametrize("tubelet", [1, 2])
-def test_spacetime_patches_shapes_and_alignment_at_tubelet_end(tubelet):
-    cfg = config(spatial_encoder="patches", tubelet=tubelet, patch=8, patch_depth=1, heads=2)
+def test_spacetime_patches_shapes_and_alignment_at_tubelet_end(tubelet, stem):
+    cfg = config(spatial_encoder="patches", tubelet=tubelet, patch=8, patch_depth=1, heads=2, patch_stem=stem)
     model = build_model(cfg, seed=0).eval()
     s, f = inputs()
     out = model(s, f)
@@ -141,11 +142,12 @@ def test_spacetime_patches_shapes_and_alignment_at_tubelet_end(tubelet):
     assert model.frame_steps.tolist() == cfg.frame_steps[tubelet - 1 :: tubelet]
 
 
-def test_spacetime_time_attention_is_causal():
-    """A tubelet's features never depend on later frames."""
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_spacetime_time_attention_is_causal(stem):
+    """A tubelet's features never depend on later frames (the conv stem works frame by frame)."""
     from stfn.models import SpacetimePatchEmbed
 
-    enc = SpacetimePatchEmbed(1, 16, (H, W), F, tubelet=1, patch=8, depth=2, heads=2).eval()
+    enc = SpacetimePatchEmbed(1, 16, (H, W), F, tubelet=1, patch=8, depth=2, heads=2, stem=stem).eval()
     _, f = inputs()
     f2 = f.clone()
     f2[:, 2:] = torch.randn_like(f2[:, 2:])
@@ -158,6 +160,40 @@ def test_spacetime_time_attention_is_causal():
 def test_patch_sizes_must_divide_the_frames():
     with pytest.raises(ValueError, match="model.tubelet"):
         build_model(config(spatial_encoder="patches", tubelet=3))
+    with pytest.raises(ValueError, match="multiple of 4 with model.patch_stem conv"):
+        build_model(config(spatial_encoder="patches", patch=2, patch_stem="conv"))
+
+
+def test_conv_stem_tokens_see_only_their_patch_neighbourhood():
+    """With the conv stem a token's embedding (before the blocks) depends on pixels of its own
+    patch and a few around it (the stem's receptive field), not on the far side of the frame."""
+    from stfn.models import SpacetimePatchEmbed
+
+    enc = SpacetimePatchEmbed(1, 16, (H, W), F, patch=8, depth=0, heads=2, stem="conv").eval()
+    _, f = inputs()
+    f2 = f.clone()
+    f2[..., 24:, 24:] = torch.randn_like(f2[..., 24:, 24:])  # the bottom-right patch only
+    with torch.no_grad():
+        a, b = enc(f), enc(f2)
+    grid = lambda x: x.view(B, F, 4, 4, 16)  # noqa: E731
+    torch.testing.assert_close(grid(a)[:, :, :2, :2], grid(b)[:, :, :2, :2])  # far cells unchanged
+    assert not torch.allclose(grid(a)[:, :, 3, 3], grid(b)[:, :, 3, 3])
+
+
+def test_layer_scale_starts_each_block_near_the_identity_and_drop_path_only_trains():
+    from stfn.models import FactorisedBlock
+
+    x = torch.randn(2, F, 16, 16)
+    block = FactorisedBlock(16, 2, layer_scale=1e-4).eval()
+    assert block.gains.shape == (3, 16)
+    assert (block(x) - x).abs().max() < 1e-2  # three branches times 1e-4
+    assert FactorisedBlock(16, 2).gains is None  # off: no parameter, the block as before
+    dropped = FactorisedBlock(16, 2, drop_path=0.9)
+    xs = torch.randn(200, F, 16, 16)
+    torch.testing.assert_close(dropped.eval()(xs), dropped.eval()(xs))  # deterministic in eval
+    torch.manual_seed(0)
+    untouched = ((dropped.train()(xs) - xs).flatten(1).abs().amax(1) == 0).float().mean()
+    assert 0.6 < untouched < 0.85  # each sample skips all three branches with p = 0.9^3 = 0.73
 
 
 def test_multi_head_attention_pooling_weights_sum_to_one():

@@ -26,11 +26,13 @@ def test_ablation_trains_every_model_over_seeds_and_logs_nested_runs(tmp_path, w
     report = ablate(params, paths, seeds=[0, 1], on_result=seen.append)
     saved = json.loads((tmp_path / "reports" / "ablation.json").read_text())
     assert saved["metric"] == "accuracy" and saved["dataset"] == "moving-digits"
-    assert set(saved["models"]) == {"stfn", "time_only", "space_only", "late_concat"}
+    cnn = saved["encoders"]["cnn"]
+    assert set(saved["encoders"]) == {"cnn"} and cnn["model"]["spatial_encoder"] == "cnn"
+    assert set(cnn["models"]) == {"stfn", "time_only", "space_only", "late_concat"} == set(report["models"])
     accuracies: dict[str, list[float]] = {}
     for r in seen:
         accuracies.setdefault(r["variant"], []).append(r["accuracy"])
-    for variant, m in saved["models"].items():
+    for variant, m in cnn["models"].items():
         assert m["seeds"] == accuracies[variant]  # each seed's test accuracy, in seed order
         assert all(a * 48 == pytest.approx(round(a * 48), abs=1e-9) for a in m["seeds"])  # k of 48 test samples
         assert m["mean"] == pytest.approx(statistics.mean(m["seeds"]), abs=1e-12)
@@ -42,3 +44,11 @@ def test_ablation_trains_every_model_over_seeds_and_logs_nested_runs(tmp_path, w
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 8 and all("test_accuracy" in c.data.metrics for c in children)
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["model"]["variant"] == "stfn"
+
+    # the patches' ablation stands beside the CNN's: the CNN's entry is kept as it was
+    patches = params.model_copy(update={"model": params.model.model_copy(update={"spatial_encoder": "patches"})})
+    ablate(patches, paths, seeds=[0, 1], variants=("stfn", "space_only"), track=False)
+    both = json.loads((tmp_path / "reports" / "ablation.json").read_text())
+    assert set(both["encoders"]) == {"cnn", "patches"} and both["encoders"]["cnn"] == cnn
+    assert set(both["encoders"]["patches"]["models"]) == {"stfn", "space_only"}
+    assert both["encoders"]["patches"]["model"]["spatial_encoder"] == "patches"

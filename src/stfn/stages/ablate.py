@@ -1,9 +1,15 @@
 """The ablation experiment: STFN and each ablation baseline (time_only, space_only, late_concat)
 trained over several seeds on the same features and split, with the same training code; each a
-child MLflow run under one parent; reports/ablation.json and a bar chart with error bars."""
+child MLflow run under one parent; reports/ablation.json and a bar chart with error bars.
+
+reports/ablation.json keeps one entry per spatial encoder (`encoders.cnn`, `encoders.patches`):
+an ablation with `model.spatial_encoder=patches` replaces the patches' entry and keeps the CNN's,
+so the two stand side by side (in the file and the chart) while they are of the same dataset and
+metric."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -87,9 +93,12 @@ def ablate(
         if parent:
             tracking.end_run(parent, "FAILED")
         raise
-    report = {"dataset": name, "metric": metric, "seeds": seeds, "models": models}
-    write_json(paths.ablation_file, report)
-    chart = plots.plot_ablation(models, metric, paths.plots / "ablation.png")
+    encoder = params.model.spatial_encoder
+    report = {"dataset": name, "metric": metric, "spatial_encoder": encoder, "seeds": seeds, "models": models}
+    entry = {"seeds": seeds, "models": models, "model": params.model.model_dump(mode="json"), "mlflow_run_id": parent}
+    encoders = {**_earlier_encoders(paths, name, metric), encoder: entry}
+    write_json(paths.ablation_file, {"dataset": name, "metric": metric, "encoders": encoders})
+    chart = plots.plot_ablation({e: v["models"] for e, v in encoders.items()}, metric, paths.plots / "ablation.png")
     if parent:
         tracking.log_metrics(parent, {f"{v}_{metric}_mean": m["mean"] for v, m in models.items()})
         tracking.log_artifact(parent, paths.ablation_file, "ablation")
@@ -97,3 +106,15 @@ def ablate(
         tracking.end_run(parent)
     report["mlflow_run_id"] = parent
     return report
+
+
+def _earlier_encoders(paths: Paths, dataset: str, metric: str) -> dict[str, Any]:
+    """The other encoders' entries of reports/ablation.json when it is of the same dataset and
+    metric (a file of another dataset, or of the format before #19, is replaced)."""
+    try:
+        earlier = json.loads(paths.ablation_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(earlier, dict) or (earlier.get("dataset"), earlier.get("metric")) != (dataset, metric):
+        return {}
+    return dict(earlier.get("encoders") or {})

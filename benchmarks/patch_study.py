@@ -1,0 +1,167 @@
+"""Spacetime patches on the default task (#19): screen the levers known to help vision
+transformers on small data, then confirm the kept configuration over seeds against the CNN.
+
+    python benchmarks/patch_study.py screen [--n-train 4000] [--epochs 5] [--only NAME ...]
+    python benchmarks/patch_study.py confirm --configs NAME ... [--seeds 1 2 3] [--n-train 12000]
+
+`screen` trains each lever of LEVERS once (seed 1) on a smaller variant of the default task (the
+same videos, 4 digits, 8 frames, 32 steps, D 64; fewer training videos, n_train // 8 for val and
+test) and prints test accuracy, pointing and training samples/s; `confirm` trains the CNN and each
+named configuration on the default task for each seed, in turn (CNN, A, B, CNN, A, B, ...), so each
+throughput ratio comes from runs minutes apart. Both merge their figures into
+reports/patch_study.json under their mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, project, table  # noqa: I001
+
+from stfn.config import Paths, load_params
+
+# each lever: (model overrides, train overrides), on top of the default params.yaml
+LEVERS: dict[str, tuple[dict, dict]] = {
+    "cnn": ({"spatial_encoder": "cnn"}, {}),
+    "patches": ({"spatial_encoder": "patches"}, {}),
+    "patches p4": ({"spatial_encoder": "patches", "patch": 4}, {}),
+    "patches warmup 0.3": ({"spatial_encoder": "patches"}, {"warmup_fraction": 0.3}),
+    "patches wd 0.05": ({"spatial_encoder": "patches"}, {"weight_decay": 0.05}),
+    "conv stem": ({"spatial_encoder": "patches", "patch_stem": "conv"}, {}),
+    "conv stem t2": ({"spatial_encoder": "patches", "patch_stem": "conv", "tubelet": 2}, {}),
+    "conv stem warmup 0.3": ({"spatial_encoder": "patches", "patch_stem": "conv"}, {"warmup_fraction": 0.3}),
+    "conv stem wd 0.05": ({"spatial_encoder": "patches", "patch_stem": "conv"}, {"weight_decay": 0.05}),
+    "conv stem drop_path 0.1": ({"spatial_encoder": "patches", "patch_stem": "conv", "drop_path": 0.1}, {}),
+    "conv stem depth 1": ({"spatial_encoder": "patches", "patch_stem": "conv", "patch_depth": 1}, {}),
+    "conv stem ls 1e-4": ({"spatial_encoder": "patches", "patch_stem": "conv", "layer_scale": 1e-4}, {}),
+    "conv stem t2 ls 1e-4": (
+        {"spatial_encoder": "patches", "patch_stem": "conv", "tubelet": 2, "layer_scale": 1e-4},
+        {},
+    ),
+    "patches ls 1e-4": ({"spatial_encoder": "patches", "layer_scale": 1e-4}, {}),
+    "conv stem depth 1 ls 1e-4": (
+        {"spatial_encoder": "patches", "patch_stem": "conv", "patch_depth": 1, "layer_scale": 1e-4},
+        {},
+    ),
+}
+OUT = REPO / "reports" / "patch_study.json"
+
+
+def prepared(name: str, n_train: int, seed: int) -> tuple:
+    from stfn.features import load_features
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+
+    root = project(name, n_train, seed=seed)
+    params, paths = load_params(root / "params.yaml"), Paths(root)
+    prepare(params, paths)
+    featurize(params, paths)
+    return params, paths, load_features(paths.features_dir(params.data.dataset))
+
+
+def train_one(setup: tuple, lever: str, seed: int, epochs: int, out: Path) -> dict:
+    from stfn.stages.evaluate import pointing_for, score_split
+    from stfn.training import fit
+
+    params, paths, fs = setup
+    model_over, train_over = LEVERS[lever]
+    mp = params.model.model_copy(update=model_over)
+    tp = params.train.model_copy(update={"epochs": epochs, "patience": epochs, **train_over})
+    t0 = time.perf_counter()
+    result = fit(fs, mp, tp, seed, out, resume=False)
+    seconds = time.perf_counter() - t0
+    test, _, attention = score_split(fs, result.model, "test")
+    pointing = pointing_for(params, paths, fs, fs.rows("test"), attention)
+    rates = [row["samples_per_s"] for row in result.history]
+    row = {
+        "lever": lever,
+        "seed": seed,
+        "epochs": len(result.history),
+        "test_accuracy": round(float(test["metrics"]["accuracy"]), 4),
+        "pointing": None if pointing is None else round(pointing, 4),
+        "samples_per_s": round(statistics.median(rates), 1),
+        "fit_seconds": round(seconds, 1),
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def save(mode: str, payload: dict) -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    data[mode] = payload
+    OUT.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", choices=("screen", "confirm"))
+    ap.add_argument("--n-train", type=int, default=None, help="training videos (screen 4000, confirm 12000)")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--only", nargs="*", default=None, help="screen: these levers only")
+    ap.add_argument("--configs", nargs="*", default=None, help="confirm: the patch configurations besides the CNN")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
+    a = ap.parse_args()
+    unknown = [x for x in (a.only or []) + (a.configs or []) if x not in LEVERS]
+    if unknown:
+        sys.exit(f"unknown lever(s) {unknown}; known: {list(LEVERS)}")
+    if a.mode == "screen":
+        n_train = a.n_train or 4000
+        setup = prepared("patch-screen", n_train, 42)
+        rows = [train_one(setup, lever, 1, a.epochs, setup[1].root / "runs" / lever) for lever in (a.only or LEVERS)]
+        # merged with the levers screened before at the same size (one lever, one row)
+        before = json.loads(OUT.read_text()).get("screen", {}) if OUT.is_file() else {}
+        if (before.get("n_train"), before.get("epochs")) == (n_train, a.epochs):
+            rows = [r for r in before["rows"] if r["lever"] not in {x["lever"] for x in rows}] + rows
+        payload = {"n_train": n_train, "epochs": a.epochs, "seed": 1, "rows": rows}
+        print(
+            table(
+                f"screen: {n_train} training videos, {a.epochs} epochs, seed 1",
+                [tuple(r.values()) for r in rows],
+                tuple(rows[0]),
+            )
+        )
+    else:
+        n_train = a.n_train or 12000
+        setup = prepared("patch-confirm", n_train, 42)
+        order = ["cnn", *(a.configs or [])]
+        rows = [
+            train_one(setup, lever, seed, a.epochs, setup[1].root / "runs" / f"{lever}-{seed}")
+            for seed in a.seeds
+            for lever in order
+        ]
+        summary = {}
+        for lever in order:
+            mine = [r for r in rows if r["lever"] == lever]
+            cnn = [r for r in rows if r["lever"] == "cnn"]
+            accs = [r["test_accuracy"] for r in mine]
+            summary[lever] = {
+                "test_accuracy_mean": round(statistics.mean(accs), 4),
+                "test_accuracy_min": min(accs),
+                "pointing_mean": round(statistics.mean(r["pointing"] for r in mine), 4),
+                # the CNN's samples/s over this configuration's, seed by seed (runs in turn)
+                "time_vs_cnn": round(
+                    statistics.median(c["samples_per_s"] / m["samples_per_s"] for c, m in zip(cnn, mine, strict=True)),
+                    3,
+                ),
+            }
+        payload = {"n_train": n_train, "epochs": a.epochs, "seeds": a.seeds, "rows": rows, "summary": summary}
+        print(
+            table(
+                "confirm: the default task",
+                [(k, *v.values()) for k, v in summary.items()],
+                ("config", *next(iter(summary.values()))),
+            )
+        )
+    save(a.mode, payload)
+    print(f"\nwritten to {OUT.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
