@@ -69,6 +69,9 @@ class ModelParams(_Section):
     # tubelet embedding); conv: two 3x3 convolutions and a 2x2 max-pool first (a convolutional stem,
     # Xiao et al. 2021), then a linear map of (patch/4)^2-pixel tubelets of their 32 channels
     patch_stem: Literal["linear", "conv"] = "linear"
+    # patches: each token sees a window twice its patch (stride the patch, half-window overlap with
+    # each neighbour) instead of its patch alone
+    patch_overlap: bool = False
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # patches: stochastic depth of the last block
     # patches: LayerScale (CaiT): each residual branch times a learned per-channel gain starting
     # here, so a block starts near the identity; 0 = off (gain 1, no parameter)

@@ -230,6 +230,7 @@ class SpacetimePatchEmbed(nn.Module):
         stem: str = "linear",
         drop_path: float = 0.0,
         layer_scale: float = 0.0,
+        overlap: bool = False,
     ):
         super().__init__()
         h, w = frame_size
@@ -254,9 +255,12 @@ class SpacetimePatchEmbed(nn.Module):
             self.stem, self.cell = None, patch
         else:
             raise ValueError(f"unknown model.patch_stem '{stem}' (linear | conv)")
-        self.tubelet, self.patch = tubelet, patch
+        if overlap and self.cell % 2:
+            raise ValueError(f"model.patch_overlap needs an even patch (on the stem's map): {self.cell}")
+        self.tubelet, self.patch, self.overlap = tubelet, patch, overlap
         self.grid = (h // patch, w // patch)
-        self.proj = nn.Conv3d(channels, dim, (tubelet, self.cell, self.cell), stride=(tubelet, self.cell, self.cell))
+        k = 2 * self.cell if overlap else self.cell
+        self.proj = nn.Conv3d(channels, dim, (tubelet, k, k), stride=(tubelet, self.cell, self.cell))
         self.pos_space = nn.Parameter(torch.zeros(1, 1, self.grid[0] * self.grid[1], dim))
         self.pos_time = nn.Parameter(torch.zeros(1, frames // tubelet, 1, dim))
         nn.init.trunc_normal_(self.pos_space, std=0.02)
@@ -270,11 +274,15 @@ class SpacetimePatchEmbed(nn.Module):
         # the strided Conv3d as the matrix product it is (tubelets flattened in the weight's
         # (c, t, p, p) order): the same numbers, without the CPU's slow 3-D convolution path
         t, p = self.tubelet, self.cell
+        b = frames.shape[0]
         if self.stem is not None:
-            b = frames.shape[0]
             x = rearrange(frames, "b f c h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
             frames = rearrange(self.stem(x), "(b f) c h w -> b f c h w", b=b)
-        x = rearrange(frames, "b (ft t) c (gh p1) (gw p2) -> b ft (gh gw) (c t p1 p2)", t=t, p1=p, p2=p)
+        if self.overlap:  # 2p x 2p windows every p cells, zero-padded by p/2 at the borders
+            cols = F.unfold(rearrange(frames, "b f c h w -> (b f) c h w"), 2 * p, padding=p // 2, stride=p)
+            x = rearrange(cols, "(b ft t) (c k) n -> b ft n (c t k)", b=b, t=t, c=frames.shape[2])
+        else:
+            x = rearrange(frames, "b (ft t) c (gh p1) (gw p2) -> b ft (gh gw) (c t p1 p2)", t=t, p1=p, p2=p)
         # bias and both position embeddings summed on the small (1, F/t, N, D) grid first: one
         # full-size addition instead of three
         x = F.linear(x, self.proj.weight.flatten(1)) + (self.proj.bias + self.pos_space + self.pos_time)
@@ -299,6 +307,7 @@ def build_spatial(cfg: STFNConfig) -> nn.Module:
             stem=cfg.patch_stem,
             drop_path=cfg.drop_path,
             layer_scale=cfg.layer_scale,
+            overlap=cfg.patch_overlap,
         )
     raise ValueError(f"unknown model.spatial_encoder '{cfg.spatial_encoder}' (cnn | patches)")
 

@@ -244,6 +244,29 @@ def test_patch_embedding_as_a_matrix_product_equals_the_strided_conv3d():
     assert torch.allclose(emb(frames), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_overlapping_patches_equal_a_padded_conv3d_with_a_window_twice_the_patch(stem):
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    from stfn.models import SpacetimePatchEmbed
+
+    emb = SpacetimePatchEmbed(2, 16, (16, 24), 4, tubelet=2, patch=8, depth=0, heads=4, stem=stem, overlap=True)
+    frames = torch.randn(3, 4, 2, 16, 24)
+    c = emb.cell
+    assert emb.proj.weight.shape[-2:] == (2 * c, 2 * c)
+    maps = frames if emb.stem is None else torch.stack([emb.stem(frames[:, i]) for i in range(4)], 1)
+    conv = F.conv3d(
+        rearrange(maps, "b f c h w -> b c f h w"),
+        emb.proj.weight,
+        emb.proj.bias,
+        stride=(2, c, c),
+        padding=(0, c // 2, c // 2),
+    )
+    expected = emb.norm(rearrange(conv, "b d t h w -> b t (h w) d") + emb.pos_space + emb.pos_time)
+    assert torch.allclose(emb(frames), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_time_attention_on_strided_views_equals_attention_on_the_rearranged_cells(causal):
     """`along_time` attends along T for each grid cell without rearranging to (B N, T, D): the same
