@@ -188,6 +188,14 @@ def test_layer_scale_starts_each_block_near_the_identity_and_drop_path_only_trai
     assert block.gains.shape == (3, 16)
     assert (block(x) - x).abs().max() < 1e-2  # three branches times 1e-4
     assert FactorisedBlock(16, 2).gains is None  # off: no parameter, the block as before
+    # the gains folded into each branch's last linear layer = each branch's output times its gain
+    with torch.no_grad():
+        block.gains.copy_(torch.rand(3, 16))
+    g = block.gains
+    y = x + block.space(block.norm_s(x).flatten(0, 1)).view_as(x) * g[0]
+    y = y + block.time.along_time(block.norm_t(y)) * g[1]
+    y = y + block.mlp(block.norm_m(y)) * g[2]
+    torch.testing.assert_close(block(x), y)
     dropped = FactorisedBlock(16, 2, drop_path=0.9)
     xs = torch.randn(200, F, 16, 16)
     torch.testing.assert_close(dropped.eval()(xs), dropped.eval()(xs))  # deterministic in eval
