@@ -66,7 +66,7 @@ XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: $(VENV)/.installed-dev ## Run the test suite (unit, data, integration: real Prefect, MLflow, DVC, GX)
 	$(BIN)/python -m pytest $(XDIST)
 
-test-all: $(VENV)/.installed-dev ## Every test, the `thorough` ones too (what `make test` leaves out to stay within 15 minutes)
+test-all: $(VENV)/.installed-dev ## Every test, the `thorough` ones too (what `make test` leaves out to stay within 10 minutes on a fresh clone)
 	$(BIN)/python -m pytest $(XDIST) -m ""
 
 test-integration: $(VENV)/.installed-dev ## Only the team-mode tests: real MLflow + Prefect servers on PostgreSQL, deployments, a worker

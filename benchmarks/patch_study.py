@@ -52,6 +52,27 @@ LEVERS: dict[str, tuple[dict, dict]] = {
         {"spatial_encoder": "patches", "patch_stem": "conv", "tubelet": 2, "layer_scale": 1e-4, "patch_overlap": True},
         {},
     ),
+    "conv stem depth 1 ls overlap": (
+        {
+            "spatial_encoder": "patches",
+            "patch_stem": "conv",
+            "patch_depth": 1,
+            "layer_scale": 1e-4,
+            "patch_overlap": True,
+        },
+        {},
+    ),
+    "conv stem t2 depth 1 ls overlap": (
+        {
+            "spatial_encoder": "patches",
+            "patch_stem": "conv",
+            "tubelet": 2,
+            "patch_depth": 1,
+            "layer_scale": 1e-4,
+            "patch_overlap": True,
+        },
+        {},
+    ),
     "conv stem depth 1 ls 1e-4": (
         {"spatial_encoder": "patches", "patch_stem": "conv", "patch_depth": 1, "layer_scale": 1e-4},
         {},

@@ -285,21 +285,26 @@ class SpacetimePatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        # the strided Conv3d as the matrix product it is (tubelets flattened in the weight's
-        # (c, t, p, p) order): the same numbers, without the CPU's slow 3-D convolution path
         t, p = self.tubelet, self.cell
         b = frames.shape[0]
         if self.stem is not None:
             x = rearrange(frames, "b f c h w -> (b f) c h w").contiguous(memory_format=torch.channels_last)
             frames = rearrange(self.stem(x), "(b f) c h w -> b f c h w", b=b)
-        if self.overlap:  # 2p x 2p windows every p cells, zero-padded by p/2 at the borders
-            cols = F.unfold(rearrange(frames, "b f c h w -> (b f) c h w"), 2 * p, padding=p // 2, stride=p)
-            x = rearrange(cols, "(b ft t) (c k) n -> b ft n (c t k)", b=b, t=t, c=frames.shape[2])
-        else:
+        if self.overlap:  # 2p x 2p windows every p cells, zero-padded by p/2 at the borders: the
+            # Conv3d as a 2-D convolution over each tubelet's frames stacked as channels (oneDNN's
+            # fast path)
+            x = rearrange(frames, "b (ft t) c h w -> (b ft) (t c) h w", t=t).contiguous(
+                memory_format=torch.channels_last
+            )
+            weight = rearrange(self.proj.weight, "d c t kh kw -> d (t c) kh kw")
+            x = rearrange(F.conv2d(x, weight, stride=p, padding=p // 2), "(b ft) d gh gw -> b ft (gh gw) d", b=b)
+        else:  # the strided Conv3d as the matrix product it is (tubelets flattened in the weight's
+            # (c, t, p, p) order): the same numbers, without the CPU's slow 3-D convolution path
             x = rearrange(frames, "b (ft t) c (gh p1) (gw p2) -> b ft (gh gw) (c t p1 p2)", t=t, p1=p, p2=p)
+            x = F.linear(x, self.proj.weight.flatten(1))
         # bias and both position embeddings summed on the small (1, F/t, N, D) grid first: one
         # full-size addition instead of three
-        x = F.linear(x, self.proj.weight.flatten(1)) + (self.proj.bias + self.pos_space + self.pos_time)
+        x = x + (self.proj.bias + self.pos_space + self.pos_time)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
