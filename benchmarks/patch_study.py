@@ -25,58 +25,47 @@ from common import REPO, project, table  # noqa: I001
 
 from stfn.config import Paths, load_params
 
-# each lever: (model overrides, train overrides), on top of the default params.yaml
+# the patch encoder as it was before #19, every setting explicit (params.yaml's defaults moved)
+PLAIN = {
+    "spatial_encoder": "patches",
+    "patch": 8,
+    "tubelet": 1,
+    "patch_depth": 2,
+    "patch_stem": "linear",
+    "patch_overlap": False,
+    "layer_scale": 0.0,
+    "drop_path": 0.0,
+}
+STEM, LS, OVERLAP = {"patch_stem": "conv"}, {"layer_scale": 1e-4}, {"patch_overlap": True}
+KEPT = {**STEM, **LS, **OVERLAP, "patch_depth": 1}  # what the screen kept (README, #19)
+
+
+def lever(train: dict | None = None, **model) -> tuple[dict, dict]:
+    return {**PLAIN, **model}, train or {}
+
+
+# each lever: (model settings, train overrides), on top of the repo's params.yaml
 LEVERS: dict[str, tuple[dict, dict]] = {
     "cnn": ({"spatial_encoder": "cnn"}, {}),
-    "patches": ({"spatial_encoder": "patches"}, {}),
-    "patches p4": ({"spatial_encoder": "patches", "patch": 4}, {}),
-    "patches warmup 0.3": ({"spatial_encoder": "patches"}, {"warmup_fraction": 0.3}),
-    "patches wd 0.05": ({"spatial_encoder": "patches"}, {"weight_decay": 0.05}),
-    "conv stem": ({"spatial_encoder": "patches", "patch_stem": "conv"}, {}),
-    "conv stem t2": ({"spatial_encoder": "patches", "patch_stem": "conv", "tubelet": 2}, {}),
-    "conv stem warmup 0.3": ({"spatial_encoder": "patches", "patch_stem": "conv"}, {"warmup_fraction": 0.3}),
-    "conv stem wd 0.05": ({"spatial_encoder": "patches", "patch_stem": "conv"}, {"weight_decay": 0.05}),
-    "conv stem drop_path 0.1": ({"spatial_encoder": "patches", "patch_stem": "conv", "drop_path": 0.1}, {}),
-    "conv stem depth 1": ({"spatial_encoder": "patches", "patch_stem": "conv", "patch_depth": 1}, {}),
-    "conv stem ls 1e-4": ({"spatial_encoder": "patches", "patch_stem": "conv", "layer_scale": 1e-4}, {}),
-    "conv stem t2 ls 1e-4": (
-        {"spatial_encoder": "patches", "patch_stem": "conv", "tubelet": 2, "layer_scale": 1e-4},
-        {},
-    ),
-    "patches ls 1e-4": ({"spatial_encoder": "patches", "layer_scale": 1e-4}, {}),
-    "conv stem ls overlap": (
-        {"spatial_encoder": "patches", "patch_stem": "conv", "layer_scale": 1e-4, "patch_overlap": True},
-        {},
-    ),
-    "conv stem t2 ls overlap": (
-        {"spatial_encoder": "patches", "patch_stem": "conv", "tubelet": 2, "layer_scale": 1e-4, "patch_overlap": True},
-        {},
-    ),
-    "conv stem depth 1 ls overlap": (
-        {
-            "spatial_encoder": "patches",
-            "patch_stem": "conv",
-            "patch_depth": 1,
-            "layer_scale": 1e-4,
-            "patch_overlap": True,
-        },
-        {},
-    ),
-    "conv stem t2 depth 1 ls overlap": (
-        {
-            "spatial_encoder": "patches",
-            "patch_stem": "conv",
-            "tubelet": 2,
-            "patch_depth": 1,
-            "layer_scale": 1e-4,
-            "patch_overlap": True,
-        },
-        {},
-    ),
-    "conv stem depth 1 ls 1e-4": (
-        {"spatial_encoder": "patches", "patch_stem": "conv", "patch_depth": 1, "layer_scale": 1e-4},
-        {},
-    ),
+    "patches": lever(),
+    "patches p4": lever(patch=4),
+    "patches ls 1e-4": lever(**LS),
+    "conv stem": lever(**STEM),
+    "conv stem t2": lever(**STEM, tubelet=2),
+    "conv stem depth 1": lever(**STEM, patch_depth=1),
+    "conv stem ls 1e-4": lever(**STEM, **LS),
+    "conv stem t2 ls 1e-4": lever(**STEM, **LS, tubelet=2),
+    "conv stem depth 1 ls 1e-4": lever(**STEM, **LS, patch_depth=1),
+    "conv stem ls overlap": lever(**STEM, **LS, **OVERLAP),
+    "conv stem t2 ls overlap": lever(**STEM, **LS, **OVERLAP, tubelet=2),
+    "conv stem depth 1 ls overlap": lever(**KEPT),
+    "conv stem t2 depth 1 ls overlap": lever(**KEPT, tubelet=2),
+    "cnn stem depth 1 ls": lever(patch_stem="cnn", patch_depth=1, **LS),
+    "cnn stem t2 depth 1 ls": lever(patch_stem="cnn", patch_depth=1, tubelet=2, **LS),
+    "kept warmup 0.3": lever({"warmup_fraction": 0.3}, **KEPT),
+    "kept wd 0.05": lever({"weight_decay": 0.05}, **KEPT),
+    "kept drop_path 0.1": lever(**KEPT, drop_path=0.1),
+    "kept t2 warmup 0.3": lever({"warmup_fraction": 0.3}, **KEPT, tubelet=2),
 }
 OUT = REPO / "reports" / "patch_study.json"
 

@@ -67,8 +67,10 @@ class ModelParams(_Section):
     patch_depth: int = Field(2, ge=0)
     # patches: how a tubelet becomes a token. linear: one linear map of its raw pixels (ViViT's
     # tubelet embedding); conv: two 3x3 convolutions and a 2x2 max-pool first (a convolutional stem,
-    # Xiao et al. 2021), then a linear map of (patch/4)^2-pixel tubelets of their 32 channels
-    patch_stem: Literal["linear", "conv"] = "linear"
+    # Xiao et al. 2021), then a linear map of (patch/4)^2-cell tubelets of their 32 channels; cnn:
+    # the cnn encoder's three convolutions and two max-pools first (ViT's "hybrid"), then a linear
+    # map of (patch/8)^2-cell tubelets of its D channels
+    patch_stem: Literal["linear", "conv", "cnn"] = "linear"
     # patches: each token sees a window twice its patch (stride the patch, half-window overlap with
     # each neighbour) instead of its patch alone
     patch_overlap: bool = False

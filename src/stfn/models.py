@@ -40,13 +40,23 @@ class STFNConfig(ModelParams):
 
     # keys that checkpoints written before the house pass (#15) carry and this config dropped
     LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("extra",)
+    # settings added later, as a checkpoint without them was built: the cnn stem before #18, the
+    # spacetime patches before #19
+    BEFORE_THE_KEY: ClassVar[dict[str, object]] = {
+        "cnn_stem": "maxpool",
+        "patch_stem": "linear",
+        "patch_overlap": False,
+        "layer_scale": 0.0,
+        "drop_path": 0.0,
+    }
 
     def to_dict(self) -> dict:
         return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: dict) -> STFNConfig:
-        d = {"cnn_stem": "maxpool", **d}  # written before the stem was a choice: the first one
+        # keys a checkpoint written before them lacks: the behaviour it was trained with
+        d = {**cls.BEFORE_THE_KEY, **d}
         return cls.model_validate({k: v for k, v in d.items() if k not in cls.LEGACY_KEYS})
 
 
@@ -265,10 +275,16 @@ class SpacetimePatchEmbed(nn.Module):
                 nn.GELU(),
             ).to(memory_format=torch.channels_last)
             channels, self.cell = 32, patch // 4
+        elif stem == "cnn":
+            if patch % 8:
+                raise ValueError(f"model.patch {patch} must be a multiple of 8 with model.patch_stem cnn")
+            cnn = SpatialEncoder(channels, dim, frame_size)
+            self.stem = nn.Sequential(*cnn.net, nn.GELU())
+            channels, self.cell = dim, patch // 8
         elif stem == "linear":
             self.stem, self.cell = None, patch
         else:
-            raise ValueError(f"unknown model.patch_stem '{stem}' (linear | conv)")
+            raise ValueError(f"unknown model.patch_stem '{stem}' (linear | conv | cnn)")
         if overlap and self.cell % 2:
             raise ValueError(f"model.patch_overlap needs an even patch (on the stem's map): {self.cell}")
         self.tubelet, self.patch, self.overlap = tubelet, patch, overlap

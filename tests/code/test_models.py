@@ -321,3 +321,19 @@ def test_cnn_stems_see_the_same_grid_and_old_checkpoints_keep_theirs():
     assert new.spatial.net[1].weight.shape == (16, 4, 3, 3)  # conv on the unshuffled 2x2 blocks
     with pytest.raises(ValueError, match="unknown cnn stem"):
         SpatialEncoder(1, 16, (H, W), stem="strided")
+
+
+def test_a_patches_checkpoint_from_before_19_rebuilds_its_linear_embedding():
+    """A config written before the patch stem, overlap, LayerScale and stochastic depth were
+    settings rebuilds the encoder it was trained with, whatever today's defaults are."""
+    old = {
+        k: v
+        for k, v in config(spatial_encoder="patches", patch_depth=1, heads=2).to_dict().items()
+        if k not in ("patch_stem", "patch_overlap", "layer_scale", "drop_path", "cnn_stem")
+    }
+    model = build_model(STFNConfig.from_dict(old))
+    assert model.spatial.stem is None and not model.spatial.overlap
+    assert model.spatial.proj.weight.shape == (16, 1, 1, 8, 8)  # one linear map of 8x8 raw pixels
+    assert all(b.gains is None and b.drop_path == 0 for b in model.spatial.blocks)
+    hybrid = build_model(config(spatial_encoder="patches", patch_stem="cnn", patch_depth=1, heads=2))
+    assert hybrid.spatial.proj.weight.shape == (16, 16, 1, 1, 1)  # a 1x1 cell of the cnn's D channels
