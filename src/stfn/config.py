@@ -64,20 +64,20 @@ class ModelParams(_Section):
     variant: Literal["stfn", "time_only", "space_only", "late_concat"] = "stfn"
     tubelet: int = Field(1, ge=1)
     patch: int = Field(8, ge=2)
-    patch_depth: int = Field(2, ge=0)
+    patch_depth: int = Field(1, ge=0)
     # patches: how a tubelet becomes a token. linear: one linear map of its raw pixels (ViViT's
     # tubelet embedding); conv: two 3x3 convolutions and a 2x2 max-pool first (a convolutional stem,
     # Xiao et al. 2021), then a linear map of (patch/4)^2-cell tubelets of their 32 channels; cnn:
     # the cnn encoder's three convolutions and two max-pools first (ViT's "hybrid"), then a linear
     # map of (patch/8)^2-cell tubelets of its D channels
-    patch_stem: Literal["linear", "conv", "cnn"] = "linear"
+    patch_stem: Literal["linear", "conv", "cnn"] = "cnn"
     # patches: each token sees a window twice its patch (stride the patch, half-window overlap with
     # each neighbour) instead of its patch alone
     patch_overlap: bool = False
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # patches: stochastic depth of the last block
     # patches: LayerScale (CaiT): each residual branch times a learned per-channel gain starting
     # here, so a block starts near the identity; 0 = off (gain 1, no parameter)
-    layer_scale: float = Field(0.0, ge=0.0)
+    layer_scale: float = Field(1e-4, ge=0.0)
     heads: int = Field(4, ge=1)
     attention_heads: int = Field(1, ge=1)
     dim: int = Field(64, ge=4)
