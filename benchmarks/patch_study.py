@@ -37,7 +37,8 @@ PLAIN = {
     "drop_path": 0.0,
 }
 STEM, LS, OVERLAP = {"patch_stem": "conv"}, {"layer_scale": 1e-4}, {"patch_overlap": True}
-KEPT = {**STEM, **LS, **OVERLAP, "patch_depth": 1}  # what the screen kept (README, #19)
+CONV_OVERLAP_1 = {**STEM, **LS, **OVERLAP, "patch_depth": 1}
+HYBRID = {"patch_stem": "cnn", **LS, "patch_depth": 1}  # params.yaml's patches since #19 (README)
 
 
 def lever(train: dict | None = None, **model) -> tuple[dict, dict]:
@@ -58,14 +59,15 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "conv stem depth 1 ls 1e-4": lever(**STEM, **LS, patch_depth=1),
     "conv stem ls overlap": lever(**STEM, **LS, **OVERLAP),
     "conv stem t2 ls overlap": lever(**STEM, **LS, **OVERLAP, tubelet=2),
-    "conv stem depth 1 ls overlap": lever(**KEPT),
-    "conv stem t2 depth 1 ls overlap": lever(**KEPT, tubelet=2),
-    "cnn stem depth 1 ls": lever(patch_stem="cnn", patch_depth=1, **LS),
+    "conv stem depth 1 ls overlap": lever(**CONV_OVERLAP_1),
+    "conv stem t2 depth 1 ls overlap": lever(**CONV_OVERLAP_1, tubelet=2),
+    "cnn stem depth 1 ls": lever(**HYBRID),
     "cnn stem t2 depth 1 ls": lever(patch_stem="cnn", patch_depth=1, tubelet=2, **LS),
-    "kept warmup 0.3": lever({"warmup_fraction": 0.3}, **KEPT),
-    "kept wd 0.05": lever({"weight_decay": 0.05}, **KEPT),
-    "kept drop_path 0.1": lever(**KEPT, drop_path=0.1),
-    "kept t2 warmup 0.3": lever({"warmup_fraction": 0.3}, **KEPT, tubelet=2),
+    "hybrid wd 0.05": lever({"weight_decay": 0.05}, **HYBRID),
+    "hybrid drop_path 0.1": lever(**HYBRID, drop_path=0.1),
+    "hybrid warmup 0.3": lever({"warmup_fraction": 0.3}, **HYBRID),
+    "hybrid lr 3e-3": lever({"lr": 3e-3}, **HYBRID),
+    "hybrid 2 blocks": lever(**{**HYBRID, "patch_depth": 2}),
 }
 OUT = REPO / "reports" / "patch_study.json"
 
