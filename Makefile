@@ -59,7 +59,7 @@ serve: $(VENV)/.installed ## Serve the champion over HTTP on 127.0.0.1:5001 (fol
 	$(BIN)/stfn serve $(SERVE_ARGS)
 
 # the suite on TEST_WORKERS processes (pytest-xdist; a file's tests stay on one worker): much of it
-# waits on servers and subprocesses, so 2 workers finish ~20 % sooner on 2 cores. TEST_WORKERS=0: serial.
+# waits on servers and subprocesses, so 2 workers (one torch thread each: tests/conftest.py) finish ~20 % sooner on 2 cores. TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
