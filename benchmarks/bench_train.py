@@ -11,7 +11,7 @@
   each an epoch's training (no validation) over the same rows, the sides taken in turn, rounds
   repeated, each side's best figure kept and the per-round ratios' median reported;
 - a `torch.profiler` breakdown of the default training step (benchmarks/profile_step.py);
-- our spacetime-patch encoder (`SpacetimePatchEmbed` + factorised blocks) vs vit-pytorch's ViViT
+- our spacetime-patch encoder (`SpacetimePatchEmbed` + factorised blocks) vs vit-pytorch's ViViT behind the same stem
   (factorised self-attention) at the same width, depth, heads, MLP width, patch and tubelet:
   forward + backward + AdamW step of the spatial branch alone;
 - achieved GFLOP/s of our training step (FLOPs counted on `meta`) / the fp32 matmul GFLOP/s this
@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -30,19 +29,6 @@ import torch
 from common import REPO, best_of, project, table  # noqa: I001
 
 from stfn.efficiency import matmul_gflops
-
-
-def _vivit_class():
-    """vit-pytorch's ViViT. Its package __init__ imports torchvision (for DINO), whose PyPI build
-    does not load beside this torch; vivit.py itself needs only torch and einops."""
-    spec = importlib.util.find_spec("vit_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("vit-pytorch is not installed: `make bench` installs it (pip install --no-deps vit-pytorch)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "vivit.py"
-    mod_spec = importlib.util.spec_from_file_location("vit_pytorch_vivit", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.ViViT
 
 
 class ParquetDataset(torch.utils.data.Dataset):
@@ -214,25 +200,28 @@ def paired_ratio(ours: list[float], peer: list[float]) -> dict:
     return {"ratio": statistics.median(per_round), "quartiles": (q[0], q[2])}
 
 
-def patch_vs_vivit(batch: int = 64, frames: int = 8, size: int = 32, dim: int = 64, depth: int = 2, heads: int = 4,
-                   patch: int = 8, tubelet: int = 1, rounds: int = 150) -> dict:  # fmt: skip
-    """Training steps of ours, ViViT and a second copy of ours (the control: ours vs ours shows
-    what this machine's noise alone makes of the ratio), one step each in turn, `rounds` times."""
+def patch_vs_vivit(model=None, batch: int = 64, rounds: int = 150) -> dict:
+    """Training steps of our spatial branch, ViViT's (`ViViTBranch`: behind the same stem, at the
+    same D, depth, heads, MLP width, patch and tubelet) and a second copy of ours (the control: ours
+    vs ours shows what this machine's noise alone makes of the ratio), one step each in turn,
+    `rounds` times, on the default task's frames (8 of 32x32, 1 channel). `model`: params.yaml's
+    model section (its patch settings; `spatial_encoder` is taken as patches)."""
     import statistics
 
-    from stfn.models import SpacetimePatchEmbed
+    from vivit_branch import ViViTBranch
 
-    ViViT = _vivit_class()
-    ours = lambda: SpacetimePatchEmbed(
-        1, dim, (size, size), frames, tubelet=tubelet, patch=patch, depth=depth, heads=heads
-    )  # noqa: E731, E501
-    theirs = ViViT(image_size=size, image_patch_size=patch, frames=frames, frame_patch_size=tubelet, num_classes=dim,
-                   dim=dim, spatial_depth=depth, temporal_depth=depth, heads=heads, dim_head=dim // heads,
-                   mlp_dim=2 * dim, pool="mean", channels=1, variant="factorized_self_attention")  # fmt: skip
-    x_ours, x_theirs = torch.randn(batch, frames, 1, size, size), torch.randn(batch, 1, frames, size, size)
-    models = {"ours": ours(), "vivit": theirs, "control": ours()}
-    inputs = {"ours": x_ours, "vivit": x_theirs, "control": x_ours}
-    times = interleaved_step_times({k: _trainer(m, inputs[k]) for k, m in models.items()}, rounds)
+    from stfn.config import Paths, load_params
+    from stfn.models import STFNConfig, build_spatial
+
+    mp = model or load_params(Paths(REPO).params_file).model
+    cfg = STFNConfig(
+        **{**mp.model_dump(), "spatial_encoder": "patches", "linear_skip": False},
+        series_channels=1, frame_channels=1, frame_size=(32, 32), frame_steps=list(range(3, 32, 4)), steps=32,
+        n_outputs=10,
+    )  # fmt: skip
+    x = torch.randn(batch, 8, 1, 32, 32)
+    models = {"ours": build_spatial(cfg), "vivit": ViViTBranch(cfg), "control": build_spatial(cfg)}
+    times = interleaved_step_times({k: _trainer(m, x) for k, m in models.items()}, rounds)
     vs_vivit, control = paired_ratio(times["ours"], times["vivit"]), paired_ratio(times["ours"], times["control"])
     rate = lambda k: batch / statistics.median(times[k])  # noqa: E731
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -245,7 +234,8 @@ def patch_vs_vivit(batch: int = 64, frames: int = 8, size: int = 32, dim: int = 
         "control_quartiles": control["quartiles"],
         "rounds": rounds,
         "ours_params": n(models["ours"]),
-        "vivit_params": n(theirs),
+        "vivit_params": n(models["vivit"]),
+        "settings": {k: getattr(mp, k) for k in ("dim", "patch_depth", "heads", "patch", "tubelet", "patch_stem")},
     }
 
 
@@ -300,8 +290,7 @@ def run(ours_samples: int = 2048, reference_samples: int = 384, rounds: int = 3)
     flops = flops_per_sample(cfg)["flops_train_step"]
     peak = matmul_gflops()
     achieved = flops * best["ours"] / 1e9
-    vit = patch_vs_vivit(dim=params.model.dim, depth=params.model.patch_depth, heads=params.model.heads,
-                         patch=params.model.patch, tubelet=params.model.tubelet)  # fmt: skip
+    vit = patch_vs_vivit(params.model)
     out = {
         "train_vs_plain_loop": ratio["plain"],
         "train_vs_lightning": ratio["lightning"],

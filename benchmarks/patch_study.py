@@ -3,18 +3,22 @@ transformers on small data, then confirm the kept configuration over seeds again
 
     python benchmarks/patch_study.py screen [--n-train 4000] [--epochs 5] [--only NAME ...]
     python benchmarks/patch_study.py confirm --configs NAME ... [--seeds 1 2 3] [--n-train 12000]
+        [--reference cnn] [--key confirm]
 
 `screen` trains each lever of LEVERS once (seed 1) on a smaller variant of the default task (the
 same videos, 4 digits, 8 frames, 32 steps, D 64; fewer training videos, n_train // 8 for val and
-test) and prints test accuracy, pointing and training samples/s; `confirm` trains the CNN and each
-named configuration on the default task for each seed, in turn (CNN, A, B, CNN, A, B, ...), so each
-throughput ratio comes from runs minutes apart. Both merge their figures into
-reports/patch_study.json under their mode.
+test) and prints test accuracy, pointing and training samples/s; `confirm` trains the reference
+(the CNN unless `--reference` names another) and each named configuration on the default task for
+each seed, in turn (ref, A, B, ref, A, B, ...), so each throughput ratio comes from runs minutes
+apart. Both write their figures into reports/patch_study.json under their mode (or `--key`).
+The levers named "vivit ..." put vit-pytorch's ViViT in our encoder's place (vivit_branch.py):
+`confirm --configs "vivit hybrid" --reference "cnn stem depth 1 ls" --key vivit` is #19's item 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 from common import REPO, project, table  # noqa: I001
+from vivit_branch import vivit_inside_stfn
 
 from stfn.config import Paths, load_params
 
@@ -68,7 +73,12 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "hybrid warmup 0.3": lever({"warmup_fraction": 0.3}, **HYBRID),
     "hybrid lr 3e-3": lever({"lr": 3e-3}, **HYBRID),
     "hybrid 2 blocks": lever(**{**HYBRID, "patch_depth": 2}),
+    # vit-pytorch's ViViT in our encoder's place, behind the same stem at the same sizes (item 3;
+    # benchmarks/vivit_branch.py): `model.layer_scale` does not reach it (ViViT has none)
+    "vivit hybrid": lever(**HYBRID),
+    "vivit hybrid t2": lever(**HYBRID, tubelet=2),
 }
+VIVIT = {"vivit hybrid", "vivit hybrid t2"}
 OUT = REPO / "reports" / "patch_study.json"
 
 
@@ -93,7 +103,8 @@ def train_one(setup: tuple, lever: str, seed: int, epochs: int, out: Path) -> di
     mp = params.model.model_copy(update=model_over)
     tp = params.train.model_copy(update={"epochs": epochs, "patience": epochs, **train_over})
     t0 = time.perf_counter()
-    result = fit(fs, mp, tp, seed, out, resume=False)
+    with vivit_inside_stfn() if lever in VIVIT else contextlib.nullcontext():
+        result = fit(fs, mp, tp, seed, out, resume=False)
     seconds = time.perf_counter() - t0
     test, _, attention = score_split(fs, result.model, "test")
     pointing = pointing_for(params, paths, fs, fs.rows("test"), attention)
@@ -127,6 +138,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="screen: these levers only")
     ap.add_argument("--configs", nargs="*", default=None, help="confirm: the patch configurations besides the CNN")
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
+    ap.add_argument("--reference", default="cnn", help="confirm: the configuration the others are timed against")
+    ap.add_argument("--key", default=None, help="the entry of reports/patch_study.json to write (default: the mode)")
     a = ap.parse_args()
     unknown = [x for x in (a.only or []) + (a.configs or []) if x not in LEVERS]
     if unknown:
@@ -150,7 +163,7 @@ def main() -> None:
     else:
         n_train = a.n_train or 12000
         setup = prepared("patch-confirm", n_train, 42)
-        order = ["cnn", *(a.configs or [])]
+        order = [a.reference, *(a.configs or [])]
         rows = [
             train_one(setup, lever, seed, a.epochs, setup[1].root / "runs" / f"{lever}-{seed}")
             for seed in a.seeds
@@ -159,19 +172,26 @@ def main() -> None:
         summary = {}
         for lever in order:
             mine = [r for r in rows if r["lever"] == lever]
-            cnn = [r for r in rows if r["lever"] == "cnn"]
+            cnn = [r for r in rows if r["lever"] == a.reference]
             accs = [r["test_accuracy"] for r in mine]
             summary[lever] = {
                 "test_accuracy_mean": round(statistics.mean(accs), 4),
                 "test_accuracy_min": min(accs),
                 "pointing_mean": round(statistics.mean(r["pointing"] for r in mine), 4),
-                # the CNN's samples/s over this configuration's, seed by seed (runs in turn)
-                "time_vs_cnn": round(
+                # the reference's samples/s over this configuration's, seed by seed (runs in turn)
+                "time_vs_reference": round(
                     statistics.median(c["samples_per_s"] / m["samples_per_s"] for c, m in zip(cnn, mine, strict=True)),
                     3,
                 ),
             }
-        payload = {"n_train": n_train, "epochs": a.epochs, "seeds": a.seeds, "rows": rows, "summary": summary}
+        payload = {
+            "n_train": n_train,
+            "epochs": a.epochs,
+            "seeds": a.seeds,
+            "reference": a.reference,
+            "rows": rows,
+            "summary": summary,
+        }
         print(
             table(
                 "confirm: the default task",
@@ -179,7 +199,7 @@ def main() -> None:
                 ("config", *next(iter(summary.values()))),
             )
         )
-    save(a.mode, payload)
+    save(a.key or a.mode, payload)
     print(f"\nwritten to {OUT.relative_to(REPO)}")
 
 
