@@ -15,6 +15,7 @@ import shutil
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -449,6 +450,50 @@ def predict(
     if result["metrics"]:
         console.print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items()))
     console.print(f"MLflow run {result.get('mlflow_run_id')} (experiment '{spec.name}-predictions')")
+
+
+@app.command()
+def monitor(
+    path: Annotated[Path, typer.Argument(help="A new batch: a dataset folder in the contract, or `stfn serve`'s log.")],
+    model: Annotated[str | None, typer.Option(help="The dataset whose @champion serves it (default: params').")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference statistics for a champion registered without them.")
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Inference log: only rows logged from this UTC time on.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a parameter: --set monitor.alpha=0.05")
+    ] = None,
+) -> None:
+    """Compare a new batch with the champion's training data (reference statistics saved with the
+    model): per series channel, per frame channel, the predicted classes or values and, when the
+    batch has labels, the champion's metric. Writes reports/monitoring/<name>-<time>.json and .html
+    and logs them to MLflow (experiment <name>-monitoring).
+
+    Exit code 0: nothing crossed a threshold (params.yaml `monitor`); 3: drift or degradation (named
+    above, with by how much and the threshold); 2: bad input (named; nothing written).
+
+    Example: stfn monitor data/incoming/batch-0412 --model moving-digits
+    """
+    root = _root()
+    overrides = list(set_ or []) + ([f"data.dataset={model}"] if model else [])
+    params = _guard(load_params, Paths(root).params_file, overrides)
+    from stfn.stages.monitor import monitor as run_monitor
+
+    moment = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    with _bars():
+        report = _guard(run_monitor, params, Paths(root), path, reference_file=reference, since=moment)
+    verdict = "[bold red]ALARM[/]" if report["alarm"] else "[bold green]no threshold crossed[/]"
+    console.print(
+        f"{report['n']} samples from {path} ({report['kind']}) against {report['model']} "
+        f"version {report['version']}: {verdict}"
+    )
+    for line in report["summary"]:
+        console.print(f"  - {line}", highlight=False)
+    console.print(f"report: {report['html']} (and .json); MLflow run {report.get('mlflow_run_id')}")
+    if report["alarm"]:
+        raise typer.Exit(3)
 
 
 @app.command()

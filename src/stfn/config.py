@@ -145,6 +145,20 @@ class ServeParams(_Section):
     log_keep_days: float = Field(30.0, gt=0)  # older inference-log files are deleted
 
 
+class MonitorParams(_Section):
+    """`stfn monitor`: a new batch against the champion's reference statistics (README, "Watch
+    the champion"; the defaults come from benchmarks/monitor_power.py's measurements)."""
+
+    alpha: float = Field(0.01, gt=0, lt=1)  # chance a batch from the training distribution alarms (Bonferroni)
+    min_ks: float = Field(0.1, ge=0, le=1)  # KS statistic a summary's shift must reach besides significance
+    min_tvd: float = Field(0.1, ge=0, le=1)  # total variation distance for the class distributions
+    max_missing_increase: float = Field(0.05, ge=0, le=1)  # a channel's missing share above training's by more
+    max_out_of_range: float = Field(0.01, ge=0, le=1)  # share of a channel's readings outside the training range
+    max_metric_drop: float = Field(0.05, ge=0)  # relative change of the primary metric for the worse (labels)
+    reference_samples: int = Field(2000, ge=100)  # training samples whose summaries the reference keeps
+    retrain: bool = True  # the monitor flow runs the retrain deployment when a labelled batch alarms
+
+
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
@@ -155,6 +169,7 @@ class Params(_Section):
     tracking: TrackingParams = TrackingParams()
     retrain: RetrainParams = RetrainParams()
     serve: ServeParams = ServeParams()
+    monitor: MonitorParams = MonitorParams()
     # per-dataset settings, merged over the sections above when `data.dataset` names the dataset
     datasets: dict[str, dict[str, Any]] = {}
 
@@ -350,6 +365,15 @@ class Paths:
     @property
     def ablation_file(self) -> Path:
         return self.reports / "ablation.json"
+
+    def reference_file(self, dataset: str) -> Path:
+        """The reference statistics of the model evaluated last (logged with it when registered)."""
+        return self.reports / "reference" / f"{dataset}.json"
+
+    @property
+    def monitoring(self) -> Path:
+        """`stfn monitor`'s reports: <dataset>-<time>.json and .html."""
+        return self.reports / "monitoring"
 
     def predictions_file(self, dataset: str, split: str | None = None) -> Path:
         return self.reports / "predictions" / f"{dataset}{'-' + split if split else ''}.parquet"

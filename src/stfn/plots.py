@@ -20,6 +20,16 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, path: Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    plt = _plt()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion_matrix(cm: list[list[int]], class_names: list[str], path: Path) -> Path:
     plt = _plt()
     m = np.asarray(cm)
@@ -200,3 +210,52 @@ def plot_attention(frames: np.ndarray, attention: np.ndarray, titles: list[str],
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_monitoring(
+    reference: dict[str, Any], values: dict[str, np.ndarray], checks: list[dict[str, Any]], path: Path
+) -> Path:
+    """A panel per distribution check: the batch's per-sample `values` (summaries, predictions,
+    labels) over the reference's (histograms on common bins; class shares as bars), titled with
+    the test's result, in red where it crossed its threshold."""
+    plt = _plt()
+    shown = [c for c in checks if c["test"] in ("ks_2samp", "chi2_contingency")]
+    cols = 4
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.ravel()[len(shown) :]:
+        ax.axis("off")
+    for ax, c in zip(axes.ravel(), shown, strict=False):
+        name = c["name"]
+        if c["test"] == "chi2_contingency":
+            k = len(reference.get("classes", []))
+            ref_counts = np.asarray(reference[name]["counts"], np.float64)
+            got = values.get(name)
+            x = np.arange(k)
+            ax.bar(x - 0.2, ref_counts / max(ref_counts.sum(), 1), 0.4, label="reference", color="#9aa5b1")
+            if got is not None and len(got):
+                counts = np.bincount(np.asarray(got, np.int64), minlength=k)
+                ax.bar(
+                    x + 0.2, counts / counts.sum(), 0.4, label="batch", color="#d62728" if c["crossed"] else "#1f77b4"
+                )
+            ax.set_xticks(x, reference.get("classes", []), fontsize=7)
+            effect = f"TVD {c['statistic']:.2f}"
+        else:
+            ref = np.asarray(
+                reference["summaries"][name] if name in reference["summaries"] else reference[name]["values"]
+            )
+            got = np.asarray(values[name], np.float64)
+            ref, got = ref[np.isfinite(ref)], got[np.isfinite(got)]
+            lo, hi = np.nanmin(np.r_[ref, got]), np.nanmax(np.r_[ref, got])
+            bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+            ax.hist(ref, bins, density=True, alpha=0.6, label="reference", color="#9aa5b1")
+            ax.hist(got, bins, density=True, alpha=0.6, label="batch", color="#d62728" if c["crossed"] else "#1f77b4")
+            effect = f"KS {c['statistic']:.2f}"
+        ax.set_title(
+            f"{name}\n{effect}, p={c['p_value']:.1g}", fontsize=8, color="#d62728" if c["crossed"] else "black"
+        )
+        ax.tick_params(labelsize=7)
+    if shown:
+        axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle("batch (blue; red: crossed) against the champion's reference (grey)", fontsize=10)
+    return _save(fig, path, dpi=90)

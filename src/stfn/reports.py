@@ -51,3 +51,66 @@ def validation_markdown(summary: dict[str, Any]) -> str:
         f"in {summary['seconds']} s (Great Expectations).\n\nFull report: `{summary['report']}` "
         "(and `.html`, logged to the MLflow run under `validation/`)."
     )
+
+
+def monitoring_markdown(report: dict[str, Any]) -> str:
+    """The verdict of one `stfn monitor` run as markdown (a Prefect artifact)."""
+    verdict = "**ALARM**: " + ", ".join(report["crossed"]) if report["alarm"] else "no threshold crossed"
+    lines = [
+        f"# Monitoring {report['dataset']}: {verdict}",
+        "",
+        f"{report['n']} samples ({report['kind']}, {'labelled' if report['labelled'] else 'unlabelled'}) "
+        f"from `{report['source']}` against {report['model']} version {report['version']} (@champion); "
+        f"{report['n_tests']} distribution tests, each alarming at p < {report['p_threshold']:.2g}.",
+        "",
+        *(f"- {line}" for line in report["summary"]),
+        "",
+        f"Report: `{report['html']}`"
+        + (f"; MLflow run `{report['mlflow_run_id']}`" if report.get("mlflow_run_id") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def monitoring_html(report: dict[str, Any], chart: Any) -> str:
+    """The monitoring report as one self-contained HTML page (the chart embedded)."""
+    import base64
+    import html
+    from pathlib import Path
+
+    png = base64.b64encode(Path(chart).read_bytes()).decode()
+    esc = html.escape
+    rows = []
+    for c in report["checks"]:
+        p = "" if c["p_value"] is None else f"{c['p_value']:.2g} (&lt; {c['p_threshold']:.2g})"
+        ref = "" if c["reference"] is None else f"{c['reference']:.4g}"
+        got = "" if c["batch"] is None else f"{c['batch']:.4g}"
+        style = ' style="background:#fde2e1"' if c["crossed"] else ""
+        rows.append(
+            f"<tr{style}><td>{esc(c['name'])}</td><td>{esc(c['kind'])}</td><td>{esc(c['test'])}</td>"
+            f"<td>{c['statistic']:.4g}</td><td>{c['threshold']:g}</td><td>{p}</td><td>{ref}</td><td>{got}</td>"
+            f"<td>{'yes' if c['crossed'] else ''}</td><td>{esc(c['detail'])}</td></tr>"
+        )
+    verdict = (
+        f"<p class=alarm>ALARM: {esc(', '.join(report['crossed']))}</p>"
+        if report["alarm"]
+        else "<p class=ok>No threshold crossed.</p>"
+    )
+    summary = "".join(f"<li>{esc(s)}</li>" for s in report["summary"])
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Monitoring {esc(report["dataset"])} {esc(report["time"])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}} .alarm{{color:#b00;font-weight:bold;font-size:1.2em}}
+.ok{{color:#070;font-weight:bold;font-size:1.2em}}</style></head><body>
+<h1>Monitoring {esc(report["dataset"])}</h1>
+<p>{report["n"]} samples ({esc(report["kind"])}, {"labelled" if report["labelled"] else "unlabelled"}) from
+<code>{esc(report["source"])}</code> against <b>{esc(report["model"])}</b> version {esc(report["version"])}
+(@champion), {esc(report["time"])} UTC. {report["n_tests"]} distribution tests, each alarming when
+p &lt; {report["p_threshold"]:.2g} (alpha {report["thresholds"]["alpha"]:g}, Bonferroni) and its effect reaches its
+threshold.</p>
+{verdict}<ul>{summary}</ul>
+<img src="data:image/png;base64,{png}" alt="batch against reference" style="max-width:100%">
+<h2>Every check</h2>
+<table><tr><th>check</th><th>kind</th><th>test</th><th>statistic</th><th>threshold</th><th>p-value</th>
+<th>reference</th><th>batch</th><th>crossed</th><th>what</th></tr>{"".join(rows)}</table>
+</body></html>
+"""

@@ -326,10 +326,17 @@ def _model_code(dest: Path) -> Path:
 
 
 @retrying("logging the model")
-def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], example: dict[str, np.ndarray]) -> str:
+def log_model(
+    run_id: str,
+    checkpoint: Path,
+    features_meta: dict[str, Any],
+    example: dict[str, np.ndarray],
+    reference: Path | None = None,
+) -> str:
     """Log the model into the run and return its URI: a pyfunc (models-from-code), the signature
     of both inputs, an input example, its own code (`code/stfn`, MLflow's code_paths) and the exact
-    requirements of this environment, torch's build in the metadata."""
+    requirements of this environment, torch's build in the metadata; `reference`, the reference
+    statistics `stfn monitor` compares new data with, as the model's artifact `reference`."""
 
     spec = features_meta["spec"]
     t, c = spec["series"]["steps"], len(spec["series"]["channels"])
@@ -350,7 +357,11 @@ def log_model(run_id: str, checkpoint: Path, features_meta: dict[str, Any], exam
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("serving.py")),  # models-from-code: no pickle
-                artifacts={"checkpoint": str(checkpoint), "features": str(meta_path)},
+                artifacts={
+                    "checkpoint": str(checkpoint),
+                    "features": str(meta_path),
+                    **({"reference": str(reference)} if reference is not None else {}),
+                },
                 signature=ModelSignature(inputs=inputs, outputs=outputs),
                 input_example=example,
                 pip_requirements=model_requirements(),

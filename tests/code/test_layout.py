@@ -36,6 +36,7 @@ ALLOWED = {
     "plots": MODEL,
     "baselines": MODEL,
     "efficiency": MODEL,
+    "monitoring": MODEL,
     "tracking": {"errors", "config"},
     "registry": {"errors", "evaluation", "tracking"},
     "predict": SERVE,
@@ -43,7 +44,7 @@ ALLOWED = {
     "endpoint": SERVE | {"serving"},
     "reports": set(),
     "ops": {"config", "errors", "tracking", "ops"},
-    "stages": SERVE | {"runtime", "stages", "ops", "validation"},
+    "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint"},
     "cli": {"config", "errors", "progress", "runtime"},  # at its top; its commands import what they call
 }
 

@@ -87,3 +87,16 @@ def test_a_legacy_champion_is_served_from_the_projects_venv(legacy_store):
     assert r.status_code == 200, r.text
     assert r.headers[VERSION_HEADER] == "2"
     np.testing.assert_allclose(np.asarray(r.json()["predictions"]), np.asarray(expected["2"]), atol=1e-6)
+
+
+def test_monitoring_a_legacy_champion_is_refused_with_the_way_out(legacy_store, tiny_dataset):
+    """A champion registered before #20 carries no reference statistics: bad input, saying how to
+    get them (retrain, or pass the file), before the batch is read; nothing written."""
+    from stfn.config import Params, Paths
+    from stfn.errors import DataValidationError
+    from stfn.stages.monitor import monitor
+
+    with pytest.raises(DataValidationError, match="registered before monitoring existed") as err:
+        monitor(Params(), Paths(legacy_store), tiny_dataset, "moving-digits")
+    assert "version 2 of stfn-moving-digits" in str(err.value) and "--reference FILE" in str(err.value)
+    assert not (legacy_store / "reports").exists()

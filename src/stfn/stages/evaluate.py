@@ -12,7 +12,7 @@ import numpy as np
 
 from stfn import data as data_mod
 from stfn import evaluation as ev
-from stfn import plots, progress
+from stfn import monitoring, plots, progress
 from stfn.baselines import regression_baselines
 from stfn.config import Params, Paths
 from stfn.features import FeatureSet, load_features
@@ -195,7 +195,38 @@ def _write_outputs(
         "promoted": False,
     }
     write_json(paths.metrics_file, metrics)
+    write_json(paths.reference_file(name), reference_for(params, paths, fs, outputs["val"][0], metrics))
     return {"metrics": metrics, "plots": {k: str(v) for k, v in files.items()}}
+
+
+def reference_for(
+    params: Params, paths: Paths, fs: FeatureSet, val_out: np.ndarray, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The model's reference statistics (stfn.monitoring): the raw training split as read from
+    the dataset folder (not the features: the monitor compares raw batches), the model's
+    predictions on the validation split, its test metric."""
+    folder = paths.dataset_dir(params.data.dataset)
+    spec, rows = fs.spec, fs.rows("train")
+    ids = fs.index["sample_id"].iloc[rows]
+    series = data_mod.series_array(data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name), ids, spec)
+    frames = data_mod.open_frames(folder, spec)
+    val_pred = val_out if spec.task == "classification" else _in_unit(fs, val_out[:, 0])
+    labels = fs.labels[rows] if spec.task == "classification" else _in_unit(fs, fs.labels[rows])
+    return monitoring.build_reference(
+        dataset=spec.name,
+        task=spec.task,
+        channels=spec.channel_names,
+        frames_dtype=spec.frames.dtype,
+        classes=list(spec.target.classes or []),
+        train_series=series,
+        train_frames=frames[rows],
+        train_labels=labels,
+        val_predictions=val_pred,
+        metric=metrics["primary_metric"],
+        test_metric=metrics["test"][metrics["primary_metric"]],
+        n_summaries=params.monitor.reference_samples,
+        seed=params.seed,
+    )
 
 
 def main() -> None:

@@ -31,7 +31,10 @@ def register(
         "series": data_mod.series_array(series_long, ids, fs.spec),
         "frames": np.asarray(data_mod.open_frames(folder, fs.spec)[rows]),
     }
-    model_uri = tracking.log_model(run_id, paths.checkpoint(name), fs.meta, example)
+    reference = paths.reference_file(name)
+    model_uri = tracking.log_model(
+        run_id, paths.checkpoint(name), fs.meta, example, reference if reference.is_file() else None
+    )
     m = evaluation["metrics"]
     metric = m["primary_metric"]
     value = m["test"][metric]

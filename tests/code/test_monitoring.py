@@ -1,0 +1,126 @@
+"""stfn.monitoring: the per-sample summaries, the reference and the checks (#20), against numpy and
+scipy computed directly; false alarms on batches of the reference's own distribution stay under
+alpha; each kind of shift alarms on the check that names it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from stfn import monitoring
+from stfn.config import MonitorParams
+
+CHANNELS = ["a", "b"]
+
+
+def draw(rng, n, gain=1.0, offset=0.0, missing=0.0, brightness=1.0, classes=None):
+    series = rng.normal(0, 1, size=(n, 16, 2)) + rng.uniform(-2, 2, size=(n, 1, 2))
+    series[:, :, 0] = series[:, :, 0] * gain + offset
+    series[rng.random(series.shape) < 0.002] = np.nan
+    if missing:
+        series[:, :, 1][rng.random((n, 16)) < missing] = np.nan
+    frames = (rng.random((n, 4, 1, 8, 8)) < 0.2) * rng.integers(100, 256, size=(n, 4, 1, 8, 8))
+    frames = np.clip(frames * brightness, 0, 255).astype(np.uint8)
+    labels = rng.integers(0, 10, n) if classes is None else rng.choice(classes, n)
+    return series, frames, labels
+
+
+def reference(rng, n=3000):
+    series, frames, labels = draw(rng, n)
+    val = np.eye(10)[rng.integers(0, 10, 1500)]  # the "model's" validation predictions (one-hot)
+    return monitoring.build_reference(
+        dataset="d", task="classification", channels=CHANNELS, frames_dtype="uint8",
+        classes=[str(i) for i in range(10)], train_series=series, train_frames=frames, train_labels=labels,
+        val_predictions=val, metric="accuracy", test_metric=0.9, n_summaries=2000, seed=0,
+    )  # fmt: skip
+
+
+def check(ref, series, frames, labels, predictions=None, metric=None, **thresholds):
+    lo_hi = {c: (ref["series"][c]["min"], ref["series"][c]["max"]) for c in CHANNELS}
+    return monitoring.compare(
+        ref,
+        MonitorParams(**thresholds),
+        summaries=monitoring.sample_summaries(series, frames, CHANNELS, ref["saturation"]),
+        series_stats=monitoring.series_aggregates(series, CHANNELS, lo_hi),
+        predictions=labels if predictions is None else predictions,
+        labels=labels,
+        metric_value=metric,
+    )
+
+
+def test_summaries_are_the_per_sample_numbers():
+    rng = np.random.default_rng(1)
+    series, frames, _ = draw(rng, 50)
+    s = monitoring.sample_summaries(series, frames, CHANNELS, 255)
+    b = series[:, :, 1]
+    assert np.allclose(s["series.b.mean"], [np.mean(r[~np.isnan(r)]) for r in b])
+    assert np.allclose(s["series.b.std"], [np.std(r[~np.isnan(r)]) for r in b])
+    assert np.allclose(s["series.b.missing"], np.isnan(b).mean(axis=1))
+    assert np.allclose(s["frames.0.mean"], frames.reshape(50, -1).mean(axis=1))
+    assert np.allclose(s["frames.0.saturated"], (frames.reshape(50, -1) == 255).mean(axis=1))
+    agg = monitoring.frames_aggregates(frames, 255, chunk=7)  # chunked sums = the whole array's
+    assert agg["0"]["mean"] == pytest.approx(frames.mean()) and agg["0"]["std"] == pytest.approx(frames.std())
+
+
+def test_the_tests_are_scipys_and_bonferroni_divides_alpha():
+    rng = np.random.default_rng(2)
+    ref = reference(rng)
+    series, frames, labels = draw(rng, 500, gain=1.5)
+    out = check(ref, series, frames, labels)
+    by = {c["name"]: c for c in out["checks"]}
+    got = monitoring.sample_summaries(series, frames, CHANNELS, 255)["series.a.std"]
+    expected = stats.ks_2samp(np.asarray(ref["summaries"]["series.a.std"]), got)
+    assert by["series.a.std"]["statistic"] == pytest.approx(expected.statistic, rel=1e-6)
+    assert by["series.a.std"]["p_value"] == pytest.approx(expected.pvalue, rel=1e-4)
+    counts = np.bincount(labels, minlength=10)
+    table = np.stack([np.asarray(ref["labels"]["counts"]), counts])
+    assert by["labels"]["p_value"] == pytest.approx(stats.chi2_contingency(table).pvalue, rel=1e-9)
+    shares = np.asarray(ref["labels"]["counts"]) / sum(ref["labels"]["counts"])
+    assert by["labels"]["statistic"] == pytest.approx(0.5 * np.abs(counts / 500 - shares).sum())
+    assert out["n_tests"] == 2 * 3 + 3 + 2 and out["p_threshold"] == pytest.approx(0.01 / out["n_tests"])
+    assert "series.a.std" in out["crossed"] and out["drift"] and not out["degradation"]
+    line = monitoring.describe(by["series.a.std"])
+    assert line.startswith("series.a.std: KS statistic") and "threshold 0.1" in line and "median" in line
+
+
+def test_false_alarms_on_batches_of_the_training_distribution_stay_under_alpha():
+    rng = np.random.default_rng(3)
+    ref = reference(rng)
+    alarms = [check(ref, *draw(rng, 500), alpha=0.05)["alarm"] for _ in range(60)]
+    assert sum(alarms) <= 6  # alpha 0.05 family-wise: 3 expected at most; binomial 99.7 % bound 6
+
+
+@pytest.mark.parametrize(
+    ("shift", "expected"),
+    [
+        ({"gain": 1.5}, "series.a.std"),
+        ({"offset": 1.5}, "series.a.mean"),
+        ({"missing": 0.3}, "missing.b"),
+        ({"brightness": 0.7}, "frames.0.mean"),
+        ({"classes": [1, 4, 7]}, "labels"),
+    ],
+)
+def test_each_shift_alarms_on_the_check_that_names_it(shift, expected):
+    rng = np.random.default_rng(4)
+    ref = reference(rng)
+    out = check(ref, *draw(rng, 500, **shift))
+    assert expected in out["crossed"], out["crossed"]
+
+
+def test_quality_is_judged_in_the_metrics_direction():
+    worse = monitoring.quality_check({"name": "accuracy", "test": 0.96}, 0.90, 0.05)
+    assert worse.crossed and worse.statistic == pytest.approx(0.0625)
+    assert not monitoring.quality_check({"name": "accuracy", "test": 0.96}, 0.94, 0.05).crossed
+    mae = monitoring.quality_check({"name": "mae", "test": 2.0}, 2.2, 0.05)  # lower is better: a rise is worse
+    assert mae.crossed and mae.statistic == pytest.approx(0.1)
+    assert not monitoring.quality_check({"name": "mae", "test": 2.0}, 1.5, 0.05).crossed
+
+
+def test_a_reference_from_another_channel_layout_is_not_silently_compared():
+    rng = np.random.default_rng(5)
+    ref = reference(rng)
+    series, frames, labels = draw(rng, 100)
+    summaries = monitoring.sample_summaries(series, frames, ["x", "y"], 255)
+    out = monitoring.compare(ref, MonitorParams(), summaries=summaries, series_stats=None, predictions=None)
+    assert {c["name"] for c in out["checks"]} == {"frames.0.mean", "frames.0.std", "frames.0.saturated"}
