@@ -317,10 +317,15 @@ def validate(
 def ingest(
     path: Annotated[Path, typer.Argument(help="A dataset folder in the contract.")],
     force: Annotated[bool, typer.Option(help="Replace an existing dataset of the same name.")] = False,
+    append: Annotated[
+        str | None, typer.Option(help="Add the batch to this ingested dataset (a new DVC version) instead.")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: --set data.max_missing_ratio=0.25")] = None,
 ) -> None:
     """Validate a dataset folder (params.yaml, its `datasets.<name>` section, --set), copy it to
-    data/raw/<name>/ and track it with DVC.
+    data/raw/<name>/ and track it with DVC. With --append NAME: validate it as a batch of dataset
+    NAME (same contract, new sample ids), add its samples (split like NAME's) and record the new
+    version with DVC.
 
     Example: stfn ingest ~/my-dataset --set data.max_missing_ratio=0.25 && stfn run --dataset my-dataset
     """
@@ -330,13 +335,24 @@ def ingest(
     from stfn.fileio import atomic_dir
     from stfn.stages.validate import validate_folder
 
-    spec = _guard(data_mod.load_spec, path)
     paths = Paths(root)
+    if append:
+        from stfn.stages.ingest import append as append_batch
+
+        with _bars():
+            out = _guard(append_batch, params, paths, path, append)
+        console.print(
+            f"[green]appended[/] {out['added']} samples to {out['dataset']} ({out['total']} now; split "
+            f"{out['split']}: {out['splits']}); {out['dvc']}"
+        )
+        console.print(f"next: stfn run --dataset {out['dataset']}")
+        return
+    spec = _guard(data_mod.load_spec, path)
     with _bars():
         _guard(validate_folder, path, spec.name, params.data.max_missing_ratio, paths)
     target = paths.raw / spec.name
     if target.exists() and not force:
-        _fail(FileExistsError(f"{target} already exists (use --force to replace it)"), 2)
+        _fail(FileExistsError(f"{target} already exists (use --force to replace it, --append to add to it)"), 2)
     with atomic_dir(target) as tmp:
         for f in data_mod.CONTRACT_FILES:
             shutil.copy2(path / f, tmp / f)
@@ -621,9 +637,10 @@ def ui(
 def deploy(
     worker: Annotated[bool, typer.Option(help="Also start a process worker for the retrain pool.")] = True,
 ) -> None:
-    """Scheduled retraining: create the work pool(s), deploy prefect.yaml's `retrain-scheduled`
-    (cron and timezone from params.yaml `retrain`; `training-pipeline/train` too when `train.work_pool` is
-    set) to the Prefect server, and start a process worker. Needs a server: `make servers`.
+    """Scheduled retraining and monitoring: create the work pool(s), deploy prefect.yaml's
+    `retrain-scheduled` (cron and timezone from params.yaml `retrain`), `watch` (the monitor flow,
+    cron from `monitor`; `training-pipeline/train` too when `train.work_pool` is set) to the Prefect
+    server, and start a process worker. Needs a server: `make servers`.
 
     Example: make servers && stfn deploy
     """
@@ -635,6 +652,7 @@ def deploy(
     out = _guard(do_deploy, params, Paths(root), worker)
     console.print(f"deployed {', '.join(out['deployments'])} to {out['api_url']} (pools {', '.join(out['pools'])})")
     console.print(f"schedule: {out['schedule']}; at most one retrain at a time (CANCEL_NEW)")
+    console.print(f"monitor/watch: {out['monitor_schedule']}, the inference log; a batch: -p path=FOLDER")
     if "worker" in out:
         console.print(f"worker for {out['pools'][0]}: pid {out['worker']['pid']}, log {out['worker']['log']}")
         console.print(f"scheduled runs log to MLflow at {out['tracking_uri']}", soft_wrap=True)

@@ -157,6 +157,8 @@ class MonitorParams(_Section):
     max_metric_drop: float = Field(0.05, ge=0)  # relative change of the primary metric for the worse (labels)
     reference_samples: int = Field(2000, ge=100)  # training samples whose summaries the reference keeps
     retrain: bool = True  # the monitor flow runs the retrain deployment when a labelled batch alarms
+    cron: str = "0 6 * * *"  # the deployment `monitor/watch`: the inference log, daily (timezone: retrain's)
+    window_hours: float = Field(24.0, gt=0)  # ... of the last this many hours
 
 
 class Params(_Section):

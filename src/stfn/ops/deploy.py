@@ -57,7 +57,7 @@ def api_url(paths: Paths) -> str:
 
 
 def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
-    """Create/refresh the work pool(s), deploy `retrain-scheduled` (and `train` on that pool when
+    """Create/refresh the work pool(s), deploy `retrain-scheduled` and `watch` (and `train` on that pool when
     `train.work_pool` is set), optionally start a process worker for the retrain pool. The URLs
     it returns (to be printed) have their passwords masked; the worker gets them whole, in its
     environment."""
@@ -69,6 +69,7 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         "STFN_RETRAIN_POOL": params.retrain.work_pool,
         "STFN_RETRAIN_CRON": params.retrain.cron,
         "STFN_RETRAIN_TIMEZONE": params.retrain.timezone,
+        "STFN_MONITOR_CRON": params.monitor.cron,
         "STFN_TRAIN_POOL": params.train.work_pool,
         "STFN_CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
         # the training pool's device: cuda unless told otherwise (STFN_TRAIN_DEVICE=cpu for a CPU pool)
@@ -90,13 +91,14 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         elif kind != "process":
             raise RuntimeError(f"{template} is missing: the {kind} pool's base job template (GPU requests)")
         _prefect(args, env, paths.root)
-    names = ["retrain-scheduled"] + (["train"] if params.train.work_pool else [])
+    names = ["retrain-scheduled", "watch"] + (["train"] if params.train.work_pool else [])
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
         "api_url": scrub_uri(url),
         "pools": [f"{p} ({k})" for p, k in pools.items()],
-        "deployments": ["retrain/retrain-scheduled"] + [f"training-pipeline/{n}" for n in names[1:]],
+        "deployments": ["retrain/retrain-scheduled", "monitor/watch"] + [f"training-pipeline/{n}" for n in names[2:]],
         "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
+        "monitor_schedule": f"{params.monitor.cron} ({params.retrain.timezone})",
     }
     if start_worker:
         worker_env = {k: v for k, v in env.items() if not k.startswith("STFN_")}

@@ -1,0 +1,123 @@
+"""Watching the champion as a Prefect 3 flow, and retraining on its signal (#20).
+
+`monitor` checks a batch (a dataset folder) or, by default, the inference log of the last
+`window_hours` against the champion's reference statistics (`stfn monitor`'s checks and report),
+publishes the verdict as a Prefect artifact and emits a Prefect event (`stfn.monitor.alarm` or
+`stfn.monitor.ok`, resource `stfn.dataset.<name>`). When a threshold is crossed by a labelled
+batch of an ingested dataset, the batch is appended to the dataset as a new DVC version (`stfn
+ingest --append`) and the retrain deployment is run once, with `run_deployment` (not waited
+for): the retrain then trains on the data that set off the alarm, and the gate judges the
+challenger on the current test split. An unlabelled batch (the inference log) only alerts:
+retraining on unchanged data would only reproduce the champion.
+
+The trigger is `run_deployment`, not an automation on the event: it needs nothing configured on
+the server (an automation is server-side state a fresh `make deploy` would have to create and
+keep in step), it is tested here against a real server and worker, and the flow run it creates is
+linked to the alarm that caused it (tag `triggered-by-monitor`, the monitor's flow-run id as a
+parameter). The event is still emitted, for teams that want their own automations (a Slack
+message on `stfn.monitor.alarm`, say). The retrain deployment's concurrency limit of 1 with
+CANCEL_NEW means a second alarm while a retrain runs leaves a visibly cancelled run, not a second
+retrain.
+
+Deployed by `prefect.yaml` as `monitor/watch` (`make deploy`), daily on the inference log by
+default (params.yaml `monitor.cron`); a batch is checked with
+`prefect deployment run monitor/watch -p path=/data/incoming/batch-0412`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+
+from stfn import reports
+from stfn.config import Paths, load_params
+from stfn.fileio import dir_md5
+from stfn.stages.ingest import append
+from stfn.stages.monitor import monitor as check
+from stfn.stages.prepare import BUILTIN
+
+RETRAIN = "retrain/retrain-scheduled"  # prefect.yaml's retrain deployment
+
+
+@task(name="check-batch", cache_policy=NONE)
+def check_batch(overrides: list[str], root: str, path: str, since: datetime | None) -> dict[str, Any]:
+    paths = Paths(Path(root))
+    return check(load_params(paths.params_file, overrides), paths, Path(path), since=since)
+
+
+@task(name="append-batch", cache_policy=NONE)
+def append_batch(overrides: list[str], root: str, path: str, dataset: str) -> dict[str, Any]:
+    paths = Paths(Path(root))
+    return append(load_params(paths.params_file, overrides), paths, Path(path), dataset)
+
+
+@task(name="run-retrain", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def run_retrain(dataset: str, root: str, batch_md5: str) -> str:
+    """One flow run of the retrain deployment, not waited for; the batch's md5 as idempotency key,
+    so the same batch checked twice asks for one retrain."""
+    run = run_deployment(
+        name=RETRAIN,
+        parameters={"dataset": dataset, "root": root},
+        timeout=0,
+        as_subflow=False,
+        tags=["triggered-by-monitor"],
+        idempotency_key=f"monitor-{dataset}-{batch_md5}",
+    )
+    return str(run.id)
+
+
+@flow(name="monitor")
+def monitor(
+    path: str | None = None,
+    dataset: str | None = None,
+    window_hours: float | None = None,
+    overrides: list[str] | None = None,
+    root: str | None = None,
+) -> dict[str, Any]:
+    """Check a batch (default: the inference log of the last `window_hours`, params.yaml's
+    `monitor.window_hours` unless given) against the champion;
+    on an alarm from a labelled batch, append it to the dataset and run the retrain deployment."""
+    root = str(Path(root).resolve()) if root else str(Path.cwd())
+    overrides = list(overrides or []) + ([f"data.dataset={dataset}"] if dataset else [])
+    paths = Paths(Path(root))
+    params = load_params(paths.params_file, overrides)
+    name = paths.dataset_name(params.data.dataset)
+    source = Path(path) if path else paths.inference_log(name)
+    hours = window_hours if window_hours is not None else params.monitor.window_hours
+    since = datetime.now(UTC) - timedelta(hours=hours) if path is None else None
+    report = check_batch(overrides, root, str(source), since)
+    create_markdown_artifact(
+        reports.monitoring_markdown(report), key=f"{name}-monitoring", description=f"Monitoring of {name}"
+    )
+    emit_event(
+        event="stfn.monitor.alarm" if report["alarm"] else "stfn.monitor.ok",
+        resource={"prefect.resource.id": f"stfn.dataset.{name}", "prefect.resource.name": name},
+        payload={"crossed": report["crossed"], "summary": report["summary"], "report": report["html"]},
+    )
+    out: dict[str, Any] = {"report": report, "appended": None, "retrain_flow_run": None}
+    if not report["alarm"]:
+        out["why"] = "no threshold crossed"
+    elif not report["labelled"]:
+        out["why"] = "an unlabelled batch only alerts: retraining on unchanged data would reproduce the champion"
+    elif not params.monitor.retrain:
+        out["why"] = "monitor.retrain is off: alert only"
+    elif name in BUILTIN:
+        out["why"] = f"{name} is generated from params.yaml and cannot take the batch: alert only"
+    else:
+        out["appended"] = append_batch(overrides, root, str(source), name)
+        out["retrain_flow_run"] = run_retrain(name, root, dir_md5(source))
+        out["why"] = f"alarm on a labelled batch: appended to {name}, {RETRAIN} run {out['retrain_flow_run']}"
+    log = get_run_logger()
+    (log.warning if report["alarm"] else log.info)("%s (flow run %s)", out["why"], runtime.flow_run.id)
+    return out
+
+
+if __name__ == "__main__":
+    monitor()

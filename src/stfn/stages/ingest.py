@@ -1,0 +1,112 @@
+"""`stfn ingest PATH --append` (and the monitor flow, for a labelled batch that set off an alarm):
+a batch in the contract added to a dataset under data/raw/, as a new DVC version the next
+training trains on.
+
+The batch is validated like any ingest (Great Expectations, params' `data.max_missing_ratio`),
+must be in the dataset's contract (task, channels, steps, frames, classes: every difference named)
+and must not reuse a sample_id. Its samples are split like the dataset's: when the dataset's
+samples.parquet has a `split` column, the batch's own (if it has one) or a seeded split at
+`data.val_fraction` / `data.test_fraction` (stratified by label), so the new data reaches the test
+split the gate judges on too. The dataset is rewritten whole (atomically: a reader sees the old
+version or the new one), then `dvc add` records the version and `dvc push` sends it to the remote
+when one is configured.
+
+The built-in generated dataset (moving-digits) cannot take a batch: `prepare` regenerates it from
+params.yaml, which would drop the batch; ingest a generated dataset under a name of its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from stfn import data as data_mod
+from stfn.config import Params, Paths
+from stfn.errors import DataValidationError, Failure
+from stfn.ops import versioning
+from stfn.stages.prepare import BUILTIN
+from stfn.stages.validate import validate_folder
+
+
+def _contract_differences(have: data_mod.DatasetSpec, got: data_mod.DatasetSpec) -> list[Failure]:
+    fields = {
+        "task": (have.task, got.task),
+        "series.channels": (have.channel_names, got.channel_names),
+        "series.steps": (have.series.steps, got.series.steps),
+        "frames.shape [F, C, H, W]": (list(have.frames.shape), list(got.frames.shape)),
+        "frames.dtype": (have.frames.dtype, got.frames.dtype),
+        "frames.steps": (have.frames.steps, got.frames.steps),
+        "target.classes": (have.target.classes, got.target.classes),
+    }
+    return [
+        Failure(data_mod.SPEC_FILE, field, f"{a!r} (as dataset '{have.name}')", f"{b!r}")
+        for field, (a, b) in fields.items()
+        if a != b
+    ]
+
+
+def append(params: Params, paths: Paths, source, dataset: str | None = None) -> dict:
+    """Append the batch folder `source` to dataset `dataset` (default: the batch's own name) under
+    data/raw/; returns what was added and the DVC record. Raises DataValidationError (nothing
+    changed) for a batch that fails validation or is not in the dataset's contract."""
+    spec = data_mod.load_spec(source)
+    name = dataset or spec.name
+    target = paths.raw / name
+    if name in BUILTIN:
+        raise DataValidationError(
+            name,
+            [
+                Failure(
+                    str(target),
+                    None,
+                    "a dataset that can take a batch",
+                    f"'{name}' is generated from params.yaml by `prepare`, which would drop it; ingest your "
+                    "data under a name of its own (stfn ingest PATH) and monitor that",
+                )
+            ],
+        )
+    if not (target / data_mod.SPEC_FILE).is_file():
+        raise DataValidationError(name, [Failure(str(target), None, "an ingested dataset to append to", "none")])
+    have = data_mod.load_spec(target)
+    problems = _contract_differences(have, spec)
+    if problems:
+        raise DataValidationError(spec.name, problems)
+    validate_folder(source, spec.name, params.data.max_missing_ratio, paths)
+    old = data_mod.read_parquet(target, data_mod.SAMPLES_FILE, name)
+    new = data_mod.read_parquet(source, data_mod.SAMPLES_FILE, spec.name)
+    clash = sorted(set(old["sample_id"].astype(str)) & set(new["sample_id"].astype(str)))
+    if clash:
+        raise DataValidationError(
+            spec.name,
+            [Failure(data_mod.SAMPLES_FILE, "sample_id", f"ids new to '{name}'", f"{len(clash)} reused", clash)],
+        )
+    how = "as given"
+    if "split" in old.columns and "split" not in new.columns:
+        d = params.data
+        split, how = data_mod.assign_split(new, spec, d.val_fraction, d.test_fraction, params.seed)
+        new = new.assign(split=split)
+    elif "split" not in old.columns and "split" in new.columns:
+        new = new.drop(columns="split")  # the dataset's splits are assigned at featurize time
+        how = "at featurize time, with the rest"
+    samples = pd.concat([old, new], ignore_index=True)
+    series = pd.concat(
+        [
+            data_mod.read_parquet(target, data_mod.SERIES_FILE, name),
+            data_mod.read_parquet(source, data_mod.SERIES_FILE, spec.name),
+        ],
+        ignore_index=True,
+    )
+    frames = np.concatenate(
+        [data_mod.open_frames(target, have, len(old)), data_mod.open_frames(source, spec, len(new))]
+    )
+    data_mod.write_dataset(target, have, samples, series, frames)
+    record = "not a DVC repo: the workspace holds the new version"
+    if versioning.is_dvc_initialised(paths.root):
+        rel = str(target.relative_to(paths.root))
+        versioning.dvc(paths.root, "add", rel)
+        record = f"`dvc add {rel}`: a new version in {rel}.dvc (commit it with git)"
+        if versioning.has_remote(paths.root):
+            versioning.dvc(paths.root, "push", f"{rel}.dvc")
+            record += ", pushed to the DVC remote"
+    counts = new["split"].value_counts().to_dict() if "split" in new.columns else {}
+    return {"dataset": name, "added": len(new), "total": len(samples), "splits": counts, "split": how, "dvc": record}
