@@ -14,9 +14,10 @@ its own, 1000 on; the generator's other settings as params.yaml's), then, for ea
 - 3 classes: only videos whose label is one of 3 classes (drawn per batch) - the traffic changed.
 Each batch is checked twice with the same code as `stfn monitor` (stfn.monitoring.compare on the
 champion's reference): as an unlabelled batch and as a labelled one (its labels and the
-champion's accuracy on it). Writes reports/monitor_power.json: per kind, the alarms out of the
-batches, which checks fired how often, and over the clean batches the largest value each
-threshold was measured against (what params.yaml's defaults are chosen from).
+champion's accuracy on it). Writes reports/monitor_power.json (`by_batch_size`, one entry per
+size run): per kind, the alarms out of the batches, which checks fired how often, and over the
+clean batches the largest value each threshold was measured against (what params.yaml's
+defaults are chosen from).
 """
 
 from __future__ import annotations
@@ -161,7 +162,11 @@ def main() -> None:
         "rows": rows,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(payload, indent=1) + "\n")
+    # one entry per batch size, the others kept
+    before = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    before = before if "by_batch_size" in before else {"by_batch_size": {}}
+    before["by_batch_size"][str(a.batch_size)] = payload
+    OUT.write_text(json.dumps(before, indent=1) + "\n")
     print(
         table(
             f"detection on {a.batches} batches of {a.batch_size} per kind (champion v{mv.version})",

@@ -89,6 +89,8 @@ def run(
 ) -> None:
     """Run the whole pipeline as a Prefect flow and register the model in MLflow.
 
+    model.spatial_encoder=patches is experimental: below the default cnn (README, "Spacetime patches").
+
     Example: stfn run --set train.epochs=3
     """
     root = _root()
@@ -487,8 +489,9 @@ def monitor(
     batch has labels, the champion's metric. Writes reports/monitoring/<name>-<time>.json and .html
     and logs them to MLflow (experiment <name>-monitoring).
 
-    Exit code 0: nothing crossed a threshold (params.yaml `monitor`); 3: drift or degradation (named
-    above, with by how much and the threshold); 2: bad input (named; nothing written).
+    Exit code 0: nothing crossed a threshold (params.yaml `monitor`).
+    Exit code 3: drift or degradation (each named, with by how much and its threshold).
+    Exit code 2: bad input (named; nothing written).
 
     Example: stfn monitor data/incoming/batch-0412 --model moving-digits
     """

@@ -58,6 +58,7 @@ class PrepareParams(_Section):
 
 
 class ModelParams(_Section):
+    # patches is experimental: below the CNN on the default task after #19's study (README)
     spatial_encoder: Literal["cnn", "patches"] = "cnn"
     temporal_encoder: Literal["lstm", "gru", "tcn"] = "lstm"
     alignment: Literal["mfb", "film", "gmu", "bilinear"] = "mfb"

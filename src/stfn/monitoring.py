@@ -16,7 +16,8 @@ training labels' distribution.
   chi2_contingency), for the predicted classes (and, with labels, the labels); for regression, KS
   on the predicted values (and labels);
 - each series channel's missing share and share of readings outside the training range;
-- with labels, the champion's primary metric against the one recorded on its test set.
+- with labels, the champion's primary metric against the one recorded on its test set (for
+  accuracy with a one-sided binomial test, scipy.stats.binomtest).
 A distribution test alarms when its p-value is below `monitor.alpha` divided by the number of
 distribution tests run (Bonferroni: the chance that a batch from the training distribution sets
 off any of them stays below alpha) and its effect (KS statistic, total variation distance) is at
@@ -269,12 +270,16 @@ def compare(
             c = _ks(name, np.asarray(reference[name]["values"]), got, thresholds.min_ks)
         if c is not None:
             checks.append(c)
-    # Bonferroni over the distribution tests run
+    if metric_value is not None:
+        n = len(labels) if labels is not None else None
+        checks.append(quality_check(reference["metric"], metric_value, thresholds.max_metric_drop, n))
+    # Bonferroni over the tests run (distributions and, for accuracy, the binomial test)
     tests = [c for c in checks if c.p_value is not None]
     p_threshold = thresholds.alpha / max(len(tests), 1)
     for c in tests:
         c.p_threshold = p_threshold
-        c.crossed = bool(c.p_value < p_threshold and c.statistic >= c.threshold)
+        effect = c.statistic > c.threshold if c.kind == "quality" else c.statistic >= c.threshold
+        c.crossed = bool(c.p_value < p_threshold and effect)
     for name, got in (series_stats or {}).items():
         ref = reference["series"][name]
         increase = got["missing"] - ref["missing"]
@@ -305,8 +310,6 @@ def compare(
                     detail=f"readings outside the training range {ref['min']:.4g}..{ref['max']:.4g}",
                 )
             )
-    if metric_value is not None:
-        checks.append(quality_check(reference["metric"], metric_value, thresholds.max_metric_drop))
     crossed = [c for c in checks if c.crossed]
     return {
         "alarm": bool(crossed),
@@ -319,19 +322,27 @@ def compare(
     }
 
 
-def quality_check(recorded: dict[str, Any], value: float, max_drop: float) -> Check:
+def quality_check(recorded: dict[str, Any], value: float, max_drop: float, n: int | None = None) -> Check:
     """The champion's primary metric on the batch against its recorded test figure: the relative
-    change in the worse direction (a drop of accuracy, a rise of MAE) above `max_drop` alarms."""
+    change in the worse direction (a drop of accuracy, a rise of MAE) above `max_drop` alarms. For
+    accuracy on `n` samples, also a one-sided binomial test (scipy.stats.binomtest) of the batch's
+    correct answers against the recorded accuracy, so that a small batch's bad luck does not
+    alarm (`compare` holds its p-value to the Bonferroni threshold)."""
     name, ref = recorded["name"], float(recorded["test"])
     worse = (ref - value) if HIGHER_IS_BETTER[name] else (value - ref)
     relative = worse / abs(ref) if ref else worse
+    p_value = None
+    if name == "accuracy" and n:
+        rate = min(max(ref, 1e-9), 1 - 1e-9)
+        p_value = float(st.binomtest(int(round(value * n)), n, rate, alternative="less").pvalue)
     return Check(
         f"quality.{name}",
         "quality",
-        "metric",
+        "binomtest" if p_value is not None else "metric",
         relative,
         max_drop,
         relative > max_drop,
+        p_value=p_value,
         reference=ref,
         batch=float(value),
         detail=f"{name} on the batch against the champion's test {name} (relative change for the worse)",
@@ -352,10 +363,11 @@ def describe(check: dict[str, Any]) -> str:
             f"{c['name']}: {effect} {c['statistic']:.3f} (threshold {c['threshold']:g}), "
             f"p = {c['p_value']:.2g} (threshold {c['p_threshold']:.2g}){where}"
         )
-    if c["test"] == "metric":
+    if c["test"] in ("metric", "binomtest"):
+        p = f", p = {c['p_value']:.2g} (threshold {c['p_threshold']:.2g})" if c.get("p_value") is not None else ""
         return (
             f"{c['name']}: {c['batch']:.4f} on the batch against {c['reference']:.4f} on the test set, "
-            f"{c['statistic']:.1%} worse (threshold {c['threshold']:.0%})"
+            f"{c['statistic']:.1%} worse (threshold {c['threshold']:.0%}){p}"
         )
     return (
         f"{c['name']}: {c['batch']:.3f} in the batch against {c['reference']:.3f} in training "

@@ -61,7 +61,7 @@ def monitoring_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['n']} samples ({report['kind']}, {'labelled' if report['labelled'] else 'unlabelled'}) "
         f"from `{report['source']}` against {report['model']} version {report['version']} (@champion); "
-        f"{report['n_tests']} distribution tests, each alarming at p < {report['p_threshold']:.2g}.",
+        f"{report['n_tests']} statistical tests, each alarming at p < {report['p_threshold']:.2g}.",
         "",
         *(f"- {line}" for line in report["summary"]),
         "",
@@ -104,7 +104,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}} .alarm{{color:#b0
 <h1>Monitoring {esc(report["dataset"])}</h1>
 <p>{report["n"]} samples ({esc(report["kind"])}, {"labelled" if report["labelled"] else "unlabelled"}) from
 <code>{esc(report["source"])}</code> against <b>{esc(report["model"])}</b> version {esc(report["version"])}
-(@champion), {esc(report["time"])} UTC. {report["n_tests"]} distribution tests, each alarming when
+(@champion), {esc(report["time"])} UTC. {report["n_tests"]} statistical tests, each alarming when
 p &lt; {report["p_threshold"]:.2g} (alpha {report["thresholds"]["alpha"]:g}, Bonferroni) and its effect reaches its
 threshold.</p>
 {verdict}<ul>{summary}</ul>

@@ -79,6 +79,7 @@ def test_the_tests_are_scipys_and_bonferroni_divides_alpha():
     shares = np.asarray(ref["labels"]["counts"]) / sum(ref["labels"]["counts"])
     assert by["labels"]["statistic"] == pytest.approx(0.5 * np.abs(counts / 500 - shares).sum())
     assert out["n_tests"] == 2 * 3 + 3 + 2 and out["p_threshold"] == pytest.approx(0.01 / out["n_tests"])
+    assert check(ref, series, frames, labels, metric=0.9)["n_tests"] == out["n_tests"] + 1  # the binomial test
     assert "series.a.std" in out["crossed"] and out["drift"] and not out["degradation"]
     line = monitoring.describe(by["series.a.std"])
     assert line.startswith("series.a.std: KS statistic") and "threshold 0.1" in line and "median" in line
@@ -115,6 +116,21 @@ def test_quality_is_judged_in_the_metrics_direction():
     mae = monitoring.quality_check({"name": "mae", "test": 2.0}, 2.2, 0.05)  # lower is better: a rise is worse
     assert mae.crossed and mae.statistic == pytest.approx(0.1)
     assert not monitoring.quality_check({"name": "mae", "test": 2.0}, 1.5, 0.05).crossed
+    # accuracy on n samples: scipy's one-sided binomial test beside the effect
+    c = monitoring.quality_check({"name": "accuracy", "test": 0.97}, 0.92, 0.05, n=100)
+    assert c.p_value == pytest.approx(stats.binomtest(92, 100, 0.97, alternative="less").pvalue)
+
+
+def test_a_small_batchs_bad_luck_is_not_a_degradation():
+    """92 right of 100 against a recorded 0.97 is 5.2 % worse, but p = 0.011 (scipy's binomtest,
+    one-sided), far above alpha / the tests: no alarm; 460 of 500 (p < 1e-6) alarms."""
+    rng = np.random.default_rng(6)
+    ref = reference(rng)
+    series, frames, labels = draw(rng, 100)
+    ref["metric"]["test"] = 0.97
+    assert "quality.accuracy" not in check(ref, series, frames, labels, metric=0.92)["crossed"]
+    series, frames, labels = draw(rng, 500)
+    assert "quality.accuracy" in check(ref, series, frames, labels, metric=0.92)["crossed"]
 
 
 def test_a_reference_from_another_channel_layout_is_not_silently_compared():

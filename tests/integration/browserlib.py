@@ -88,3 +88,25 @@ def check_mlflow_ui(mlflow_url: str, client, shots: Path) -> None:
     finally:
         driver.quit()
     assert (shots / "mlflow-registered-model.png").stat().st_size > 10_000
+
+
+def check_prefect_ui(ui_url: str, shots: Path, *expected: str) -> None:
+    """The Prefect UI's flow-runs page lists the runs `expected` names (flow names, tags);
+    a screenshot of it into `shots`."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        driver.get(f"{ui_url}/runs")
+        try:
+            _wait_for_text(driver, *expected)
+        except TimeoutException:
+            body = driver.find_element(By.TAG_NAME, "body").text
+            driver.save_screenshot(str(shots / "prefect-monitor-retrain.png"))
+            raise AssertionError(f"{ui_url}/runs never showed {expected}; it showed:\n{body[:3000]}") from None
+        _tidy(driver, "Items per page")  # the list of runs, not the chart above it
+        driver.save_screenshot(str(shots / "prefect-monitor-retrain.png"))
+    finally:
+        driver.quit()
+    assert (shots / "prefect-monitor-retrain.png").stat().st_size > 10_000

@@ -133,7 +133,8 @@ def test_monitor_reads_the_inference_log_and_scores_a_labelled_batch(trained, tm
     predicted = predictor.predict({"series": series, "frames": np.load(labelled / "frames.npy")}).argmax(axis=1)
     assert quality["batch"] == pytest.approx(float((predicted == samples["label"].to_numpy()).mean()), abs=1e-12)
     assert quality["reference"] == pytest.approx(result["metrics"]["test"]["accuracy"], abs=1e-12)
-    assert quality["crossed"] == (quality["statistic"] > params.monitor.max_metric_drop)
+    significant = quality["p_value"] < quality["p_threshold"]  # scipy's binomtest, one-sided
+    assert quality["crossed"] == (quality["statistic"] > params.monitor.max_metric_drop and significant)
     assert "labels" in {c["name"] for c in report["checks"]} and "labels" not in report["crossed"]
 
     # the wrong schema is bad input, named

@@ -3,12 +3,14 @@
 process pool), and a real process worker running what the deployments ask. A labelled batch from
 the training distribution sets off nothing; a labelled batch whose sensor zone-0 reads 1.5x is
 appended to the dataset as a new DVC version and runs exactly one retrain flow run, which trains
-on it and registers a challenger."""
+on it and registers a challenger; the Prefect UI shows them (a screenshot, to docs/screenshots/
+with STFN_SCREENSHOTS=docs/screenshots)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def _worker_once(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.thorough
 def test_a_shifted_labelled_batch_runs_one_retrain_a_clean_one_none(tmp_path, team_servers, write_tiny_params,
-                                                                    monkeypatch):  # fmt: skip
+                                                                    monkeypatch, need):  # fmt: skip
     from prefect.client.orchestration import PrefectClient
 
     from mlflow import MlflowClient
@@ -133,3 +135,12 @@ def test_a_shifted_labelled_batch_runs_one_retrain_a_clean_one_none(tmp_path, te
     samples = pd.read_parquet(tmp_path / "data" / "raw" / NAME / "samples.parquet")
     assert len(samples) == 256 + 400 and samples["sample_id"].str.startswith("g32-").sum() == 400
     assert set(samples.loc[samples["sample_id"].str.startswith("g32-"), "split"]) == {"train", "val", "test"}
+
+    # seen in the Prefect UI (a real browser): the two monitor runs and the retrain one of them ran
+    from browserlib import check_prefect_ui, ensure_chromium
+
+    from stfn.ops.servers import ui_of_api
+
+    ensure_chromium(need)
+    shots = Path(os.environ["STFN_SCREENSHOTS"]).resolve() if os.environ.get("STFN_SCREENSHOTS") else tmp_path
+    check_prefect_ui(ui_of_api(api), shots, "monitor", "retrain", "training-pipeline")

@@ -155,7 +155,13 @@ def commands(
     PREFECT_API_DATABASE_CONNECTION_URL."""
     db = _sqlalchemy_url(os.environ.get("STFN_DB_URL") or f"sqlite:///{paths.mlflow_dir.resolve() / 'mlflow.db'}")
     artifacts = os.environ.get("STFN_ARTIFACTS_DESTINATION") or str(paths.mlflow_dir.resolve() / "artifacts")
-    prefect_env = {"PREFECT_HOME": str(paths.state / "prefect-server"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect_env = {
+        "PREFECT_HOME": str(paths.state / "prefect-server"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the API its UI calls: Prefect's default is port 4200 whatever --port says, so a server on
+        # another port served a UI that showed nothing ("Can't connect to Server API")
+        "PREFECT_SERVER_UI_API_URL": f"http://{host}:{prefect_port}/api",
+    }
     if os.environ.get("STFN_PREFECT_DB_URL"):
         prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = os.environ["STFN_PREFECT_DB_URL"]
     return {
