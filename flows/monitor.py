@@ -13,11 +13,11 @@ retraining on unchanged data would only reproduce the champion.
 The trigger is `run_deployment`, not an automation on the event: it needs nothing configured on
 the server (an automation is server-side state a fresh `make deploy` would have to create and
 keep in step), it is tested here against a real server and worker, and the flow run it creates is
-linked to the alarm that caused it (tag `triggered-by-monitor`, the monitor's flow-run id as a
-parameter). The event is still emitted, for teams that want their own automations (a Slack
-message on `stfn.monitor.alarm`, say). The retrain deployment's concurrency limit of 1 with
-CANCEL_NEW means a second alarm while a retrain runs leaves a visibly cancelled run, not a second
-retrain.
+linked to the alarm that caused it (tag `triggered-by-monitor`). The event is still emitted, for
+teams that want their own automations (a Slack message on `stfn.monitor.alarm`, say). A second
+alarm while a retrain is queued or running runs no second one: its batch is appended and that
+retrain (or the next) trains on it; the retrain deployment's concurrency limit of 1 with
+CANCEL_NEW is the backstop for runs from elsewhere (the cron, a manual run).
 
 Deployed by `prefect.yaml` as `monitor/watch` (`make deploy`), daily on the inference log by
 default (params.yaml `monitor.cron`); a batch is checked with
@@ -56,6 +56,34 @@ def check_batch(overrides: list[str], root: str, path: str, since: datetime | No
 def append_batch(overrides: list[str], root: str, path: str, dataset: str) -> dict[str, Any]:
     paths = Paths(Path(root))
     return append(load_params(paths.params_file, overrides), paths, Path(path), dataset)
+
+
+@task(name="queued-retrain", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def queued_retrain() -> str | None:
+    """A run of the retrain deployment already pending or running, or scheduled to start within a
+    minute (not the cron's future ones): it, or the next, trains on the batch just appended."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(RETRAIN)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED", "PENDING", "RUNNING"]))
+            ),
+        )
+    for run in runs:
+        if run.state_type.value != "SCHEDULED" or (run.expected_start_time and run.expected_start_time <= soon):
+            return str(run.id)
+    return None
 
 
 @task(name="run-retrain", cache_policy=NONE, retries=2, retry_delay_seconds=5)
@@ -112,8 +140,12 @@ def monitor(
         out["why"] = f"{name} is generated from params.yaml and cannot take the batch: alert only"
     else:
         out["appended"] = append_batch(overrides, root, str(source), name)
-        out["retrain_flow_run"] = run_retrain(name, root, dir_md5(source))
-        out["why"] = f"alarm on a labelled batch: appended to {name}, {RETRAIN} run {out['retrain_flow_run']}"
+        queued = queued_retrain()
+        if queued:
+            out["why"] = f"alarm on a labelled batch: appended to {name}; {RETRAIN} run {queued} is already under way"
+        else:
+            out["retrain_flow_run"] = run_retrain(name, root, dir_md5(source))
+            out["why"] = f"alarm on a labelled batch: appended to {name}, {RETRAIN} run {out['retrain_flow_run']}"
     log = get_run_logger()
     (log.warning if report["alarm"] else log.info)("%s (flow run %s)", out["why"], runtime.flow_run.id)
     return out

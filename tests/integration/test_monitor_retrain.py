@@ -3,7 +3,8 @@
 process pool), and a real process worker running what the deployments ask. A labelled batch from
 the training distribution sets off nothing; a labelled batch whose sensor zone-0 reads 1.5x is
 appended to the dataset as a new DVC version and runs exactly one retrain flow run, which trains
-on it and registers a challenger; the Prefect UI shows them (a screenshot, to docs/screenshots/
+on it and registers a challenger; a second alarm while that retrain is queued appends its batch
+and runs no second retrain; the Prefect UI shows them (a screenshot, to docs/screenshots/
 with STFN_SCREENSHOTS=docs/screenshots)."""
 
 from __future__ import annotations
@@ -105,35 +106,42 @@ def test_a_shifted_labelled_batch_runs_one_retrain_a_clean_one_none(tmp_path, te
     assert asyncio.run(_retrain_runs(api)) == []  # nothing crossed: no retrain
     assert yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] == first_version
 
-    gain = batch(tmp_path / "incoming" / "gain", seed=32, n=300, prefix="g32-")
-    series = pd.read_parquet(gain / "series.parquet")
-    series["zone-0"] *= 1.5  # the sensor recalibrated to a new gain
-    series.to_parquet(gain / "series.parquet", index=False)
-    gain_run = _watch(tmp_path, gain)
+    def shifted(name: str, seed: int, prefix: str) -> Path:
+        folder = batch(tmp_path / "incoming" / name, seed=seed, n=300, prefix=prefix)
+        series = pd.read_parquet(folder / "series.parquet")
+        series["zone-0"] *= 1.5  # the sensor recalibrated to a new gain
+        series.to_parquet(folder / "series.parquet", index=False)
+        return folder
+
+    gain_run = _watch(tmp_path, shifted("gain", 32, "g32-"))
     (retrain,) = asyncio.run(_retrain_runs(api))  # exactly one, made by the monitor run
     assert "triggered-by-monitor" in retrain.tags and retrain.parameters["dataset"] == NAME
     assert yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] != first_version  # a new DVC version
+    # a second alarm while that retrain is queued: its batch is appended too, and no second retrain
+    second_run = _watch(tmp_path, shifted("gain-again", 33, "h33-"))
+    assert [r.id for r in asyncio.run(_retrain_runs(api))] == [retrain.id]
     _worker_once(tmp_path)  # the worker runs the retrain
 
     versions = client.search_model_versions(f"name='stfn-{NAME}'")
-    (mv,) = [v for v in versions if v.version != str(first["registered_version"])]  # the challenger
+    (mv,) = [v for v in versions if v.version != str(first["registered_version"])]  # the one challenger
 
     async def states():
         async with PrefectClient(api) as c:
-            runs = [await c.read_flow_run(i) for i in (clean_run, gain_run, str(retrain.id))]
+            runs = [await c.read_flow_run(i) for i in (clean_run, gain_run, second_run)]
+            retrains = await _retrain_runs(api)
             trained_by = await c.read_flow_run(mv.tags["prefect_flow_run_id"])  # the training-pipeline subflow
             parent = await c.read_task_run(trained_by.parent_task_run_id)
-            return runs, parent.flow_run_id
+            return runs, retrains, parent.flow_run_id
 
-    (clean_state, gain_state, retrain_state), parent = asyncio.run(states())
-    assert clean_state.state.is_completed() and gain_state.state.is_completed(), (clean_state.state, gain_state.state)
-    assert retrain_state.state.is_completed(), retrain_state.state
+    monitor_runs, retrains, parent = asyncio.run(states())
+    assert all(r.state.is_completed() for r in monitor_runs), [r.state for r in monitor_runs]
+    assert [r.state_type.value for r in retrains] == ["COMPLETED"], [r.state for r in retrains]
     assert str(parent) == str(retrain.id)  # the challenger was registered by the retrain the alarm ran
     # the worker ran the retrain in the project folder: its evaluation counts the appended samples
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["mlflow_run_id"] == mv.run_id and metrics["n_train"] > first["n_train"]
     samples = pd.read_parquet(tmp_path / "data" / "raw" / NAME / "samples.parquet")
-    assert len(samples) == 256 + 400 and samples["sample_id"].str.startswith("g32-").sum() == 400
+    assert len(samples) == 256 + 400 + 400 and samples["sample_id"].str.startswith("g32-").sum() == 400  # both
     assert set(samples.loc[samples["sample_id"].str.startswith("g32-"), "split"]) == {"train", "val", "test"}
 
     # seen in the Prefect UI (a real browser): the two monitor runs and the retrain one of them ran
