@@ -105,6 +105,33 @@ def test_monitor_exit_codes_clean_shifted_and_bad_input(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_monitor_flow_only_alerts_on_an_unlabelled_batch(trained, tmp_path):
+    """The Prefect flow (in process, Prefect's ephemeral API): an unlabelled batch that alarms is
+    reported and appended nowhere, and no retrain is asked for (retraining on unchanged data would
+    reproduce the champion); its verdict is published as a Prefect artifact."""
+    from prefect.client.orchestration import get_client
+
+    from flows.monitor import monitor
+
+    root, _ = trained
+    shifted = batch(tmp_path / "unlabelled", seed=13)
+    samples = pd.read_parquet(shifted / "samples.parquet").drop(columns="label")
+    samples.to_parquet(shifted / "samples.parquet", index=False)
+    series = pd.read_parquet(shifted / "series.parquet")
+    series["zone-1"] *= 3.0
+    series.to_parquet(shifted / "series.parquet", index=False)
+    before = pd.read_parquet(root / "data" / "raw" / PREDICTED / "samples.parquet")
+    out = monitor(path=str(shifted), dataset=PREDICTED, root=str(root))
+    assert out["report"]["alarm"] and not out["report"]["labelled"], out["report"]["summary"]
+    assert "series.zone-1.std" in out["report"]["crossed"]
+    assert out["appended"] is None and out["retrain_flow_run"] is None and "only alerts" in out["why"]
+    assert len(pd.read_parquet(root / "data" / "raw" / PREDICTED / "samples.parquet")) == len(before)
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+    assert any(a.key == f"{PREDICTED}-monitoring" and "ALARM" in (a.data or "") for a in artifact)
+
+
+@pytest.mark.slow
 def test_monitor_reads_the_inference_log_and_scores_a_labelled_batch(trained, tmp_path):
     from stfn import data as data_mod
     from stfn.config import Paths, load_params
