@@ -29,13 +29,14 @@ log = logging.getLogger(__name__)
 CHUNK = 512
 
 
-def check_contract(spec: data_mod.DatasetSpec, trained: dict[str, Any]) -> None:
-    """Refuse input whose shape differs from what the model was trained on (every mismatch named)."""
+def check_contract(spec: data_mod.DatasetSpec, trained: dict[str, Any], like: str = "as the model was trained") -> None:
+    """Refuse input whose shape differs from `trained` (a spec as `DatasetSpec.model_dump(mode="json")`
+    writes it: what the model was trained on, or the dataset a batch joins), every mismatch named."""
     problems: list[Failure] = []
 
     def differ(field: str, expected: Any, got: Any) -> None:
         if expected != got:
-            problems.append(Failure(data_mod.SPEC_FILE, field, f"{expected!r} (as the model was trained)", f"{got!r}"))
+            problems.append(Failure(data_mod.SPEC_FILE, field, f"{expected!r} ({like})", f"{got!r}"))
 
     tf, sf = trained["frames"], spec.frames
     differ("task", trained["task"], spec.task)
@@ -69,16 +70,23 @@ def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame,
 
 
 def predict_rows(
-    model: Any, folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray
+    model: Any,
+    folder: Path,
+    spec: data_mod.DatasetSpec,
+    samples: pd.DataFrame,
+    rows: np.ndarray,
+    series: np.ndarray | None = None,
 ) -> np.ndarray:
     """A loaded pyfunc's outputs for `rows` of a dataset folder, from the raw files: the series of
-    those rows read once (N x T x C floats, small beside the frames), the frames in chunks."""
+    those rows read once (N x T x C floats, small beside the frames; `series`, when the caller
+    has them already), the frames in chunks."""
     frames = data_mod.open_frames(folder, spec, len(samples))
-    ids = samples["sample_id"].astype(str).iloc[rows]
-    wanted = [("sample_id", "in", list(ids))] if len(rows) < len(samples) else None
-    series = data_mod.series_array(
-        data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted), ids, spec
-    )
+    if series is None:
+        ids = samples["sample_id"].astype(str).iloc[rows]
+        wanted = [("sample_id", "in", list(ids))] if len(rows) < len(samples) else None
+        series = data_mod.series_array(
+            data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted), ids, spec
+        )
     outputs = []
     with progress.bar("predicting", len(rows)) as update:
         for i in range(0, len(rows), CHUNK):

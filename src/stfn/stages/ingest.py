@@ -24,25 +24,9 @@ from stfn import data as data_mod
 from stfn.config import Params, Paths
 from stfn.errors import DataValidationError, Failure
 from stfn.ops import versioning
+from stfn.predict import check_contract
 from stfn.stages.prepare import BUILTIN
 from stfn.stages.validate import validate_folder
-
-
-def _contract_differences(have: data_mod.DatasetSpec, got: data_mod.DatasetSpec) -> list[Failure]:
-    fields = {
-        "task": (have.task, got.task),
-        "series.channels": (have.channel_names, got.channel_names),
-        "series.steps": (have.series.steps, got.series.steps),
-        "frames.shape [F, C, H, W]": (list(have.frames.shape), list(got.frames.shape)),
-        "frames.dtype": (have.frames.dtype, got.frames.dtype),
-        "frames.steps": (have.frames.steps, got.frames.steps),
-        "target.classes": (have.target.classes, got.target.classes),
-    }
-    return [
-        Failure(data_mod.SPEC_FILE, field, f"{a!r} (as dataset '{have.name}')", f"{b!r}")
-        for field, (a, b) in fields.items()
-        if a != b
-    ]
 
 
 def append(params: Params, paths: Paths, source, dataset: str | None = None) -> dict:
@@ -68,9 +52,7 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
     if not (target / data_mod.SPEC_FILE).is_file():
         raise DataValidationError(name, [Failure(str(target), None, "an ingested dataset to append to", "none")])
     have = data_mod.load_spec(target)
-    problems = _contract_differences(have, spec)
-    if problems:
-        raise DataValidationError(spec.name, problems)
+    check_contract(spec, have.model_dump(mode="json"), f"as dataset '{name}'")
     validate_folder(source, spec.name, params.data.max_missing_ratio, paths)
     old = data_mod.read_parquet(target, data_mod.SAMPLES_FILE, name)
     new = data_mod.read_parquet(source, data_mod.SAMPLES_FILE, spec.name)

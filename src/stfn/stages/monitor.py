@@ -120,7 +120,7 @@ def read_dataset_batch(folder: Path, model: Any, reference: dict[str, Any]) -> B
     series = data_mod.series_array(series_long, samples["sample_id"], spec)
     frames = data_mod.open_frames(folder, spec, len(samples))
     rows = np.arange(len(samples))
-    out = predict_rows(model, folder, spec, samples, rows)
+    out = predict_rows(model, folder, spec, samples, rows, series)  # the series read above, not again
     task = reference["task"]
     predictions = out.argmax(axis=1) if task == "classification" else np.asarray(out, np.float64)
     labels, metric = None, None
