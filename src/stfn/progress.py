@@ -9,6 +9,7 @@ Prefect workers, tests) a bar costs nothing and the stages' log lines tell the s
         for i in ...:
             update(i + 1)                      # completed so far
             update(i + 1, info="loss=0.42")    # with a short status text
+            update(info="epoch 2 done", refresh=True)  # drawn now, not at the next tick (4/s)
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def bar(description: str, total: float | None = None) -> Iterator[Update]:
     task = display.add_task(description, total=total, info="")
     state = {"total": total, "completed": 0.0}
 
-    def update(completed: float | None = None, total: float | None = None, info: str | None = None) -> None:
+    def update(
+        completed: float | None = None, total: float | None = None, info: str | None = None, refresh: bool = False
+    ) -> None:
         changes: dict[str, Any] = {}
         if completed is not None:
             changes["completed"] = state["completed"] = completed
@@ -47,7 +50,7 @@ def bar(description: str, total: float | None = None) -> Iterator[Update]:
             changes["total"] = state["total"] = total
         if info is not None:
             changes["info"] = info
-        display.update(task, **changes)
+        display.update(task, refresh=refresh, **changes)
 
     yield update
     end = state["total"] if state["total"] is not None else max(state["completed"], 1)

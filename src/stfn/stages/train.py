@@ -72,7 +72,8 @@ def train(
             seen["epoch"] = int(row["epoch"])
             shown = [k for k in row if k == "train_loss" or (k.startswith("val_") and k != "val_loss")]
             seen["metrics"] = " ".join(f"{k}={row[k]:.4f}" for k in shown)
-            update(seen["epoch"] * steps, info=f"epoch {seen['epoch']}/{epochs} {seen['metrics']}")
+            # drawn at once: a short epoch can end between two ticks of the display (4 a second)
+            update(seen["epoch"] * steps, info=f"epoch {seen['epoch']}/{epochs} {seen['metrics']}", refresh=True)
             if on_epoch:
                 on_epoch(row)
 
