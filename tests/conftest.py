@@ -47,6 +47,41 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=3)
 
 
+# `make test`'s two workers (pytest-xdist, a file at a time) end together when the longest files go
+# first (longest-processing-time-first); xdist's default order, most tests first, left the slowest
+# one-test files (servers, deploy, the killed run) to the end, one worker idle for a minute. Their
+# seconds in session 12 (2 workers, a fast day), longest first; a file not listed comes after them.
+LONGEST_FIRST = (
+    "test_predict.py", "test_deploy.py", "test_serve.py", "test_validation.py", "test_flow.py", "test_faults.py",
+    "test_servers.py", "test_orphan_run.py", "test_secrets.py", "test_promotion_race.py", "test_encoders_learn.py",
+    "test_gate.py", "test_ddp.py", "test_german_pm10.py", "test_irish_wind.py", "test_ui.py", "test_cli.py",
+)  # fmt: skip
+# files whose tests share the session's `team_servers` (tests/integration/conftest.py): one unit of
+# work, on one worker, so that one pair of servers starts instead of one per worker
+SHARED_SERVERS = ("test_deploy.py", "test_promotion_race.py", "test_monitor_retrain.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order stays
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """A file at a time (like --dist loadfile), in the collected order (longest first, above), with
+    the SHARED_SERVERS files as one unit. Other --dist modes keep xdist's own scheduler."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "team-servers" if Path(scope).name in SHARED_SERVERS else scope
+
+    config.option.loadscopereorder = False  # xdist would sort the files by their number of tests
+    return Scheduling(config, log)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_STATE, ignore_errors=True)
 

@@ -215,7 +215,9 @@ def start(
     info: dict[str, dict[str, Any]] = {}
     if auth is None:
         auth = os.environ.get("STFN_MLFLOW_AUTH") == "1"
-    for name, spec in commands(paths, host, mlflow_port, prefect_port, auth).items():
+    launched: dict[str, tuple[subprocess.Popen, Path]] = {}
+    specs = commands(paths, host, mlflow_port, prefect_port, auth)
+    for name, spec in specs.items():  # both start at once: each spends seconds importing and migrating
         pid_file = state / f"{name}.pid"
         if pid_file.is_file() and _alive(int(pid_file.read_text())):
             info[name] = {**json.loads((state / f"{name}.json").read_text()), "already_running": True}
@@ -232,10 +234,13 @@ def start(
                 cwd=paths.root,
             )
         pid_file.write_text(str(proc.pid))
+        launched[name] = (proc, log)
+    for name, (proc, log) in launched.items():
+        spec = specs[name]
         try:
             _wait_healthy(spec["health"], proc, log, timeout)
         except RuntimeError:
-            _stop_one(state, name)
+            _stop_all(state, list(launched))  # none of this call's servers is left half started
             raise
         record = {"pid": proc.pid, "url": spec["url"], "backend": spec["backend"], "log": str(log)}
         if spec.get("auth"):
@@ -243,7 +248,7 @@ def start(
         record["argv"] = [scrub_uri(a) for a in spec["argv"]]
         (state / f"{name}.json").write_text(json.dumps(record, indent=2))
         info[name] = record
-    return info
+    return {name: info[name] for name in specs}
 
 
 def stop_group(pid: int, timeout: float = 20) -> None:
@@ -279,6 +284,15 @@ def _stop_one(state: Path, name: str, timeout: float = 20) -> str | None:
     return f"{name} (pid {pid})"
 
 
+def _stop_all(state: Path, names: list[str], timeout: float = 20) -> list[str]:
+    """Stop the named processes side by side (each takes seconds to shut down gracefully)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        stopped = list(pool.map(lambda name: _stop_one(state, name, timeout), names))
+    return [s for s in stopped if s]
+
+
 def start_worker(paths: Paths, pool: str, env: dict[str, str]) -> dict[str, Any]:
     """A Prefect process worker for `pool` in the background (PID file worker-<pool>.pid);
     `stop` stops it with the servers."""
@@ -306,7 +320,7 @@ def stop(paths: Paths) -> list[str]:
     """Stop exactly the servers and workers that `start` / `start_worker` recorded."""
     state = _state(paths)
     names = [*SERVICES, *sorted(p.stem for p in state.glob("worker-*.pid"))]
-    return [s for s in (_stop_one(state, name) for name in names) if s]
+    return _stop_all(state, names)
 
 
 def status(paths: Paths) -> dict[str, dict[str, Any]]:
