@@ -55,10 +55,11 @@ def small_features(tmp_path_factory, write_tiny_params):
     return params, paths
 
 
-# in `make test`: both encoders with the default alignment (mfb, low-rank bilinear); every other
-# pair (the same encoders, 15-30 s each) in `make test-all` (cnn+gmu left `make test` in #18, for
-# its time budget: each alignment's own output is tested in tests/code/test_models.py)
-DEFAULT = {("cnn", "mfb"), ("patches", "mfb")}
+# in `make test`: the default encoder with the default alignment (cnn, mfb: low-rank bilinear);
+# every other pair (15-30 s each) in `make test-all`, for #18's time budget: cnn+gmu left in
+# session 10, patches+mfb in session 12 (patches are experimental, #19; 21 s); each encoder's and
+# alignment's own output is tested in tests/code/test_models.py
+DEFAULT = {("cnn", "mfb")}
 CASES = [
     pytest.param(s, a, marks=() if (s, a) in DEFAULT else pytest.mark.thorough)
     for s in ("cnn", "patches")
