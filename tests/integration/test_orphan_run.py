@@ -63,9 +63,8 @@ def test_killed_run_is_marked_killed_and_linked_to_the_run_that_carried_on(tmp_p
 
     # the run that carries on, in this process (the flow `stfn run` runs; a second process start, ~10 s,
     # would add nothing the killed one did not show), with the same umask as the killed one
-    from flows.training_pipeline import training_pipeline
-
     import mlflow
+    from flows.training_pipeline import training_pipeline
 
     uris, umask = (mlflow.get_tracking_uri(), mlflow.get_registry_uri()), os.umask(0o022)
     try:
