@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from stfn.errors import ConfigError
 
@@ -90,6 +90,15 @@ class ModelParams(_Section):
     linear_skip: bool | Literal["auto"] = "auto"
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 (PyYAML, and so params.yaml and `--set`) reads on/off and yes/no as booleans."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+# a GPU-path switch: "auto" = on when training on CUDA, off on the CPU; `on` / `off` as written
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)]
+
+
 class TrainParams(_Section):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -104,11 +113,11 @@ class TrainParams(_Section):
     # processes of data-parallel training (torch DDP via torchrun; gloo on CPU, NCCL on GPUs)
     nproc: int = Field(1, ge=1)
     # the GPU path: "auto" = on when training on CUDA, off on the CPU
-    amp_bf16: Literal["auto", "on", "off"] = "auto"  # bf16 autocast
-    tf32: Literal["auto", "on", "off"] = "auto"  # TF32 matmuls and convolutions
-    fused_adamw: Literal["auto", "on", "off"] = "auto"
-    pin_memory: Literal["auto", "on", "off"] = "auto"  # pinned host batches, non-blocking copies
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of every submodule but the LSTM
+    amp_bf16: Switch = "auto"  # bf16 autocast
+    tf32: Switch = "auto"  # TF32 matmuls and convolutions
+    fused_adamw: Switch = "auto"
+    pin_memory: Switch = "auto"  # pinned host batches, non-blocking copies
+    compile: Switch = "auto"  # torch.compile of every submodule but the LSTM
     # "": train in the calling process; a work pool name: run the `training-pipeline/train`
     # deployment there (e.g. a pool whose workers run on GPU hosts)
     work_pool: str = ""

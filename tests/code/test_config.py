@@ -18,6 +18,16 @@ def test_override_sets_nested_value_with_yaml_typing():
     assert params.train.epochs == 3 and params.model.dim == 16 and params.registry.min_improvement == 0.01
 
 
+def test_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
+    """YAML 1.1 reads `on` / `off` as true / false: `--set train.amp_bf16=on` and `tf32: off` in
+    params.yaml are the switch's values, as written (they were refused as "got True")."""
+    (tmp_path / "params.yaml").write_text("train:\n  tf32: off\n  compile: auto\n")
+    params = load_params(tmp_path / "params.yaml", ["train.amp_bf16=on"])
+    assert (params.train.amp_bf16, params.train.tf32, params.train.compile) == ("on", "off", "auto")
+    with pytest.raises(ConfigError, match=r"train\.fused_adamw"):
+        load_params(tmp_path / "params.yaml", ["train.fused_adamw=maybe"])
+
+
 def test_typo_in_key_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.epohcs: unknown key"):
         load_params(REPO / "params.yaml", ["train.epohcs=3"])
