@@ -23,6 +23,7 @@ import base64
 import secrets
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -197,6 +198,9 @@ def test_basic_auth_and_no_password_in_command_lines_files_or_output(
         assert f"scheduled runs log to MLflow at http://admin:***@127.0.0.1:{mp}" in deployed.stdout
         worker_pid = int((state / f"worker-{pool}.pid").read_text())
         assert f"MLFLOW_TRACKING_URI=http://admin:{ADMIN_PASSWORD}@" in _environ(worker_pid)
+        worker_log, deadline = state / f"worker-{pool}.log", time.monotonic() + 120
+        while "started" not in worker_log.read_text() and time.monotonic() < deadline:  # its log has lines to scan
+            time.sleep(0.2)
 
         ps, proc_cmdlines = _command_lines()
         for pid in (*pids.values(), worker_pid):  # the listing does show our servers and worker
