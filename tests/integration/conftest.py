@@ -54,7 +54,8 @@ def pg_databases(need):
 def team_servers(tmp_path_factory, need):
     """`stfn servers start` on fresh PostgreSQL databases and free ports, shared by the tests that
     only need servers to talk to (deploy, the promotion race: they use their own pool and model
-    names); stopped at the end of the session. ~19 s of start and stop once instead of per test."""
+    names); stopped at the end of the session. The files that use it run on one worker
+    (tests/conftest.py, SHARED_SERVERS): ~11 s of start and stop once."""
     root = tmp_path_factory.mktemp("team-servers")
     with _databases(need) as (mlflow_db, prefect_db):
         mp, pp = free_port(), free_port()
