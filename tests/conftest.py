@@ -66,6 +66,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order stays
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest without xdist (benchmarks/gpu_check.sh's GPU machine) has no such hook
 def pytest_xdist_make_scheduler(config, log):
     """A file at a time (like --dist loadfile), in the collected order (longest first, above), with
     the SHARED_SERVERS files as one unit. Other --dist modes keep xdist's own scheduler."""

@@ -148,3 +148,18 @@ def test_every_package_our_code_imports_is_declared_in_pyproject():
         [deptry, "src", "flows", "--no-ansi"], cwd=SRC.parent, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_suites_conftest_loads_in_a_pytest_without_xdist():
+    """benchmarks/gpu_check.sh runs tests/gpu with the GPU machine's bare pytest (no pytest-xdist):
+    tests/conftest.py's xdist hook must be optional there, or pytest stops before collecting."""
+    import subprocess
+    import sys
+
+    root = SRC.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "gpu",
+         "--collect-only", "-q", "tests/gpu"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "INTERNALERROR" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
