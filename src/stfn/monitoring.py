@@ -186,9 +186,11 @@ class Check:
 
     name: str  # e.g. series.zone-0.std, predictions, missing.zone-0, quality.accuracy
     kind: str  # drift | quality
-    test: str  # what was computed (ks_2samp, chisquare, share, metric)
+    test: str  # what was computed (ks_2samp, chi2_contingency, share, metric, binomtest)
     statistic: float  # the effect: KS D, total variation distance, missing share increase, ...
     threshold: float  # the statistic's threshold
+    # the effect reached its threshold; `compare` then also asks p < its Bonferroni threshold of a
+    # check that has a p-value
     crossed: bool
     p_value: float | None = None
     p_threshold: float | None = None
@@ -208,7 +210,7 @@ def _ks(name: str, ref: np.ndarray, got: np.ndarray, min_d: float) -> Check | No
         "ks_2samp",
         float(res.statistic),
         min_d,
-        False,
+        float(res.statistic) >= min_d,
         p_value=float(res.pvalue),
         reference=float(np.median(ref)),
         batch=float(np.median(got)),
@@ -234,7 +236,7 @@ def _chisquare(name: str, ref_counts: list[int], got: np.ndarray, k: int, min_tv
         "chi2_contingency",
         tvd,
         min_tvd,
-        False,
+        tvd >= min_tvd,
         p_value=p_value,
         detail="most frequent in the batch: " + ", ".join(f"{i}: {counts[i] / counts.sum():.0%}" for i in top),
     )
@@ -278,8 +280,7 @@ def compare(
     p_threshold = thresholds.alpha / max(len(tests), 1)
     for c in tests:
         c.p_threshold = p_threshold
-        effect = c.statistic > c.threshold if c.kind == "quality" else c.statistic >= c.threshold
-        c.crossed = bool(c.p_value < p_threshold and effect)
+        c.crossed = bool(c.p_value < p_threshold and c.crossed)  # significant, and the effect large enough
     for name, got in (series_stats or {}).items():
         ref = reference["series"][name]
         increase = got["missing"] - ref["missing"]
