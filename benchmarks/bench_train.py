@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import REPO, best_of, project, table  # noqa: I001
+from common import REPO, best_of, cpu, project, table  # noqa: I001
 
 from stfn.efficiency import matmul_gflops
 
@@ -321,7 +321,8 @@ def run(ours_samples: int = 2048, reference_samples: int = 384, rounds: int = 5)
     spread = lambda k: f"{min(rates[k]):.0f}-{max(rates[k]):.0f}"  # noqa: E731
     text = table(
         f"1. Training throughput (default dataset and model, one epoch over {ours_samples} training samples, "
-        f"batch {params.train.batch_size}, {torch.get_num_threads()} threads; {rounds} rounds in turn, best)",
+        f"batch {params.train.batch_size}, {torch.get_num_threads()} threads of {cpu()['model']}; {rounds} rounds in "
+        "turn, best)",
         [
             (
                 "STFN training: ours (fit)",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import REPO  # noqa: E402
+from common import REPO, cpu  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +26,7 @@ def main() -> None:
         results.update(out)
         print(text, flush=True)
     results["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
