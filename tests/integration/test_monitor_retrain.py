@@ -39,15 +39,21 @@ def batch(folder: Path, seed: int, n: int, prefix: str = "", n_other: int = 50) 
     return folder
 
 
-async def _retrain_runs(api_url: str) -> list:
-    """The flow runs of retrain-scheduled that are not the cron's future ones."""
+async def _retrain_runs(api_url: str, before: frozenset = frozenset()) -> list:
+    """The flow runs of retrain-scheduled that are not the cron's future ones, nor among `before`
+    (the ones the deployment had already: these servers are shared with test_deploy.py, whose
+    deployment of the same name ran retrains of its own)."""
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     async with PrefectClient(api_url) as client:
         dep = await client.read_deployment_by_name("retrain/retrain-scheduled")
         runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
-        return [r for r in runs if r.state_type.value != "SCHEDULED" or "triggered-by-monitor" in r.tags]
+        return [
+            r
+            for r in runs
+            if r.id not in before and (r.state_type.value != "SCHEDULED" or "triggered-by-monitor" in r.tags)
+        ]
 
 
 def _watch(tmp_path: Path, path: Path) -> str:
@@ -101,9 +107,11 @@ def test_a_shifted_labelled_batch_runs_one_retrain_a_clean_one_none(tmp_path, te
     assert "monitor/watch" in deployed.stdout
 
     api = env["PREFECT_API_URL"]
+    before = frozenset(r.id for r in asyncio.run(_retrain_runs(api)))  # another test's, on the shared servers
+    retrain_runs = lambda: asyncio.run(_retrain_runs(api, before))  # noqa: E731
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
     clean_run = _watch(tmp_path, batch(tmp_path / "incoming" / "clean", seed=31, n=300, prefix="c31-"))
-    assert asyncio.run(_retrain_runs(api)) == []  # nothing crossed: no retrain
+    assert retrain_runs() == []  # nothing crossed: no retrain
     assert yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] == first_version
 
     def shifted(name: str, seed: int, prefix: str) -> Path:
@@ -114,12 +122,12 @@ def test_a_shifted_labelled_batch_runs_one_retrain_a_clean_one_none(tmp_path, te
         return folder
 
     gain_run = _watch(tmp_path, shifted("gain", 32, "g32-"))
-    (retrain,) = asyncio.run(_retrain_runs(api))  # exactly one, made by the monitor run
+    (retrain,) = retrain_runs()  # exactly one, made by the monitor run
     assert "triggered-by-monitor" in retrain.tags and retrain.parameters["dataset"] == NAME
     assert yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] != first_version  # a new DVC version
     # a second alarm while that retrain is queued: its batch is appended too, and no second retrain
     second_run = _watch(tmp_path, shifted("gain-again", 33, "h33-"))
-    assert [r.id for r in asyncio.run(_retrain_runs(api))] == [retrain.id]
+    assert [r.id for r in retrain_runs()] == [retrain.id]
     _worker_once(tmp_path)  # the worker runs the retrain
 
     versions = client.search_model_versions(f"name='stfn-{NAME}'")
@@ -128,7 +136,7 @@ def test_a_shifted_labelled_batch_runs_one_retrain_a_clean_one_none(tmp_path, te
     async def states():
         async with PrefectClient(api) as c:
             runs = [await c.read_flow_run(i) for i in (clean_run, gain_run, second_run)]
-            retrains = await _retrain_runs(api)
+            retrains = await _retrain_runs(api, before)
             trained_by = await c.read_flow_run(mv.tags["prefect_flow_run_id"])  # the training-pipeline subflow
             parent = await c.read_task_run(trained_by.parent_task_run_id)
             return runs, retrains, parent.flow_run_id
