@@ -59,7 +59,9 @@ def table(title: str, rows: list[tuple], header: tuple) -> str:
 
 def cpu() -> dict:
     """The CPU this run had: its model name and the vector units that set the fp32 and bf16 matmul
-    rates (this machine is not always the same CPU: the GFLOP/s share depends on it; README)."""
+    rates (this machine is not always the same CPU: the GFLOP/s share depends on it; README).
+    Read by hand: torch.backends.cpu.get_cpu_capability() names the ISA level but no AMX or model,
+    and platform.processor() is empty on Linux."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
