@@ -1,25 +1,22 @@
 """A lead for the time to a champion (#18), measured and not yet taken: MFB (the default alignment)
 computed as one D x D matrix per frame instead of the (B, F, N, D*k) product, with a hand-written
 backward. Checks it against `BilinearAlignment` (float64: outputs and every gradient; gradcheck),
-then times the default training step with each, in paired alternating steps on the same batches.
+then times the default training step with each, in paired alternating steps on the same batch.
 
     .venv/bin/python benchmarks/mfb_lead.py [--steps 120]
 
 Session 14 (Intel host, fp32 matmul 404-445 GFLOP/s): MFB's forward + backward 10.4 -> 4.7 ms
-alone; the whole step 1.06x and 1.07x in two runs (quartiles 1.04-1.08, 1.06-1.11). Why it is not
+alone; the whole step 1.05x and 1.06x in two runs (quartiles 1.02-1.08, 1.02-1.10). Why it is not
 the default yet: README, Performance.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 from einops import rearrange
 
@@ -87,9 +84,12 @@ def check() -> float:
     return worst
 
 
-def paired_steps(steps: int) -> list[float]:
-    """Per step, the time with the model's MFB over the time with `MFBProduct`, the same batch,
-    the two models' steps in alternating order."""
+def paired_steps(steps: int) -> dict:
+    """The default training step with the model's MFB and with `MFBProduct`, one step each in turn
+    on the same batch (bench_train's `interleaved_step_times`), and the ratio of their times
+    (`paired_ratio`: model / MFBProduct, above 1 when `MFBProduct` is faster)."""
+    from bench_train import interleaved_step_times, paired_ratio
+
     from stfn.config import Paths, load_params
     from stfn.features import load_features
     from stfn.models import build_model
@@ -103,34 +103,25 @@ def paired_steps(steps: int) -> list[float]:
     featurize(params, paths)
     fs = load_features(paths.features_dir("moving-digits"))
     tp, cfg = params.train, model_config(fs, params.model)
-    sides = {}
-    for name in ("model", "matrix"):
+    s, f, y = (torch.as_tensor(a) for a in next(batches(fs, fs.rows("train"), tp.batch_size)))
+
+    def trainer(matrix: bool):
         model = build_model(cfg, 0).train()
-        if name == "matrix":
+        if matrix:
             model.align.forward = types.MethodType(matrix_forward, model.align)
-        sides[name] = (model, torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay))
+        opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
 
-    def step(model, opt, batch) -> float:
-        s, f, y = (torch.as_tensor(a) for a in batch)
-        t0 = time.perf_counter()
-        loss = loss_fn(cfg.task, model(s, f)["output"], y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-        opt.step()
-        return time.perf_counter() - t0
+        def step() -> None:
+            loss = loss_fn(cfg.task, model(s, f)["output"], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
+            opt.step()
 
-    rng = np.random.default_rng(0)
-    rows = fs.rows("train")
-    it = (b for _ in iter(int, 1) for b in batches(fs, rows, tp.batch_size, shuffle=True, rng=rng))
-    ratios = []
-    for i in range(steps + 5):
-        batch = next(it)
-        order = ("model", "matrix") if i % 2 == 0 else ("matrix", "model")
-        t = {name: step(*sides[name], batch) for name in order}
-        if i >= 5:  # warm-up
-            ratios.append(t["model"] / t["matrix"])
-    return ratios
+        return step
+
+    times = interleaved_step_times({"matrix": trainer(True), "model": trainer(False)}, steps, warmup=5)
+    return paired_ratio(times["matrix"], times["model"])
 
 
 if __name__ == "__main__":
@@ -139,6 +130,5 @@ if __name__ == "__main__":
     args = ap.parse_args()
     print(f"largest difference from BilinearAlignment (float64, outputs and gradients): {check():.1e}")
     r = paired_steps(args.steps)
-    q = statistics.quantiles(r, n=4)
-    med = statistics.median(r)
-    print(f"training step, BilinearAlignment / MFBProduct: {med:.3f}x (quartiles {q[0]:.3f}-{q[2]:.3f})")
+    q = r["quartiles"]
+    print(f"training step, BilinearAlignment / MFBProduct: {r['ratio']:.3f}x (quartiles {q[0]:.3f}-{q[1]:.3f})")
