@@ -86,15 +86,15 @@ def _load(port: int, body: bytes, clients: int, seconds: float) -> tuple[float, 
 
 
 def _bodies(root: Path) -> dict[int, bytes]:
-    from stfn import data as data_mod
+    from stfn.data import contract
 
     folder = root / "data" / "raw" / "moving-digits"
-    spec = data_mod.load_spec(folder)
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    spec = contract.load_spec(folder)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
     rows = np.arange(64)
     ids = samples["sample_id"].astype(str).iloc[rows]
-    series = data_mod.series_array(data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name), ids, spec)
-    frames = np.asarray(data_mod.open_frames(folder, spec, len(samples))[rows])
+    series = contract.series_array(contract.read_parquet(folder, contract.SERIES_FILE, spec.name), ids, spec)
+    frames = np.asarray(contract.open_frames(folder, spec, len(samples))[rows])
     out = {}
     for n in (1, 64):
         inputs = {"series": series[:n].tolist(), "frames": frames[:n].tolist()}

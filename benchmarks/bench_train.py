@@ -37,7 +37,7 @@ class ParquetDataset(torch.utils.data.Dataset):
     """What a user would write first: one sample per __getitem__, read from the dataset's files."""
 
     def __init__(self, folder: Path, ids: list[str]):
-        from stfn.data import load_spec
+        from stfn.data.contract import load_spec
 
         spec = load_spec(folder)
         self.series_path, self.ids = folder / "series.parquet", ids

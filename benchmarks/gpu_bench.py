@@ -45,7 +45,8 @@ def main() -> None:
 
     from stfn import defaults
     from stfn.config import load_params
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
     from stfn.efficiency import flops_per_sample, matmul_gflops
     from stfn.features import build_features, load_features
     from stfn.training import fit, model_config

@@ -75,7 +75,7 @@ def one_run(name: str, dataset, extra: list[str]) -> dict:
     """featurize -> train -> evaluate on `dataset` (spec, samples, series, frames) in a fresh
     project; the test metrics and the baselines'."""
     from stfn.config import Paths, load_params
-    from stfn.data import write_dataset
+    from stfn.data.contract import write_dataset
     from stfn.stages.evaluate import evaluate
     from stfn.stages.featurize import featurize
     from stfn.stages.train import train
@@ -103,7 +103,7 @@ def one_run(name: str, dataset, extra: list[str]) -> dict:
 
 def digits(level: float) -> tuple:
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits
+    from stfn.data.moving_digits import make_moving_digits
 
     p = MovingDigitsParams(**DIGITS)
     spec, samples, series, frames = make_moving_digits(p)
@@ -111,7 +111,7 @@ def digits(level: float) -> tuple:
 
 
 def wind(level: float) -> tuple:
-    from stfn import importers
+    from stfn.data import importers
 
     cache = REPO / ".stfn" / "cache" / "irish-wind"
     daily, stations = importers.read_wind(importers.find_rda(None, cache))

@@ -37,7 +37,7 @@ class ViViTBranch(nn.Module):
     """Frames (B, F, C, H, W) -> tokens (B, F/t, N, D), like `SpacetimePatchEmbed`, through ViViT."""
 
     def __init__(self, cfg) -> None:
-        from stfn.models import SpacetimePatchEmbed
+        from stfn.patches import SpacetimePatchEmbed
 
         super().__init__()
         frames, (h, w) = len(cfg.frame_steps), tuple(cfg.frame_size)

@@ -11,7 +11,7 @@ from prefect.cache_policies import NONE
 
 from stfn import registry, tracking
 from stfn.config import Paths
-from stfn.data import load_spec
+from stfn.data.contract import load_spec
 from stfn.predict import batch_predict as _batch_predict
 
 

@@ -41,7 +41,8 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 from stfn.config import MovingDigitsParams  # noqa: E402
-from stfn.data import make_moving_digits, write_dataset  # noqa: E402
+from stfn.data.contract import write_dataset  # noqa: E402
+from stfn.data.moving_digits import make_moving_digits  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=3)

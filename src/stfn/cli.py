@@ -249,7 +249,7 @@ def import_(
     """
     root = _root()
     params = _guard(load_params, Paths(root).params_file, [f"data.dataset={name}", *(set_ or [])])
-    from stfn import importers
+    from stfn.data import importers
     from stfn.stages.validate import validate_folder
 
     if name not in importers.IMPORTERS:
@@ -333,7 +333,7 @@ def ingest(
     """
     root = _root()
     params = _dataset_params(root, path, set_)
-    from stfn import data as data_mod
+    from stfn.data import contract
     from stfn.fileio import atomic_dir
     from stfn.stages.validate import validate_folder
 
@@ -349,14 +349,14 @@ def ingest(
         )
         console.print(f"next: stfn run --dataset {out['dataset']}")
         return
-    spec = _guard(data_mod.load_spec, path)
+    spec = _guard(contract.load_spec, path)
     with _bars():
         _guard(validate_folder, path, spec.name, params.data.max_missing_ratio, paths)
     target = paths.raw / spec.name
     if target.exists() and not force:
         _fail(FileExistsError(f"{target} already exists (use --force to replace it, --append to add to it)"), 2)
     with atomic_dir(target) as tmp:
-        for f in data_mod.CONTRACT_FILES:
+        for f in contract.CONTRACT_FILES:
             shutil.copy2(path / f, tmp / f)
     _track(root, target, f"[green]ingested[/] {spec.name} -> {target}")
 
@@ -451,12 +451,12 @@ def predict(
     Example: stfn predict --dataset data/raw/moving-digits --split test
     """
     root = _root()
-    from stfn import data as data_mod
     from stfn import registry, tracking
+    from stfn.data import contract
     from stfn.predict import batch_predict
 
     paths = Paths(root)
-    spec = _guard(data_mod.load_spec, dataset)
+    spec = _guard(contract.load_spec, dataset)
     name = model or registry.model_name(spec.name)
     target = out or paths.predictions_file(spec.name, split)
     tracking.configure(paths.mlflow_dir)

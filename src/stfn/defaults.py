@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stfn.config import Params, Paths
-from stfn.data import load_spec
+from stfn.data.contract import load_spec
 
 AUTO = "auto"
 TAG_PREFIX = "stfn.auto."

@@ -146,12 +146,6 @@ def improvement(metric: str, challenger: float, champion: float) -> float:
     return challenger - champion if HIGHER_IS_BETTER[metric] else champion - challenger
 
 
-def is_better(metric: str, challenger: float, champion: float, min_improvement: float = 0.0) -> bool:
-    """Does `challenger` strictly beat `champion` on `metric`, by at least `min_improvement`?"""
-    gain = improvement(metric, challenger, champion)
-    return gain > 0 and gain >= min_improvement
-
-
 def versus_baselines(test: dict[str, float], baselines: dict[str, dict[str, Any]], metric: str) -> dict[str, Any]:
     """STFN's test `metric` against the best baseline's on the same rows, and a plain sentence
     saying which wins (the run summary prints it; a tie counts for STFN)."""

@@ -25,7 +25,7 @@ import pandas as pd
 
 from stfn import defaults
 from stfn.config import Paths
-from stfn.data import (
+from stfn.data.contract import (
     FRAMES_FILE,
     DatasetSpec,
     NpyRows,

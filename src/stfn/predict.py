@@ -18,10 +18,10 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from stfn import data as data_mod
 from stfn import evaluation as ev
 from stfn import progress, registry, tracking
 from stfn.config import Paths
+from stfn.data import contract
 from stfn.errors import DataValidationError, Failure
 from stfn.fileio import atomic_path
 
@@ -29,14 +29,14 @@ log = logging.getLogger(__name__)
 CHUNK = 512
 
 
-def check_contract(spec: data_mod.DatasetSpec, trained: dict[str, Any], like: str = "as the model was trained") -> None:
+def check_contract(spec: contract.DatasetSpec, trained: dict[str, Any], like: str = "as the model was trained") -> None:
     """Refuse input whose shape differs from `trained` (a spec as `DatasetSpec.model_dump(mode="json")`
     writes it: what the model was trained on, or the dataset a batch joins), every mismatch named."""
     problems: list[Failure] = []
 
     def differ(field: str, expected: Any, got: Any) -> None:
         if expected != got:
-            problems.append(Failure(data_mod.SPEC_FILE, field, f"{expected!r} ({like})", f"{got!r}"))
+            problems.append(Failure(contract.SPEC_FILE, field, f"{expected!r} ({like})", f"{got!r}"))
 
     tf, sf = trained["frames"], spec.frames
     differ("task", trained["task"], spec.task)
@@ -51,7 +51,7 @@ def check_contract(spec: data_mod.DatasetSpec, trained: dict[str, Any], like: st
         raise DataValidationError(spec.name, problems)
 
 
-def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame, split: str | None) -> np.ndarray:
+def select_rows(folder: Path, spec: contract.DatasetSpec, samples: pd.DataFrame, split: str | None) -> np.ndarray:
     """Row numbers to predict: all, or one split (the `split` column, else the split the
     features of a dataset of this name were made with)."""
     if split is None:
@@ -65,14 +65,14 @@ def select_rows(folder: Path, spec: data_mod.DatasetSpec, samples: pd.DataFrame,
         return np.sort(idx.loc[idx["split"] == split, "row"].to_numpy())
     raise DataValidationError(
         spec.name,
-        [Failure(data_mod.SAMPLES_FILE, "split", f"a split column to select '{split}'", "none, and no features")],
+        [Failure(contract.SAMPLES_FILE, "split", f"a split column to select '{split}'", "none, and no features")],
     )
 
 
 def predict_rows(
     model: Any,
     folder: Path,
-    spec: data_mod.DatasetSpec,
+    spec: contract.DatasetSpec,
     samples: pd.DataFrame,
     rows: np.ndarray,
     series: np.ndarray | None = None,
@@ -80,12 +80,12 @@ def predict_rows(
     """A loaded pyfunc's outputs for `rows` of a dataset folder, from the raw files: the series of
     those rows read once (N x T x C floats, small beside the frames; `series`, when the caller
     has them already), the frames in chunks."""
-    frames = data_mod.open_frames(folder, spec, len(samples))
+    frames = contract.open_frames(folder, spec, len(samples))
     if series is None:
         ids = samples["sample_id"].astype(str).iloc[rows]
         wanted = [("sample_id", "in", list(ids))] if len(rows) < len(samples) else None
-        series = data_mod.series_array(
-            data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name, filters=wanted), ids, spec
+        series = contract.series_array(
+            contract.read_parquet(folder, contract.SERIES_FILE, spec.name, filters=wanted), ids, spec
         )
     outputs = []
     with progress.bar("predicting", len(rows)) as update:
@@ -96,7 +96,7 @@ def predict_rows(
     return np.concatenate(outputs) if outputs else np.zeros((0,))
 
 
-def metrics_for(spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray, out: np.ndarray) -> dict:
+def metrics_for(spec: contract.DatasetSpec, samples: pd.DataFrame, rows: np.ndarray, out: np.ndarray) -> dict:
     """The evaluation metrics of predictions `out` for `rows`, when the samples carry labels."""
     if "label" not in samples.columns or not len(rows):
         return {}
@@ -108,10 +108,10 @@ def metrics_for(spec: data_mod.DatasetSpec, samples: pd.DataFrame, rows: np.ndar
 
 def score_model(model_uri: str, folder: Path, rows: np.ndarray) -> dict[str, float]:
     """Load `model_uri` and compute its metrics on `rows` of `folder` (raw inputs, as served)."""
-    spec = data_mod.load_spec(folder)
+    spec = contract.load_spec(folder)
     model = mlflow.pyfunc.load_model(model_uri)
     check_contract(spec, model.unwrap_python_model().meta["spec"])
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
     return metrics_for(spec, samples, rows, predict_rows(model, folder, spec, samples, rows))
 
 
@@ -127,12 +127,12 @@ def batch_predict(
     """Predict every (or one split's) sample of `folder` with `models:/<model_name>@<alias>`."""
     t0 = time.perf_counter()
     folder = Path(folder)
-    spec = data_mod.load_spec(folder)
+    spec = contract.load_spec(folder)
     mv = registry.version_by_alias(model_name, alias)
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{mv.version}")  # the version resolved above
     meta = model.unwrap_python_model().meta
     check_contract(spec, meta["spec"])
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
     rows = select_rows(folder, spec, samples, split)
     out = predict_rows(model, folder, spec, samples, rows)
     table = pd.DataFrame({"sample_id": samples["sample_id"].astype(str).iloc[rows].reset_index(drop=True)})

@@ -1,5 +1,6 @@
-"""The model registry: registering versions, the promotion gate, re-evaluating the champion on
-the current test set, the promotion locks, the champion's alias history, promote and rollback.
+"""The model registry: registering versions, applying the promotion rule of `stfn.gate`,
+re-evaluating the champion on the current test set, the promotion locks, the champion's alias
+history, promote and rollback.
 
 Registered model `stfn-<dataset>`; aliases `challenger` (every new version) and `champion` (the
 one that passed the gate, or was promoted by hand); never stages. Every call goes through
@@ -17,7 +18,6 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from filelock import Timeout as LockTimeout
 from mlflow.exceptions import MlflowException
 
 import mlflow
+from stfn import gate
 from stfn.errors import TrackingError
-from stfn.evaluation import HIGHER_IS_BETTER, improvement, is_better
+from stfn.gate import Decision
 from stfn.tracking import client, retrying, scrub_uri, unreachable
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,6 @@ def test_set_md5(data_md5: str, test_ids: Sequence[str]) -> str:
     """Identity of the held-out data a test metric was computed on: the data version and the
     test samples' ids (a new data version or another split gives another identity)."""
     return hashlib.md5((data_md5 + "\n" + "\n".join(map(str, test_ids))).encode()).hexdigest()
-
-
-@dataclass
-class Decision:
-    name: str
-    version: str
-    promoted: bool
-    reason: str
-    metric: str
-    value: float
-    champion_version: str | None = None
-    champion_value: float | None = None
 
 
 @retrying("registering the model")
@@ -229,9 +218,9 @@ def promote_if_better(
     basis: str = "",
     champion_value_for: str | None = None,
 ) -> Decision:
-    """The gate: `version` becomes champion when there is none, or when it beats the champion's
-    test `metric` by `min_improvement` (direction from `HIGHER_IS_BETTER`). The decision and the
-    reason are tagged on the version; a losing challenger never moves the champion alias.
+    """Ask the gate (`stfn.gate.decide`) under the promotion lock; move @champion when it says so.
+    The decision and the reason are tagged on the version; a losing challenger never moves the
+    champion alias.
     `champion_value`: the champion's metric on the current test set when the caller measured it."""
     with promotion_lock(name):
         current = champion(name)
@@ -249,42 +238,21 @@ def _promote_if_better(
     champion_value: float | None,
     basis: str,
 ) -> Decision:
-    c = client()
     current = champion(name)
-    champ_value = None
-    if current is None:
-        promoted, reason = True, "no champion yet"
-    elif str(current.version) == str(version):
-        promoted, reason = True, "already champion"
+    champ_version = None if current is None else str(current.version)
+    if champ_version == str(version):
+        verdict, champ_value = gate.Verdict(True, "already champion"), None
     else:
-        champ_value = champion_value if champion_value is not None else version_metric(current, metric)
-        if champ_value is None:
-            promoted, reason = True, f"champion v{current.version} has no recorded test {metric}"
-        else:
-            gain = improvement(metric, value, champ_value)
-            direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
-            promoted = is_better(metric, value, champ_value, min_improvement)
-            verb = "beats" if promoted else "does not beat"
-            reason = (
-                f"test {metric} {value:.4f} {verb} champion v{current.version}'s {champ_value:.4f} "
-                f"by the required {min_improvement:g} ({direction} is better; change {gain:+.4f})"
-                + (f"; {basis}" if basis else "")
-            )
-    if promoted and (current is None or str(current.version) != str(version)):
-        set_champion(name, str(version), f"gate: {reason}")
-    decision = "promoted" if promoted else "rejected"
-    for k, v in {"decision": decision, "decision_reason": reason, "judged_on": f"test_{metric}"}.items():
-        c.set_model_version_tag(name, version, k, v)
-    return Decision(
-        name,
-        str(version),
-        promoted,
-        reason,
-        metric,
-        value,
-        None if current is None else str(current.version),
-        champ_value,
-    )
+        champ_value = champion_value
+        if current is not None and champ_value is None:
+            champ_value = version_metric(current, metric)
+        verdict = gate.decide(metric, value, champ_version, champ_value, min_improvement, basis)
+    if verdict.promote and champ_version != str(version):
+        set_champion(name, str(version), f"gate: {verdict.reason}")
+    decision = "promoted" if verdict.promote else "rejected"
+    for k, v in {"decision": decision, "decision_reason": verdict.reason, "judged_on": f"test_{metric}"}.items():
+        client().set_model_version_tag(name, version, k, v)
+    return Decision(name, str(version), verdict.promote, verdict.reason, metric, value, champ_version, champ_value)
 
 
 @retrying("reading the champion history")

@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 # What a logged model needs where it is served, pinned to the versions this environment runs:
 # the distributions `stfn.inference` and its closure import, and MLflow (which brings pandas).
 MODEL_DISTRIBUTIONS = ("torch", "numpy", "pandas", "einops", "PyYAML", "pydantic", "mlflow")
-# the files of ours a served model imports: the import closure of stfn.serving (logged apart), copied into
+# the files of ours a served model imports: the import closure of stfn.model_pyfunc (logged apart), copied into
 # the model's folder as code/stfn/ (tests/code/test_layout.py derives the closure from the imports and compares)
-MODEL_CODE = ("__init__.py", "inference.py", "transforms.py", "models.py", "config.py", "errors.py")
+MODEL_CODE = (
+    "__init__.py", "inference.py", "transforms.py", "models.py", "encoders.py", "patches.py", "config.py", "errors.py"
+)  # fmt: skip
 
 
 def default_tracking_uri(mlflow_dir: Path) -> str:
@@ -356,7 +358,7 @@ def log_model(
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(Path(__file__).with_name("serving.py")),  # models-from-code: no pickle
+                python_model=str(Path(__file__).with_name("model_pyfunc.py")),  # models-from-code: no pickle
                 artifacts={
                     "checkpoint": str(checkpoint),
                     "features": str(meta_path),

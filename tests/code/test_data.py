@@ -3,17 +3,16 @@ import pandas as pd
 import pytest
 
 from stfn.config import MovingDigitsParams
-from stfn.data import (
+from stfn.data.contract import (
     DatasetSpec,
     assign_split,
-    frame_steps,
     load_spec,
-    make_moving_digits,
     open_frames,
     read_parquet,
     series_array,
     write_dataset,
 )
+from stfn.data.moving_digits import frame_steps, make_moving_digits
 from stfn.errors import DataValidationError
 
 SMALL = MovingDigitsParams(n_train=64, n_val=16, n_test=16, seed=11)
@@ -137,7 +136,7 @@ def test_target_channel_must_be_a_series_channel():
 
 
 def test_npy_rows_stream_what_np_load_reads(tmp_path):
-    from stfn.data import NpyRows, write_npy_chunks
+    from stfn.data.contract import NpyRows, write_npy_chunks
 
     arr = np.random.default_rng(0).normal(size=(50, 2, 3)).astype(np.float32)
     write_npy_chunks(tmp_path / "a.npy", arr.shape, np.float32, (arr[i : i + 7] for i in range(0, 50, 7)))

@@ -14,8 +14,8 @@ FLOWS = SRC.parent / "flows"
 # CONTRIBUTING.md's table: what each module may import of ours (stages and ops by folder)
 BASE = {"errors", "fileio", "progress"}
 DATA = BASE | {"config", "data", "defaults"}
-MODEL = DATA | {"models", "transforms", "inference", "features", "baselines", "training", "evaluation", "plots"}
-MODEL |= {"efficiency"}
+MODEL = DATA | {"models", "encoders", "patches", "transforms", "inference", "features", "baselines", "training"}
+MODEL |= {"evaluation", "plots", "efficiency", "gate"}
 SERVE = MODEL | {"tracking", "registry", "predict"}
 ALLOWED = {
     "errors": set(),
@@ -25,11 +25,13 @@ ALLOWED = {
     "runtime": {"config", "errors"},
     "data": BASE | {"config", "data"},
     "defaults": {"config", "data"},
-    "validation": DATA,
+    "validation": DATA | {"validation_report"},
+    "validation_report": DATA,
     "transforms": set(),
     "features": DATA | {"transforms"},
-    "importers": DATA,
-    "models": {"config"},
+    "encoders": set(),
+    "patches": {"encoders"},
+    "models": {"config", "encoders", "patches"},
     "inference": {"models", "transforms"},  # what a served model carries: see test_served_code
     "training": MODEL,
     "evaluation": MODEL,
@@ -38,10 +40,11 @@ ALLOWED = {
     "efficiency": MODEL,
     "monitoring": MODEL,
     "tracking": {"errors", "config"},
-    "registry": {"errors", "evaluation", "tracking"},
+    "gate": {"evaluation"},  # the promotion rule: pure, the registry applies it
+    "registry": {"errors", "gate", "tracking"},
     "predict": SERVE,
-    "serving": {"inference"},
-    "endpoint": SERVE | {"serving"},
+    "model_pyfunc": {"inference"},
+    "endpoint": SERVE,
     "reports": set(),
     "ops": {"config", "errors", "tracking", "ops"},
     "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint"},
@@ -127,10 +130,11 @@ def closure(module: str) -> set[str]:
 
 def test_a_logged_model_carries_the_code_it_imports():
     """tracking.MODEL_CODE (copied into each model's folder as code/stfn/) is the import closure
-    of stfn.serving, the file MLflow runs to load the model: nothing missing, nothing extra."""
+    of stfn.model_pyfunc, the file MLflow runs to load the model: nothing missing, nothing extra."""
     from stfn.tracking import MODEL_CODE
 
-    files = {MODULES[m].relative_to(SRC / "stfn").as_posix() for m in closure("stfn.serving")} - {"serving.py"}
+    files = {MODULES[m].relative_to(SRC / "stfn").as_posix() for m in closure("stfn.model_pyfunc")}
+    files -= {"model_pyfunc.py"}
     assert files == set(MODEL_CODE)
 
 

@@ -145,7 +145,7 @@ def test_spacetime_patches_shapes_and_alignment_at_tubelet_end(tubelet, stem):
 @pytest.mark.parametrize("stem", ["linear", "conv"])
 def test_spacetime_time_attention_is_causal(stem):
     """A tubelet's features never depend on later frames (the conv stem works frame by frame)."""
-    from stfn.models import SpacetimePatchEmbed
+    from stfn.patches import SpacetimePatchEmbed
 
     enc = SpacetimePatchEmbed(1, 16, (H, W), F, tubelet=1, patch=8, depth=2, heads=2, stem=stem).eval()
     _, f = inputs()
@@ -167,7 +167,7 @@ def test_patch_sizes_must_divide_the_frames():
 def test_conv_stem_tokens_see_only_their_patch_neighbourhood():
     """With the conv stem a token's embedding (before the blocks) depends on pixels of its own
     patch and a few around it (the stem's receptive field), not on the far side of the frame."""
-    from stfn.models import SpacetimePatchEmbed
+    from stfn.patches import SpacetimePatchEmbed
 
     enc = SpacetimePatchEmbed(1, 16, (H, W), F, patch=8, depth=0, heads=2, stem="conv").eval()
     _, f = inputs()
@@ -181,7 +181,7 @@ def test_conv_stem_tokens_see_only_their_patch_neighbourhood():
 
 
 def test_layer_scale_starts_each_block_near_the_identity_and_drop_path_only_trains():
-    from stfn.models import FactorisedBlock
+    from stfn.patches import FactorisedBlock
 
     x = torch.randn(2, F, 16, 16)
     block = FactorisedBlock(16, 2, layer_scale=1e-4).eval()
@@ -243,7 +243,7 @@ def test_patch_embedding_as_a_matrix_product_equals_the_strided_conv3d():
     import torch
     from einops import rearrange
 
-    from stfn.models import SpacetimePatchEmbed
+    from stfn.patches import SpacetimePatchEmbed
 
     emb = SpacetimePatchEmbed(2, 16, (16, 24), 4, tubelet=2, patch=8, depth=0, heads=4)
     frames = torch.randn(3, 4, 2, 16, 24)
@@ -257,7 +257,7 @@ def test_overlapping_patches_equal_a_padded_conv3d_with_a_window_twice_the_patch
     import torch.nn.functional as F
     from einops import rearrange
 
-    from stfn.models import SpacetimePatchEmbed
+    from stfn.patches import SpacetimePatchEmbed
 
     emb = SpacetimePatchEmbed(2, 16, (16, 24), 4, tubelet=2, patch=8, depth=0, heads=4, stem=stem, overlap=True)
     frames = torch.randn(3, 4, 2, 16, 24)
@@ -281,7 +281,7 @@ def test_time_attention_on_strided_views_equals_attention_on_the_rearranged_cell
     outputs and gradients as `forward` on that rearrangement."""
     from einops import rearrange
 
-    from stfn.models import SelfAttention
+    from stfn.patches import SelfAttention
 
     torch.manual_seed(0)
     att = SelfAttention(16, heads=4)
@@ -302,7 +302,7 @@ def test_cnn_stems_see_the_same_grid_and_old_checkpoints_keep_theirs():
     max-pooling stem, so its weights load."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stfn.models import SpatialEncoder
+    from stfn.encoders import SpatialEncoder
 
     frames = torch.randn(2 * F, 1, H, W)
     flops = {}

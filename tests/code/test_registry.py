@@ -10,7 +10,7 @@ import pytest
 import mlflow
 from mlflow import MlflowClient
 from stfn import registry, tracking
-from stfn.evaluation import is_better
+from stfn.gate import is_better
 
 
 @pytest.mark.parametrize(

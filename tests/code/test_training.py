@@ -5,7 +5,8 @@ import pandas as pd
 import torch
 
 from stfn.config import MovingDigitsParams
-from stfn.data import DatasetSpec, make_moving_digits
+from stfn.data.contract import DatasetSpec
+from stfn.data.moving_digits import make_moving_digits
 from stfn.features import FeatureSet
 from stfn.training import init_linear_skip, model_config
 

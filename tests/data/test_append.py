@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from stfn.config import MovingDigitsParams, Params, Paths
-from stfn.data import make_moving_digits, write_dataset
+from stfn.data.contract import write_dataset
+from stfn.data.moving_digits import make_moving_digits
 from stfn.errors import DataValidationError
 from stfn.fileio import dir_md5
 from stfn.stages.ingest import append

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stfn import importers
-from stfn.data import write_dataset
+from stfn.data import importers
+from stfn.data.contract import write_dataset
 from stfn.validation import validate_dataset
 
 STATIONS = pd.DataFrame(

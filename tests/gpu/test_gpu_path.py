@@ -30,7 +30,8 @@ DIGITS = dict(n_train=1600, n_val=160, n_test=200, digits_per_video=1, frames=4,
 @pytest.fixture(scope="module")
 def features(tmp_path_factory) -> Path:
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
     from stfn.features import build_features
 
     root = tmp_path_factory.mktemp("gpu")

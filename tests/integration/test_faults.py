@@ -21,7 +21,8 @@ def test_the_train_task_retries_into_its_checkpoint(tmp_path, write_tiny_params,
     from mlflow import MlflowClient
     from stfn import tracking
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     digits = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=12)
     write_dataset(tmp_path / "data" / "raw" / "fault-digits", *make_moving_digits(digits, name="fault-digits"))

@@ -95,7 +95,7 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     import mlflow.pyfunc
     import numpy as np
 
-    from stfn.data import load_spec, open_frames, read_parquet, series_array
+    from stfn.data.contract import load_spec, open_frames, read_parquet, series_array
 
     folder = tmp_path / "data" / "raw" / "moving-digits"
     spec = load_spec(folder)

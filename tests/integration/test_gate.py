@@ -15,7 +15,8 @@ def test_a_one_epoch_challenger_is_registered_not_promoted(tmp_path, write_tiny_
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     write_tiny_params(tmp_path / "params.yaml", **SMALL)
     digits = MovingDigitsParams(

@@ -16,7 +16,7 @@ CACHES = {name: REPO / ".stfn" / "cache" / name for name in ("german-pm10", "iri
 
 
 def imported(tmp_path_factory, need, name: str) -> Path:
-    from stfn import importers
+    from stfn.data import importers
 
     package = {"german-pm10": importers.SPACETIME, "irish-wind": importers.GSTAT}[name]
     if shutil.which("apt-get") is None and not (CACHES[name] / "unpacked" / package.rda).is_file():
@@ -37,7 +37,7 @@ def pm10_dataset(tmp_path_factory, need) -> Path:
 
 @pytest.mark.slow
 def test_the_real_record_with_its_gaps_becomes_a_dataset_in_the_contract(pm10_dataset, tmp_path):
-    from stfn.data import load_spec, open_frames
+    from stfn.data.contract import load_spec, open_frames
     from stfn.errors import DataValidationError
     from stfn.validation import validate_dataset
 

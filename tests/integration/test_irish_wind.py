@@ -15,7 +15,7 @@ CACHE = REPO / ".stfn" / "cache" / "irish-wind"  # the download cache `stfn impo
 
 @pytest.fixture(scope="module")
 def wind_dataset(tmp_path_factory, need) -> Path:
-    from stfn import importers
+    from stfn.data import importers
 
     if shutil.which("apt-get") is None and not (CACHE / "unpacked" / importers.RDA_IN_DEB).is_file():
         need(
@@ -30,7 +30,7 @@ def wind_dataset(tmp_path_factory, need) -> Path:
 
 @pytest.mark.slow
 def test_real_record_becomes_a_dataset_in_the_contract(wind_dataset, tmp_path):
-    from stfn.data import load_spec, open_frames
+    from stfn.data.contract import load_spec, open_frames
     from stfn.validation import validate_dataset
 
     spec = load_spec(wind_dataset)
@@ -78,20 +78,20 @@ def test_regression_flow_on_the_real_record_with_baselines(wind_dataset, tmp_pat
     import pandas as pd
     from starlette.testclient import TestClient
 
-    from stfn import data as data_mod
+    from stfn.data import contract
     from stfn.endpoint import VERSION_HEADER, Endpoint
     from stfn.predict import batch_predict, select_rows
 
     folder = tmp_path / "data" / "raw" / "irish-wind"
     batch_predict(folder, tmp_path / "predictions.parquet", "stfn-irish-wind", split="test")
     table = pd.read_parquet(tmp_path / "predictions.parquet")
-    spec = data_mod.load_spec(folder)
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    spec = contract.load_spec(folder)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
     rows = select_rows(folder, spec, samples, "test")
     ids = samples["sample_id"].astype(str).iloc[rows]
     assert list(ids) == list(table["sample_id"])
-    series = data_mod.series_array(data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name), ids, spec)
-    frames = np.asarray(data_mod.open_frames(folder, spec, len(samples))[rows])
+    series = contract.series_array(contract.read_parquet(folder, contract.SERIES_FILE, spec.name), ids, spec)
+    frames = np.asarray(contract.open_frames(folder, spec, len(samples))[rows])
     online = []
     with TestClient(Endpoint("stfn-irish-wind", follow_seconds=3600)) as client:
         for i in range(0, len(rows), 64):

@@ -28,7 +28,8 @@ def batch(folder: Path, seed: int, n: int, prefix: str = "", n_other: int = 50) 
     """`n` + 2 `n_other` new videos from the generator, sample ids prefixed (a batch must not reuse
     the dataset's; its split column dropped: the append splits it like the dataset)."""
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     spec, samples, series, frames = make_moving_digits(
         MovingDigitsParams(n_train=n, n_val=n_other, n_test=n_other, seed=seed), name=NAME

@@ -35,7 +35,8 @@ def trained(tmp_path_factory, write_tiny_params):
     root = tmp_path_factory.mktemp("predict")
     write_tiny_params(root / "params.yaml", **{"data.dataset": "predict-digits"})
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     write_dataset(
         root / "data" / "raw" / "predict-digits",
@@ -48,7 +49,8 @@ def trained(tmp_path_factory, write_tiny_params):
 def batch(folder: Path, seed: int, n: int = 300) -> Path:
     """A new draw from the generator: `n` videos of the same distribution (other digits, other seed)."""
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     write_dataset(
         folder, *make_moving_digits(MovingDigitsParams(n_train=n, n_val=8, n_test=8, seed=seed), name=PREDICTED)
@@ -133,8 +135,8 @@ def test_the_monitor_flow_only_alerts_on_an_unlabelled_batch(trained, tmp_path):
 
 @pytest.mark.slow
 def test_monitor_reads_the_inference_log_and_scores_a_labelled_batch(trained, tmp_path):
-    from stfn import data as data_mod
     from stfn.config import Paths, load_params
+    from stfn.data import contract
     from stfn.endpoint import InferenceLog, Summary
     from stfn.errors import DataValidationError
     from stfn.stages.monitor import champion_model, monitor
@@ -146,9 +148,9 @@ def test_monitor_reads_the_inference_log_and_scores_a_labelled_batch(trained, tm
     # the log `stfn serve` writes, from the same champion answering the clean batch in requests of 50
     _, model = champion_model(PREDICTED)
     predictor = model.unwrap_python_model().predictor
-    spec = data_mod.load_spec(clean)
+    spec = contract.load_spec(clean)
     samples = pd.read_parquet(clean / "samples.parquet")
-    series = data_mod.series_array(pd.read_parquet(clean / "series.parquet"), samples["sample_id"], spec)
+    series = contract.series_array(pd.read_parquet(clean / "series.parquet"), samples["sample_id"], spec)
     frames = np.load(clean / "frames.npy")
     log, version = InferenceLog(tmp_path / "inference"), int(result["version"])
     for i in range(0, len(samples), 50):
@@ -166,7 +168,7 @@ def test_monitor_reads_the_inference_log_and_scores_a_labelled_batch(trained, tm
     report = monitor(params, paths, labelled, PREDICTED)
     quality = next(c for c in report["checks"] if c["name"] == "quality.accuracy")
     samples = pd.read_parquet(labelled / "samples.parquet")
-    series = data_mod.series_array(pd.read_parquet(labelled / "series.parquet"), samples["sample_id"], spec)
+    series = contract.series_array(pd.read_parquet(labelled / "series.parquet"), samples["sample_id"], spec)
     predicted = predictor.predict({"series": series, "frames": np.load(labelled / "frames.npy")}).argmax(axis=1)
     assert quality["batch"] == pytest.approx(float((predicted == samples["label"].to_numpy()).mean()), abs=1e-12)
     assert quality["reference"] == pytest.approx(result["metrics"]["test"]["accuracy"], abs=1e-12)
@@ -242,7 +244,8 @@ def test_new_data_the_champion_is_re_evaluated_on_the_current_test_split(trained
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     root, _ = trained
     name = "stfn-predict-digits"

@@ -8,7 +8,8 @@ def test_retrain_in_process_registers_and_gates(tmp_path, write_tiny_params):
     from flows.retrain import retrain
     from mlflow import MlflowClient
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     # a dataset of its own: a registered model no other test touches
     small = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=4)

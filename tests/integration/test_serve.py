@@ -24,8 +24,8 @@ import yaml
 from teamlib import BIN, free_port, stfn_cmd
 
 import mlflow
-from stfn import data as data_mod
 from stfn import registry
+from stfn.data import contract
 from stfn.endpoint import VERSION_HEADER, InferenceLog
 
 NAME = "serve-digits"
@@ -37,7 +37,8 @@ def project(tmp_path_factory, write_tiny_params):
     """Two registered versions of stfn-serve-digits: v1 @champion (2 epochs), v2 (1 epoch)."""
     from flows.training_pipeline import training_pipeline
     from stfn.config import MovingDigitsParams
-    from stfn.data import make_moving_digits, write_dataset
+    from stfn.data.contract import write_dataset
+    from stfn.data.moving_digits import make_moving_digits
 
     root = tmp_path_factory.mktemp("serve")
     write_tiny_params(
@@ -61,12 +62,12 @@ def champion_version() -> str:
 def split_inputs(root: Path, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The raw inputs of the test split (as `stfn predict --split test` reads them)."""
     folder = root / "data" / "raw" / NAME
-    spec = data_mod.load_spec(folder)
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, NAME)
+    spec = contract.load_spec(folder)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, NAME)
     rows = np.flatnonzero(samples["split"].astype(str).to_numpy() == "test") if rows is None else rows
     ids = samples["sample_id"].astype(str).iloc[rows]
-    series = data_mod.series_array(data_mod.read_parquet(folder, data_mod.SERIES_FILE, NAME), ids, spec)
-    frames = np.asarray(data_mod.open_frames(folder, spec, len(samples))[rows])
+    series = contract.series_array(contract.read_parquet(folder, contract.SERIES_FILE, NAME), ids, spec)
+    frames = np.asarray(contract.open_frames(folder, spec, len(samples))[rows])
     return {"series": series, "frames": frames, "sample_id": ids.to_numpy()}
 
 

@@ -22,7 +22,7 @@ def assert_serves(root: Path, client_env: dict, version: str) -> None:
     """`stfn serve` started with the client environment answers two samples with `version`."""
     import requests
 
-    from stfn.data import load_spec
+    from stfn.data.contract import load_spec
 
     spec = load_spec(root / "data" / "raw" / "moving-digits")
     series = [[[0.0] * len(spec.series.channels)] * spec.series.steps] * 2

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from stfn import data as data_mod
 from stfn import evaluation as ev
 from stfn import monitoring, plots, progress
 from stfn.baselines import regression_baselines
 from stfn.config import Params, Paths
+from stfn.data import contract
 from stfn.features import FeatureSet, load_features
 from stfn.fileio import write_json
 from stfn.runtime import stage_context
@@ -58,7 +58,7 @@ def pointing_for(
     tubelets of t frames, attention step k covers frames [k t, (k+1) t)."""
     if attention is None:
         return None
-    meta = data_mod.read_parquet(paths.dataset_dir(params.data.dataset), data_mod.SAMPLES_FILE, fs.spec.name)
+    meta = contract.read_parquet(paths.dataset_dir(params.data.dataset), contract.SAMPLES_FILE, fs.spec.name)
     if not TRIGGER_COLUMNS <= set(meta.columns):
         return None
     m = meta.iloc[rows]
@@ -76,9 +76,9 @@ def regression_baselines_for(params: Params, paths: Paths, fs: FeatureSet) -> di
     """Persistence, climatology and ridge (those the dataset allows) scored on the same val and
     test rows as the model: {name: {"test": metrics, "val": metrics, "note": how}}."""
     folder = paths.dataset_dir(params.data.dataset)
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, fs.spec.name)
-    series = data_mod.series_array(
-        data_mod.read_parquet(folder, data_mod.SERIES_FILE, fs.spec.name), samples["sample_id"], fs.spec
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, fs.spec.name)
+    series = contract.series_array(
+        contract.read_parquet(folder, contract.SERIES_FILE, fs.spec.name), samples["sample_id"], fs.spec
     )
     split = np.empty(len(samples), dtype=object)
     split[fs.index["row"].to_numpy()] = fs.index["split"].to_numpy()  # the split the model was trained on
@@ -208,8 +208,8 @@ def reference_for(
     folder = paths.dataset_dir(params.data.dataset)
     spec, rows = fs.spec, fs.rows("train")
     ids = fs.index["sample_id"].iloc[rows]
-    series = data_mod.series_array(data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name), ids, spec)
-    frames = data_mod.open_frames(folder, spec)
+    series = contract.series_array(contract.read_parquet(folder, contract.SERIES_FILE, spec.name), ids, spec)
+    frames = contract.open_frames(folder, spec)
     val_pred = val_out if spec.task == "classification" else _in_unit(fs, val_out[:, 0])
     labels = fs.labels[rows] if spec.task == "classification" else _in_unit(fs, fs.labels[rows])
     return monitoring.build_reference(

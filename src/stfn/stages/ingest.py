@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stfn import data as data_mod
 from stfn.config import Params, Paths
+from stfn.data import contract
 from stfn.errors import DataValidationError, Failure
 from stfn.ops import versioning
 from stfn.predict import check_contract
@@ -33,7 +33,7 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
     """Append the batch folder `source` to dataset `dataset` (default: the batch's own name) under
     data/raw/; returns what was added and the DVC record. Raises DataValidationError (nothing
     changed) for a batch that fails validation or is not in the dataset's contract."""
-    spec = data_mod.load_spec(source)
+    spec = contract.load_spec(source)
     name = dataset or spec.name
     target = paths.raw / name
     if name in BUILTIN:
@@ -49,23 +49,23 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
                 )
             ],
         )
-    if not (target / data_mod.SPEC_FILE).is_file():
+    if not (target / contract.SPEC_FILE).is_file():
         raise DataValidationError(name, [Failure(str(target), None, "an ingested dataset to append to", "none")])
-    have = data_mod.load_spec(target)
+    have = contract.load_spec(target)
     check_contract(spec, have.model_dump(mode="json"), f"as dataset '{name}'")
     validate_folder(source, spec.name, params.data.max_missing_ratio, paths)
-    old = data_mod.read_parquet(target, data_mod.SAMPLES_FILE, name)
-    new = data_mod.read_parquet(source, data_mod.SAMPLES_FILE, spec.name)
+    old = contract.read_parquet(target, contract.SAMPLES_FILE, name)
+    new = contract.read_parquet(source, contract.SAMPLES_FILE, spec.name)
     clash = sorted(set(old["sample_id"].astype(str)) & set(new["sample_id"].astype(str)))
     if clash:
         raise DataValidationError(
             spec.name,
-            [Failure(data_mod.SAMPLES_FILE, "sample_id", f"ids new to '{name}'", f"{len(clash)} reused", clash)],
+            [Failure(contract.SAMPLES_FILE, "sample_id", f"ids new to '{name}'", f"{len(clash)} reused", clash)],
         )
     how = "as given"
     if "split" in old.columns and "split" not in new.columns:
         d = params.data
-        split, how = data_mod.assign_split(new, spec, d.val_fraction, d.test_fraction, params.seed)
+        split, how = contract.assign_split(new, spec, d.val_fraction, d.test_fraction, params.seed)
         new = new.assign(split=split)
     elif "split" not in old.columns and "split" in new.columns:
         new = new.drop(columns="split")  # the dataset's splits are assigned at featurize time
@@ -73,15 +73,15 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
     samples = pd.concat([old, new], ignore_index=True)
     series = pd.concat(
         [
-            data_mod.read_parquet(target, data_mod.SERIES_FILE, name),
-            data_mod.read_parquet(source, data_mod.SERIES_FILE, spec.name),
+            contract.read_parquet(target, contract.SERIES_FILE, name),
+            contract.read_parquet(source, contract.SERIES_FILE, spec.name),
         ],
         ignore_index=True,
     )
     frames = np.concatenate(
-        [data_mod.open_frames(target, have, len(old)), data_mod.open_frames(source, spec, len(new))]
+        [contract.open_frames(target, have, len(old)), contract.open_frames(source, spec, len(new))]
     )
-    data_mod.write_dataset(target, have, samples, series, frames)
+    contract.write_dataset(target, have, samples, series, frames)
     record = "not a DVC repo: the workspace holds the new version"
     if versioning.is_dvc_initialised(paths.root):
         rel = str(target.relative_to(paths.root))

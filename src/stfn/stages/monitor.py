@@ -22,9 +22,9 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from stfn import data as data_mod
 from stfn import monitoring, plots, registry, reports, tracking
 from stfn.config import Params, Paths
+from stfn.data import contract
 from stfn.endpoint import InferenceLog
 from stfn.errors import DataValidationError, Failure
 from stfn.fileio import atomic_path, write_json
@@ -105,20 +105,20 @@ def load_reference(model: Any, mv: Any, name: str, override: Path | None) -> dic
 
 def read_dataset_batch(folder: Path, model: Any, reference: dict[str, Any]) -> Batch:
     """A dataset folder in the contract, scored by the champion."""
-    spec = data_mod.load_spec(folder)
+    spec = contract.load_spec(folder)
     check_contract(spec, model.unwrap_python_model().meta["spec"])
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, spec.name)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
     if "sample_id" not in samples.columns:
-        raise DataValidationError(spec.name, [Failure(data_mod.SAMPLES_FILE, "sample_id", "column exists", "missing")])
-    series_long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, spec.name)
+        raise DataValidationError(spec.name, [Failure(contract.SAMPLES_FILE, "sample_id", "column exists", "missing")])
+    series_long = contract.read_parquet(folder, contract.SERIES_FILE, spec.name)
     absent = [c for c in ["sample_id", "step", *spec.channel_names] if c not in series_long.columns]
     if absent:
         raise DataValidationError(
             spec.name,
-            [Failure(data_mod.SERIES_FILE, c, "column exists (dataset.yaml series)", "missing") for c in absent],
+            [Failure(contract.SERIES_FILE, c, "column exists (dataset.yaml series)", "missing") for c in absent],
         )
-    series = data_mod.series_array(series_long, samples["sample_id"], spec)
-    frames = data_mod.open_frames(folder, spec, len(samples))
+    series = contract.series_array(series_long, samples["sample_id"], spec)
+    frames = contract.open_frames(folder, spec, len(samples))
     rows = np.arange(len(samples))
     out = predict_rows(model, folder, spec, samples, rows, series)  # the series read above, not again
     task = reference["task"]
@@ -140,7 +140,7 @@ def read_dataset_batch(folder: Path, model: Any, reference: dict[str, Any]) -> B
 
 
 def is_inference_log(path: Path) -> bool:
-    return path.is_dir() and not (path / data_mod.SPEC_FILE).exists() and any(path.glob("*.parquet"))
+    return path.is_dir() and not (path / contract.SPEC_FILE).exists() and any(path.glob("*.parquet"))
 
 
 def read_inference_log(folder: Path, reference: dict[str, Any], version: str, since: datetime | None) -> Batch:

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stfn import data as data_mod
 from stfn import progress
 from stfn.config import Params, Paths, load_params
+from stfn.data import contract, moving_digits
 from stfn.errors import DataValidationError, Failure
 from stfn.ops import versioning
 from stfn.runtime import stage_context
@@ -26,7 +26,7 @@ def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
     name = params.data.dataset
     folder = paths.dataset_dir(name)
     if name not in BUILTIN:
-        if not (folder / data_mod.SPEC_FILE).is_file():
+        if not (folder / contract.SPEC_FILE).is_file():
             raise DataValidationError(
                 folder.name,
                 [
@@ -41,9 +41,9 @@ def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
         return folder
     p = params.prepare.moving_digits
     wanted = {"generator": name, "params": p.model_dump(mode="json")}
-    if not force and (folder / data_mod.SPEC_FILE).is_file():
+    if not force and (folder / contract.SPEC_FILE).is_file():
         try:
-            current = data_mod.load_spec(folder).source
+            current = contract.load_spec(folder).source
         except DataValidationError:
             current = None
         if current == wanted:
@@ -57,9 +57,9 @@ def prepare(params: Params, paths: Paths, force: bool = False) -> Path:
             done[split] = n
             update(sum(done.values()), info=f"{name}: {split} samples")
 
-        spec, samples, series, frames = data_mod.make_moving_digits(p, name, generated)
+        spec, samples, series, frames = moving_digits.make_moving_digits(p, name, generated)
         update(info=f"{name}: writing {folder}")
-        return data_mod.write_dataset(folder, spec, samples, series, frames)
+        return contract.write_dataset(folder, spec, samples, series, frames)
 
 
 def prepare_versioned(params: Params, paths: Paths) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from stfn import data as data_mod
 from stfn import defaults, registry, tracking
 from stfn.config import Params, Paths
+from stfn.data import contract
 from stfn.features import load_features
 from stfn.fileio import write_json
 from stfn.predict import score_model
@@ -26,10 +26,10 @@ def register(
     rows = fs.rows("test")[:2]
     ids = fs.index["sample_id"].iloc[rows]  # features keep samples.parquet's row order
     # only the example's rows of the (long) series table
-    series_long = data_mod.read_parquet(folder, data_mod.SERIES_FILE, name, filters=[("sample_id", "in", list(ids))])
+    series_long = contract.read_parquet(folder, contract.SERIES_FILE, name, filters=[("sample_id", "in", list(ids))])
     example = {
-        "series": data_mod.series_array(series_long, ids, fs.spec),
-        "frames": np.asarray(data_mod.open_frames(folder, fs.spec)[rows]),
+        "series": contract.series_array(series_long, ids, fs.spec),
+        "frames": np.asarray(contract.open_frames(folder, fs.spec)[rows]),
     }
     reference = paths.reference_file(name)
     model_uri = tracking.log_model(

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stfn import data as data_mod
 from stfn import defaults, registry, tracking
 from stfn.config import Params, Paths
+from stfn.data import contract
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def open_run(
     )
     tracking.log_params(run_id, params.model_dump(mode="json"))
     folder = paths.dataset_dir(params.data.dataset)
-    samples = data_mod.read_parquet(folder, data_mod.SAMPLES_FILE, name)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, name)
     tracking.log_dataset(run_id, name, folder, data_md5, samples)
     if paths.params_file.is_file():
         tracking.log_artifact(run_id, paths.params_file)

@@ -10,7 +10,7 @@ from typing import Any
 
 from stfn import progress
 from stfn.config import Params, Paths
-from stfn.data import load_spec
+from stfn.data.contract import load_spec
 from stfn.fileio import dir_md5
 from stfn.runtime import stage_context
 from stfn.validation import STEPS, validate_dataset

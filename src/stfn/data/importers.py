@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stfn.data import Channel, DatasetSpec, FramesSpec, SeriesSpec, Target, write_dataset
+from stfn.data.contract import Channel, DatasetSpec, FramesSpec, SeriesSpec, Target, write_dataset
 
 log = logging.getLogger(__name__)
 
