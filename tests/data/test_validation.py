@@ -276,6 +276,26 @@ def yaml_not_yaml(d):
     return "dataset.yaml", (place("line 1, column 7"),), "valid YAML"
 
 
+def yaml_binary(d):
+    (d / "dataset.yaml").write_bytes(bytes(range(256)) * 4)  # NUL and control bytes, not UTF-8
+    return "dataset.yaml", (WHOLE_FILE,), "valid YAML"
+
+
+def yaml_not_utf8(d):
+    (d / "dataset.yaml").write_bytes("name: caf\u00e9\n".encode("latin-1"))  # readable text, wrong encoding
+    return "dataset.yaml", (WHOLE_FILE,), "valid YAML"
+
+
+def yaml_empty(d):
+    (d / "dataset.yaml").write_text("")
+    return "dataset.yaml", (WHOLE_FILE,), "a mapping"
+
+
+def yaml_not_a_mapping(d):
+    (d / "dataset.yaml").write_text("- name: moving-digits\n- task: classification\n")
+    return "dataset.yaml", (WHOLE_FILE,), "a mapping"
+
+
 def invalid_split_value(d):
     s = _samples(d)
     s["split"] = "train"
@@ -391,6 +411,10 @@ CORRUPTIONS = [
     yaml_future_frame_step,
     missing_frames_file,
     yaml_not_yaml,
+    yaml_binary,
+    yaml_not_utf8,
+    yaml_empty,
+    yaml_not_a_mapping,
     invalid_split_value,
     yaml_steps_disagree_with_series,
     yaml_channel_not_in_series,
@@ -417,6 +441,10 @@ THROUGH_THE_COMMANDS = {
     empty_samples,
     missing_frames_file,
     yaml_not_yaml,
+    yaml_binary,  # dataset.yaml's kinds of unreadable: each command reads it through the contract's reader
+    yaml_not_utf8,
+    yaml_empty,
+    yaml_not_a_mapping,
     yaml_path_traversal_name,
     invalid_split_value,
     timestamp_as_text,
