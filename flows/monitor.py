@@ -1,4 +1,4 @@
-"""Watching the champion as a Prefect 3 flow, and retraining on its signal (#20).
+"""Watching the champion as a Prefect 3 flow, and retraining on its signal.
 
 `monitor` checks a batch (a dataset folder) or, by default, the inference log of the last
 `window_hours` against the champion's reference statistics (`stfn monitor`'s checks and report),

@@ -50,8 +50,8 @@ TINY = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=3)
 
 # `make test`'s two workers (pytest-xdist, a file at a time) end together when the longest files go
 # first (longest-processing-time-first); xdist's default order, most tests first, left the slowest
-# one-test files (servers, deploy, the killed run) to the end, one worker idle for a minute. Their
-# seconds in session 12 (2 workers, a fast day), longest first; a file not listed comes after them.
+# one-test files (servers, deploy, the killed run) to the end, one worker idle for a minute. Ordered by
+# their measured seconds (2 workers, a fast day), longest first; a file not listed comes after them.
 LONGEST_FIRST = (
     "test_predict.py", "test_deploy.py", "test_serve.py", "test_validation.py", "test_flow.py", "test_faults.py",
     "test_servers.py", "test_orphan_run.py", "test_secrets.py", "test_promotion_race.py", "test_encoders_learn.py",

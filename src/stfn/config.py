@@ -30,7 +30,7 @@ class DataParams(_Section):
     dataset: str = "moving-digits"
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    # measured (README, Missing readings): real data within ~4 % of its complete-data MAE up to 30 %
+    # measured (docs, "Your own data": missing readings): real data within ~4 % of its complete-data MAE up to 30 %
     max_missing_ratio: float = Field(0.30, ge=0.0, le=1.0)
     # median: remove each sample's per-channel median (offsets vary per sample; moving-digits);
     # global: subtract the train mean per channel (the level itself matters; forecasting);
@@ -58,7 +58,7 @@ class PrepareParams(_Section):
 
 
 class ModelParams(_Section):
-    # patches is experimental: below the CNN on the default task after #19's study (README)
+    # patches is experimental: below the CNN on the default task (docs, "The model")
     spatial_encoder: Literal["cnn", "patches"] = "cnn"
     temporal_encoder: Literal["lstm", "gru", "tcn"] = "lstm"
     alignment: Literal["mfb", "film", "gmu", "bilinear"] = "mfb"
@@ -156,8 +156,8 @@ class ServeParams(_Section):
 
 
 class MonitorParams(_Section):
-    """`stfn monitor`: a new batch against the champion's reference statistics (README, "Watch
-    the champion"; the defaults come from benchmarks/monitor_power.py's measurements)."""
+    """`stfn monitor`: a new batch against the champion's reference statistics (docs, "Operating
+    models"; the defaults come from benchmarks/monitor_power.py's measurements)."""
 
     alpha: float = Field(0.01, gt=0, lt=1)  # chance a batch from the training distribution alarms (Bonferroni)
     min_ks: float = Field(0.1, ge=0, le=1)  # KS statistic a summary's shift must reach besides significance

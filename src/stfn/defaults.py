@@ -3,8 +3,8 @@
 A setting a user gives (params.yaml, its `datasets.<name>` section, `--set`) is used as given;
 one left `auto` is chosen here from the dataset's task, once, before featurize and train, and the
 choice is printed in the run summary, logged to MLflow (params and `stfn.auto.*` tags) and
-recorded with the registered version. The rules, and the measurements behind them (README,
-"Defaults that fit the task"):
+recorded with the registered version. The rules, and the measurements behind them (docs,
+"Your own data"):
 
 - `data.series_norm`: `global` for regression, `median` for classification. A regression target
   is a level in the channels' own units (tomorrow's wind, tomorrow's PM10): removing each sample's

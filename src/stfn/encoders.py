@@ -60,11 +60,11 @@ class SpatialEncoder(nn.Module):
     A 32x32 frame becomes a 4x4 grid whose cells each see a whole 8x8 digit. The first layer
     (`stem`) halves the resolution: `unshuffle` folds each 2x2 pixel block into 4 channels
     (PixelUnshuffle) and runs a 3x3 convolution on the 16x16 grid (receptive field 6 px);
-    `maxpool` (the stem before #18) runs the 3x3 convolution on the full 32x32 frame and
+    `maxpool` (the stem of older checkpoints) runs the 3x3 convolution on the full 32x32 frame and
     max-pools 2x2. The same multiply-adds, but the unshuffled stem never writes the 32x32x16
     map, whose convolution, pooling and their backward took half of a training step on the CPU:
-    training runs 1.3-1.4x faster, and test accuracy on moving-digits is as high (README,
-    Performance). Then two 3x3 convolutions, each followed by a 2x2 max-pool. Max-pooling there
+    training runs 1.3-1.4x faster, and test accuracy on moving-digits is as high (docs,
+    "Performance"). Then two 3x3 convolutions, each followed by a 2x2 max-pool. Max-pooling there
     (rather than strided convolutions) makes a cell's features nearly invariant to where inside
     it the digit sits: on moving-digits it learns in 2 epochs instead of 4 and recognises unseen
     handwriting far better (test accuracy 0.97 vs 0.91 for stride-2 5x5 convolutions)."""

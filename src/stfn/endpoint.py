@@ -216,8 +216,8 @@ class _Scored:
     def __init__(self, pyfunc: Any, name: str, version: str, inference_log: InferenceLog | None):
         self.pyfunc, self.name, self.version, self.log = pyfunc, name, version, inference_log
         self.metadata = pyfunc.metadata
-        # the contract of the version, from its own logged metadata (models logged before the
-        # serving split carry no Predictor: a checker without weights does the same checks)
+        # the contract of the version, from its own logged metadata (models that carry no code of
+        # their own have no Predictor: a checker without weights does the same checks)
         self.checker = Predictor(None, pyfunc.unwrap_python_model().meta)
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:

@@ -37,7 +37,7 @@ from stfn.data.contract import (
     write_npy_chunks,
 )
 from stfn.fileio import atomic_dir
-from stfn.transforms import center_series, transform_frames, transform_series  # noqa: F401 (re-exported: models logged before the serving split import them from here)
+from stfn.transforms import center_series, transform_frames, transform_series  # noqa: F401 (re-exported: models that carry no code of their own import them from here)
 
 log = logging.getLogger(__name__)
 CHUNK = 1024

@@ -25,7 +25,7 @@ class STFNModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.meta = json.loads(Path(context.artifacts["features"]).read_text())
         self.predictor = Predictor.load(context.artifacts["checkpoint"], self.meta)
-        # the reference statistics `stfn monitor` reads (models registered before #20 have none)
+        # the reference statistics `stfn monitor` reads (models registered before monitoring existed have none)
         self.reference = context.artifacts.get("reference")
 
     def predict(self, context, model_input, params=None):

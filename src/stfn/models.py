@@ -36,13 +36,13 @@ class STFNConfig(ModelParams):
     n_outputs: int  # classes, or 1 for regression
     task: Literal["classification", "regression"] = "classification"
     linear_skip: bool = False  # resolved: a built model has it or not (params' `auto` is resolved first)
-    # the cnn's first layer (SpatialEncoder): `unshuffle` since #18; checkpoints without the key are `maxpool`
+    # the cnn's first layer (SpatialEncoder); checkpoints without the key were trained with `maxpool`
     cnn_stem: Literal["unshuffle", "maxpool"] = "unshuffle"
 
-    # keys that checkpoints written before the house pass (#15) carry and this config dropped
+    # keys that the oldest checkpoints carry and this config no longer has
     LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("extra",)
-    # settings added later, as a checkpoint without them was built: the cnn stem before #18, the
-    # spacetime patches before #19
+    # settings a checkpoint may lack, with the value it was built with then: the cnn's maxpool
+    # stem, the spacetime patches' linear embedding without LayerScale
     BEFORE_THE_KEY: ClassVar[dict[str, object]] = {
         "cnn_stem": "maxpool",
         "patch_stem": "linear",

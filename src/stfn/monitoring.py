@@ -1,4 +1,4 @@
-"""Watching the champion (#20): reference statistics of a model's training data, saved with the
+"""Watching the champion: reference statistics of a model's training data, saved with the
 model when it is evaluated, and a new batch compared with them.
 
 The unit of every distribution test is the sample (a video and its series window), so the

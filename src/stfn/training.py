@@ -34,7 +34,7 @@ from stfn.baselines import as_linear_map, fit_ridge
 from stfn.config import ModelParams, Paths, TrainParams
 from stfn.features import FeatureSet
 from stfn.fileio import atomic_path
-from stfn.inference import load_checkpoint, predict_arrays  # noqa: F401 (re-exported: models logged before the serving split import them from here)
+from stfn.inference import load_checkpoint, predict_arrays  # noqa: F401 (re-exported: models that carry no code of their own import them from here)
 from stfn.models import STFNConfig, build_model
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ BatchFn = Callable[[int, int], None]
 EXPERIMENTAL_PATCHES = (
     "model.spatial_encoder=patches is experimental: on moving-digits it trails the CNN (test accuracy "
     "0.946 against 0.962 with 1-frame tubelets at 1.55x the training time, 0.825 with 2-frame ones; "
-    "README, 'Spacetime patches')"
+    "docs, 'The model')"
 )
 
 

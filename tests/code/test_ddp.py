@@ -79,7 +79,7 @@ def test_two_gloo_processes_end_where_one_does(features, tmp_path):
     assert max(v for k, v in diff.items() if k not in gauge) < 1e-4, sorted(diff.items(), key=lambda kv: -kv[1])[:5]
     # the two gauge biases change no output (a softmax does not see a shift of all its logits): their
     # gradients are float noise of either sign, which AdamW turns into steps of up to lr each, a
-    # random walk (1.8e-3 apart after 3 epochs on a fresh clone here, session 11; < 1e-3 before). What
+    # random walk (up to ~2e-3 apart after 3 epochs, measured on fresh clones). What
     # they can do is bounded by that, and the losses above already agree.
     from stfn.config import TrainParams
 

@@ -297,7 +297,7 @@ def test_time_attention_on_strided_views_equals_attention_on_the_rearranged_cell
 
 
 def test_cnn_stems_see_the_same_grid_and_old_checkpoints_keep_theirs():
-    """The unshuffled stem (#18) and the max-pooling one give the same grid from the same number
+    """The unshuffled stem and the max-pooling one give the same grid from the same number
     of multiply-adds; a checkpoint's config written before the stem was a choice rebuilds the
     max-pooling stem, so its weights load."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -323,7 +323,7 @@ def test_cnn_stems_see_the_same_grid_and_old_checkpoints_keep_theirs():
         SpatialEncoder(1, 16, (H, W), stem="strided")
 
 
-def test_a_patches_checkpoint_from_before_19_rebuilds_its_linear_embedding():
+def test_a_patches_checkpoint_without_the_stem_key_rebuilds_its_linear_embedding():
     """A config written before the patch stem, overlap, LayerScale and stochastic depth were
     settings rebuilds the encoder it was trained with, whatever today's defaults are."""
     old = {

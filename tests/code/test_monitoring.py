@@ -1,4 +1,4 @@
-"""stfn.monitoring: the per-sample summaries, the reference and the checks (#20), against numpy and
+"""stfn.monitoring: the per-sample summaries, the reference and the checks, against numpy and
 scipy computed directly; false alarms on batches of the reference's own distribution stay under
 alpha; each kind of shift alarms on the check that names it."""
 

@@ -1,4 +1,4 @@
-"""`stfn ingest --append` (stfn.stages.ingest.append, #20): a batch joins an ingested dataset
+"""`stfn ingest --append` (stfn.stages.ingest.append): a batch joins an ingested dataset
 with its splits, as a new DVC version; a batch out of contract, reusing ids, or aimed at the
 built-in generated dataset is refused, naming why, and nothing changes."""
 

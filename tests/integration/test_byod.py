@@ -1,4 +1,4 @@
-"""Bring your own data: the README's pandas/numpy example, run as written, then `stfn ingest`
+"""Bring your own data: the docs' pandas/numpy example (docs/your-data.md), run as written, then `stfn ingest`
 (validate, copy, `dvc add`) and the real flow on it (regression end to end, baselines beside)."""
 
 import json
@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def readme_example() -> str:
-    text = (REPO / "README.md").read_text()
+def docs_example() -> str:
+    text = (REPO / "docs" / "your-data.md").read_text()
     start = text.index("Writing one from pandas/numpy")
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
@@ -26,14 +26,14 @@ def sh(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_readme_dataset_is_ingested_and_runs_through_the_flow(tmp_path, write_tiny_params, monkeypatch):
+def test_the_docs_dataset_is_ingested_and_runs_through_the_flow(tmp_path, write_tiny_params, monkeypatch):
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient
 
     work = tmp_path / "incoming"
     work.mkdir()
     monkeypatch.chdir(work)
-    exec(compile(readme_example(), "README.md", "exec"), {})  # noqa: S102 - our own README's example
+    exec(compile(docs_example(), "docs/your-data.md", "exec"), {})  # noqa: S102 - our own docs' example
     monkeypatch.chdir(tmp_path)
 
     project = tmp_path / "project"

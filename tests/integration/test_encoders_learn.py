@@ -23,10 +23,10 @@ SMALL = {
 }
 CHANCE = 0.1  # ten digit classes, balanced
 # Bars just under what each pair measurably reaches (test accuracy on these 300 videos, same seed,
-# torch 2.13 on a 2-core CPU, 6 epochs each; session 10, #19): CNN mfb 0.970, film 0.960, gmu 0.953,
-# bilinear 0.977; spacetime patches (params.yaml's since #19: the cnn stem, one LayerScale block)
-# mfb 0.940, film 0.943, gmu 0.960, bilinear 0.927 (before #19, a linear patch embedding: 0.537-0.637
-# after 12 epochs). With one thread (OMP_NUM_THREADS=1, as on make test's xdist workers): CNN 0.970,
+# torch 2.13 on a 2-core CPU, 6 epochs each): CNN mfb 0.970, film 0.960, gmu 0.953, bilinear 0.977;
+# spacetime patches (params.yaml's: the cnn stem, one LayerScale block) mfb 0.940, film 0.943,
+# gmu 0.960, bilinear 0.927 (a linear patch embedding reached only 0.537-0.637 after 12 epochs).
+# With one thread (OMP_NUM_THREADS=1, as on make test's xdist workers): CNN 0.970,
 # 0.963, 0.953, 0.950; patches 0.940, 0.937, 0.967, 0.923.
 BAR = {
     ("cnn", "mfb"): 0.9,
@@ -56,9 +56,8 @@ def small_features(tmp_path_factory, write_tiny_params):
 
 
 # in `make test`: the default encoder with the default alignment (cnn, mfb: low-rank bilinear);
-# every other pair (15-30 s each) in `make test-all`, for #18's time budget: cnn+gmu left in
-# session 10, patches+mfb in session 12 (patches are experimental, #19; 21 s); each encoder's and
-# alignment's own output is tested in tests/code/test_models.py
+# every other pair (15-30 s each; patches+mfb 21 s, experimental) in `make test-all`, for make test's
+# 10 minutes; each encoder's and alignment's own output is tested in tests/code/test_models.py
 DEFAULT = {("cnn", "mfb")}
 CASES = [
     pytest.param(s, a, marks=() if (s, a) in DEFAULT else pytest.mark.thorough)
@@ -78,7 +77,7 @@ def test_each_encoder_and_alignment_learns_to_its_bar(small_features, spatial, a
     model = params.model.model_copy(update={"spatial_encoder": spatial, "alignment": alignment})
     fs = load_features(paths.features_dir("moving-digits"))
     # the CNN learns this in 2-3 epochs (0.98+ after 12); the patches (params.yaml's: the cnn stem,
-    # one LayerScale block) as many as the CNN since #19
+    # one LayerScale block) as many as the CNN
     train = params.train.model_copy(update={"epochs": 6})
     result = fit(fs, model, train, params.seed, tmp_path)
     test, _, attention = score_split(fs, result.model, "test")

@@ -10,7 +10,8 @@ SMALL = {"data.dataset": "gate-digits", **LEARNING_DIGITS}
 
 
 @pytest.mark.slow
-@pytest.mark.thorough  # make test-all (#18's budget): make test checks the gate and rollback in test_flow, test_predict
+# make test-all, for make test's 10 minutes: make test checks the gate and rollback in test_flow, test_predict
+@pytest.mark.thorough
 def test_a_one_epoch_challenger_is_registered_not_promoted(tmp_path, write_tiny_params):
     from flows.training_pipeline import training_pipeline
     from mlflow import MlflowClient

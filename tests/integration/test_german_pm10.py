@@ -1,6 +1,6 @@
 """The german-pm10 importer on the real file (spacetime's air.rda from Debian's r-cran-spacetime,
 fetched with `apt-get download`): a real record with real gaps, in the contract; and, under
-`make test-all`, the README's claim that with default settings STFN is never worse than the
+`make test-all`, the docs' claim that with default settings STFN is never worse than the
 simple baselines on the regression datasets the project imports."""
 
 import json
@@ -67,7 +67,7 @@ def test_the_real_record_with_its_gaps_becomes_a_dataset_in_the_contract(pm10_da
 @pytest.mark.thorough
 @pytest.mark.parametrize("name", ["irish-wind", "german-pm10"])
 def test_with_default_settings_stfn_is_never_worse_than_the_baselines(name, tmp_path_factory, need, tmp_path):
-    """The README's table: the repo's params.yaml as it is, STFN's test MAE at most the best
+    """The docs' table: the repo's params.yaml as it is, STFN's test MAE at most the best
     baseline's."""
     from flows.training_pipeline import training_pipeline
 

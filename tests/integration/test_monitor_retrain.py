@@ -1,4 +1,4 @@
-"""Retraining on the monitor's signal, for real (#20): MLflow and Prefect servers on PostgreSQL
+"""Retraining on the monitor's signal, for real: MLflow and Prefect servers on PostgreSQL
 (shared with the other team-mode tests), `stfn deploy` (retrain-scheduled and monitor/watch on a
 process pool), and a real process worker running what the deployments ask. A labelled batch from
 the training distribution sets off nothing; a labelled batch whose sensor zone-0 reads 1.5x is

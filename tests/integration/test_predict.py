@@ -1,6 +1,6 @@
 """Batches against the champion, trained and registered by the real pipeline (a real SQLite MLflow
 store): batch prediction reproduces the evaluation metric on the test split and refuses input that
-does not match the model's contract; `stfn monitor` (#20) exits 0 on a batch from the training
+does not match the model's contract; `stfn monitor` exits 0 on a batch from the training
 distribution, 3 on a shifted one naming the channel, the threshold and by how much, 2 on bad input
 with nothing written, reads `stfn serve`'s inference log like a batch and scores a labelled batch
 against the recorded test metric (its detection power on the default champion:

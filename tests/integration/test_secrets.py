@@ -1,5 +1,5 @@
 """Team mode with MLflow's basic auth, and no secret in a process's command line, in a file we
-write, or in what we print or log (#15). One team-mode start serves both checks.
+write, or in what we print or log. One team-mode start serves both checks.
 
 Basic auth (`stfn servers start --auth`): refused to start without an admin password; an
 anonymous or wrongly authenticated request is refused (401), the admin's served; the pipeline's

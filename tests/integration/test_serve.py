@@ -1,4 +1,4 @@
-"""The champion leaves the project (#16): a registered model loads from its own folder in a fresh
+"""The champion leaves the project: a registered model loads from its own folder in a fresh
 virtualenv built from its own requirements; `stfn serve` answers like `stfn predict`, refuses bad
 requests with a 4xx naming the input, follows @champion across a promotion and a rollback with no
 failed request, and logs what it answered."""

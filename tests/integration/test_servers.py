@@ -66,7 +66,7 @@ def test_team_servers_on_postgresql_receive_a_run_serve_it_show_it_and_stop_clea
     shots = Path(os.environ["STFN_SCREENSHOTS"]).resolve() if os.environ.get("STFN_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     mlflow_db, prefect_db = pg_databases
-    # with STFN_SCREENSHOTS: a run that learns, for the pictures in the README
+    # with STFN_SCREENSHOTS: a run that learns, for the pictures in the docs
     write_tiny_params(tmp_path / "params.yaml", **(LEARNING_DIGITS if os.environ.get("STFN_SCREENSHOTS") else {}))
     mp, pp = free_port(), free_port()
     env = {

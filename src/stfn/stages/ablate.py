@@ -110,7 +110,7 @@ def ablate(
 
 def _earlier_encoders(paths: Paths, dataset: str, metric: str) -> dict[str, Any]:
     """The other encoders' entries of reports/ablation.json when it is of the same dataset and
-    metric (a file of another dataset, or of the format before #19, is replaced)."""
+    metric (a file of another dataset, or of the older one-encoder format, is replaced)."""
     try:
         earlier = json.loads(paths.ablation_file.read_text())
     except (OSError, ValueError):

@@ -69,7 +69,7 @@ def champion_model(name: str) -> tuple[Any, Any]:
 
 def load_reference(model: Any, mv: Any, name: str, override: Path | None) -> dict[str, Any]:
     """The reference statistics logged with the champion (or `override`); a champion registered
-    before #20 has none: bad input, with the way out."""
+    before monitoring existed has none: bad input, with the way out."""
     logged = getattr(model.unwrap_python_model(), "reference", None)  # older STFNModel classes lack it
     path = override or (Path(logged) if logged else None)
     if path is None:

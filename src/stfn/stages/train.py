@@ -8,7 +8,7 @@ With `train.nproc: N` > 1 it launches torchrun, which runs this module in N proc
 Each process joins the group (gloo on the CPU, NCCL on GPUs), trains on its share of every global
 batch, and rank 0 alone writes checkpoints and the summary. Several hosts: the same command on
 each, with `--nnodes M --node_rank K --rdzv_backend c10d --rdzv_endpoint HOST:PORT` instead of
-`--standalone` (see the README).
+`--standalone` (docs, "Performance").
 """
 
 from __future__ import annotations
