@@ -81,7 +81,16 @@ def test_the_champion_loads_and_predicts_in_a_fresh_venv_from_its_own_folder(pro
     model_dir = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "copied")))
     # its own code, exact requirements, the Python version, the torch build in the description
     assert sorted(p.name for p in (model_dir / "code" / "stfn").glob("*.py")) == sorted(
-        ["__init__.py", "inference.py", "transforms.py", "models.py", "config.py", "errors.py"]
+        [
+            "__init__.py",
+            "inference.py",
+            "transforms.py",
+            "models.py",
+            "encoders.py",
+            "patches.py",
+            "config.py",
+            "errors.py",
+        ]
     )
     reqs = (model_dir / "requirements.txt").read_text().split()
     assert reqs and all("==" in r for r in reqs), reqs
