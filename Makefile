@@ -23,7 +23,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs-screenshots gpu-wheels
+.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs docs-serve docs-screenshots gpu-wheels ablation
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(INSTALL) -e ".[dev]"
+	@touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(INSTALL) -e ".[docs]"
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the project
@@ -75,11 +79,17 @@ test-integration: $(VENV)/.installed-dev ## Only the team-mode tests: real MLflo
 test-fast: $(VENV)/.installed-dev ## Only the fast tests (no real flow, no dvc repro)
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipeline overhead, scaling) -> reports/bench.json
+bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipeline overhead, scaling) -> reports/bench.json + docs/data/bench.json
 	@# vit-pytorch without its dependencies: it would pull a torchvision that does not load beside this torch
 	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
 	$(INSTALL) -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
+
+ablation: $(VENV)/.installed ## STFN against its ablations, 3 seeds, each spatial encoder (~40 min on 2 cores) -> reports/ablation.json; its snapshot docs/data/ablation.json (+ .png)
+	$(BIN)/stfn ablate --seeds 3
+	$(BIN)/stfn ablate --seeds 3 --set model.spatial_encoder=patches
+	cp reports/ablation.json docs/data/ablation.json
+	cp reports/plots/ablation.png docs/data/ablation.png
 
 # pydantic and its dependencies for CPython 3.12 (the GPU machine's Python; it has the rest), as constraints.txt pins them
 GPU_WHEELS = pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
@@ -88,6 +98,17 @@ gpu-wheels: $(BIN)/python ## The wheels benchmarks/gpu_check.sh carries to a GPU
 	$(PIP) download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(GPU_WHEELS)
+
+# the tables of measured figures are generated from the snapshots in docs/data/ (docs/generate.py, into the
+# git-ignored docs/generated/), and so is the CLI reference, from the Typer app itself.
+# NO_MKDOCS_2_WARNING: mkdocs-material's banner about its end of life (a notice, not a build warning)
+docs: $(VENV)/.installed-docs ## Build the docs site into site/ (strict: a broken link, anchor or API reference fails)
+	$(BIN)/python docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(VENV)/.installed-docs ## The docs site on 127.0.0.1:8000, rebuilt on every edit of a page
+	$(BIN)/python docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 docs-screenshots: $(VENV)/.installed-dev ## The team-mode test (with its browser check) on a run that learns; its screenshots of the MLflow UI into docs/screenshots/
 	STFN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_servers.py

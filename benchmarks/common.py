@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from stfn.efficiency import cpu, machine, now  # noqa: F401 (the benchmarks' snapshots record them)
 from stfn.runtime import configure_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,22 +55,3 @@ def table(title: str, rows: list[tuple], header: tuple) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([f"\n{title}", line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
-def cpu() -> dict:
-    """The CPU this run had: its model name and the vector units that set the fp32 and bf16 matmul
-    rates (this machine is not always the same CPU: the GFLOP/s share depends on it; README).
-    Read by hand: torch.backends.cpu.get_cpu_capability() names the ISA level but no AMX or model,
-    and platform.processor() is empty on Linux."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:  # not Linux
-        pass
-    return {"model": model, "avx512f": "avx512f" in flags, "amx_bf16": "amx_bf16" in flags}

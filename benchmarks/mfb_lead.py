@@ -1,13 +1,13 @@
-"""A lead for the time to a champion (#18), measured and not yet taken: MFB (the default alignment)
+"""A lead for the time to a champion, measured and not yet taken: MFB (the default alignment)
 computed as one D x D matrix per frame instead of the (B, F, N, D*k) product, with a hand-written
 backward. Checks it against `BilinearAlignment` (float64: outputs and every gradient; gradcheck),
 then times the default training step with each, in paired alternating steps on the same batch.
 
     .venv/bin/python benchmarks/mfb_lead.py [--steps 120]
 
-Session 14 (Intel host, fp32 matmul 404-445 GFLOP/s): MFB's forward + backward 10.4 -> 4.7 ms
+On an Intel host with AMX (fp32 matmul 404-445 GFLOP/s): MFB's forward + backward 10.4 -> 4.7 ms
 alone; the whole step 1.05x and 1.06x in two runs (quartiles 1.02-1.08, 1.02-1.10). Why it is not
-the default yet: README, Performance.
+the default yet: docs, "Performance".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Detection power of `stfn monitor` (#20) on moving-digits: false alarms on clean batches and
+"""Detection power of `stfn monitor` on moving-digits: false alarms on clean batches and
 detections of each kind of shift, at a batch size a user would monitor.
 
     python benchmarks/monitor_power.py [--batches 20] [--batch-size 500] [--dataset moving-digits]
@@ -14,8 +14,9 @@ its own, 1000 on; the generator's other settings as params.yaml's), then, for ea
 - 3 classes: only videos whose label is one of 3 classes (drawn per batch) - the traffic changed.
 Each batch is checked twice with the same code as `stfn monitor` (stfn.monitoring.compare on the
 champion's reference): as an unlabelled batch and as a labelled one (its labels and the
-champion's accuracy on it). Writes reports/monitor_power.json (`by_batch_size`, one entry per
-size run): per kind, the alarms out of the batches, which checks fired how often, and over the
+champion's accuracy on it). Writes docs/data/monitor_power.json (the committed snapshot the docs'
+operating page is generated from; `by_batch_size`, one entry per size run, with the machine and
+the date): per kind, the alarms out of the batches, which checks fired how often, and over the
 clean batches the largest value each threshold was measured against (what params.yaml's
 defaults are chosen from).
 """
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow' / 'mlflow.db'}")
 
 import numpy as np  # noqa: E402
-from common import table  # noqa: E402, I001
+from common import machine, now, table  # noqa: E402, I001
 
 from stfn import monitoring, tracking  # noqa: E402
 from stfn.config import MovingDigitsParams, Paths, load_params  # noqa: E402
@@ -42,7 +43,7 @@ from stfn.data.contract import make_moving_digits  # noqa: E402
 from stfn.stages.monitor import champion_model, load_reference  # noqa: E402
 
 KINDS = ("clean", "gain", "offset", "missing", "darker", "3 classes")
-OUT = REPO / "reports" / "monitor_power.json"
+OUT = REPO / "docs" / "data" / "monitor_power.json"
 
 
 def draw(p: MovingDigitsParams, seed: int, n: int, classes: list[int] | None = None):
@@ -160,6 +161,8 @@ def main() -> None:
         "summary": summary,
         "clean_batches_worst": on_clean,
         "rows": rows,
+        "machine": machine(),
+        "date": now(),
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     # one entry per batch size, the others kept

@@ -1,4 +1,4 @@
-"""Spacetime patches on the default task (#19): screen the levers known to help vision
+"""Spacetime patches on the default task: screen the levers known to help vision
 transformers on small data, then confirm the kept configuration over seeds against the CNN.
 
     python benchmarks/patch_study.py screen [--n-train 4000] [--epochs 5] [--only NAME ...]
@@ -10,9 +10,10 @@ same videos, 4 digits, 8 frames, 32 steps, D 64; fewer training videos, n_train 
 test) and prints test accuracy, pointing and training samples/s; `confirm` trains the reference
 (the CNN unless `--reference` names another) and each named configuration on the default task for
 each seed, in turn (ref, A, B, ref, A, B, ...), so each throughput ratio comes from runs minutes
-apart. Both write their figures into reports/patch_study.json under their mode (or `--key`).
+apart. Both write their figures into docs/data/patch_study.json (the committed snapshot the docs'
+model page is generated from) under their mode (or `--key`), with the machine and the date.
 The levers named "vivit ..." put vit-pytorch's ViViT in our encoder's place (vivit_branch.py):
-`confirm --configs "vivit hybrid" --reference "cnn stem depth 1 ls" --key vivit` is #19's item 3.
+`confirm --configs "vivit hybrid" --reference "cnn stem depth 1 ls" --key vivit` holds ours against ViViT.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, project, table  # noqa: I001
+from common import REPO, machine, now, project, table  # noqa: I001
 from vivit_branch import vivit_inside_stfn
 
 from stfn.config import Paths, load_params
 
-# the patch encoder as it was before #19, every setting explicit (params.yaml's defaults moved)
+# the plain patch encoder (a linear embedding, two blocks), every setting explicit
 PLAIN = {
     "spatial_encoder": "patches",
     "patch": 8,
@@ -43,7 +44,7 @@ PLAIN = {
 }
 STEM, LS, OVERLAP = {"patch_stem": "conv"}, {"layer_scale": 1e-4}, {"patch_overlap": True}
 CONV_OVERLAP_1 = {**STEM, **LS, **OVERLAP, "patch_depth": 1}
-HYBRID = {"patch_stem": "cnn", **LS, "patch_depth": 1}  # params.yaml's patches since #19 (README)
+HYBRID = {"patch_stem": "cnn", **LS, "patch_depth": 1}  # params.yaml's patches (docs, "The model")
 
 
 def lever(train: dict | None = None, **model) -> tuple[dict, dict]:
@@ -79,7 +80,7 @@ LEVERS: dict[str, tuple[dict, dict]] = {
     "vivit hybrid t2": lever(**HYBRID, tubelet=2),
 }
 VIVIT = {"vivit hybrid", "vivit hybrid t2"}
-OUT = REPO / "reports" / "patch_study.json"
+OUT = REPO / "docs" / "data" / "patch_study.json"
 
 
 def prepared(name: str, n_train: int, seed: int) -> tuple:
@@ -126,7 +127,7 @@ def train_one(setup: tuple, lever: str, seed: int, epochs: int, out: Path) -> di
 def save(mode: str, payload: dict) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    data[mode] = payload
+    data[mode] = {**payload, "machine": machine(), "date": now()}
     OUT.write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -139,7 +140,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=None, help="confirm: the patch configurations besides the CNN")
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
     ap.add_argument("--reference", default="cnn", help="confirm: the configuration the others are timed against")
-    ap.add_argument("--key", default=None, help="the entry of reports/patch_study.json to write (default: the mode)")
+    ap.add_argument("--key", default=None, help="the entry of docs/data/patch_study.json to write (default: the mode)")
     a = ap.parse_args()
     unknown = [x for x in (a.only or []) + (a.configs or []) if x not in LEVERS]
     if unknown:

@@ -1,5 +1,5 @@
 """vit-pytorch's ViViT as STFN's spatial branch (bench-only; vit-pytorch is not a runtime
-dependency): the peer #19 holds our spacetime-patch encoder against, at matched size.
+dependency): the peer our spacetime-patch encoder is held against, at matched size.
 
 `ViViTBranch` keeps ViViT's own tubelet embedding (LayerNorm, linear, LayerNorm), its joint
 space-time position embedding and its factorised self-attention blocks (space, then time - not

@@ -1,12 +1,17 @@
-"""Efficiency figures: parameters, FLOPs per sample (counted on the `meta` device, where
-`FlopCounterMode` sees nn.LSTM and attention as the matrix products they are; on CPU it counts
-0 for them), peak memory."""
+"""Efficiency figures and the machine they were measured on: parameters, FLOPs per sample
+(counted on the `meta` device, where `FlopCounterMode` sees nn.LSTM and attention as the matrix
+products they are; on CPU it counts 0 for them), peak memory, the matmul rate, the CPU, cores and
+GPU a measurement records."""
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,3 +65,40 @@ def matmul_gflops(
         sync()
         best = max(best, 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def cpu() -> dict:
+    """The CPU this run had: its model name and the vector units that set the fp32 and bf16 matmul
+    rates (a machine is not always the same CPU: the GFLOP/s share depends on it; docs, "Performance").
+    Read by hand: torch.backends.cpu.get_cpu_capability() names the ISA level but no AMX or model,
+    and platform.processor() is empty on Linux."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux
+        pass
+    return {"model": model, "avx512f": "avx512f" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def machine() -> dict:
+    """What a snapshot under docs/data/ records of the machine it was measured on: the CPU (model,
+    vector units), the cores this process may use, torch's threads and version, the GPU if any."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu(),
+        "cores": cores,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def now() -> str:
+    """The date and time a measurement was taken, UTC, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

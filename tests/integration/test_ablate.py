@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -26,6 +27,9 @@ def test_ablation_trains_every_model_over_seeds_and_logs_nested_runs(tmp_path, w
     report = ablate(params, paths, seeds=[0, 1], on_result=seen.append)
     saved = json.loads((tmp_path / "reports" / "ablation.json").read_text())
     assert saved["metric"] == "accuracy" and saved["dataset"] == "moving-digits"
+    # where and when it was measured, for the docs' table: this machine's CPU and cores, today
+    assert saved["machine"]["cores"] >= 1 and saved["machine"]["cpu"]["model"]
+    assert saved["date"][:10] == datetime.now(UTC).date().isoformat()
     cnn = saved["encoders"]["cnn"]
     assert set(saved["encoders"]) == {"cnn"} and cnn["model"]["spatial_encoder"] == "cnn"
     assert set(cnn["models"]) == {"stfn", "time_only", "space_only", "late_concat"} == set(report["models"])

@@ -19,6 +19,7 @@ import numpy as np
 from stfn import evaluation as ev
 from stfn import plots, tracking
 from stfn.config import Params, Paths
+from stfn.efficiency import machine, now
 from stfn.features import load_features
 from stfn.fileio import write_json
 from stfn.stages.evaluate import pointing_for, score_split
@@ -95,9 +96,11 @@ def ablate(
         raise
     encoder = params.model.spatial_encoder
     report = {"dataset": name, "metric": metric, "spatial_encoder": encoder, "seeds": seeds, "models": models}
+    # where and when it was measured, with the figures (the docs' tables print it beside them)
+    measured = {"machine": machine(), "date": now()}
     entry = {"seeds": seeds, "models": models, "model": params.model.model_dump(mode="json"), "mlflow_run_id": parent}
-    encoders = {**_earlier_encoders(paths, name, metric), encoder: entry}
-    write_json(paths.ablation_file, {"dataset": name, "metric": metric, "encoders": encoders})
+    encoders = {**_earlier_encoders(paths, name, metric), encoder: {**entry, **measured}}
+    write_json(paths.ablation_file, {"dataset": name, "metric": metric, **measured, "encoders": encoders})
     chart = plots.plot_ablation({e: v["models"] for e, v in encoders.items()}, metric, paths.plots / "ablation.png")
     if parent:
         tracking.log_metrics(parent, {f"{v}_{metric}_mean": m["mean"] for v, m in models.items()})
