@@ -36,14 +36,13 @@ def run(
     guard(load_params, Paths(root).params_file, overrides)  # a typo fails here, before Prefect starts
     starting = _start_temporary_api()
     from flows.training_pipeline import training_pipeline  # Prefect is imported before MLflow
+    from stfn.efficiency import matmul_gflops
 
     if starting:
         starting.join()
 
     with bars():
         result = guard(training_pipeline, overrides=overrides, root=str(root))
-    from stfn.efficiency import matmul_gflops
-
     render.print_summary(result, root, _process_seconds(), matmul_gflops())
 
 
