@@ -100,13 +100,15 @@ Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)]
 
 
 class TrainParams(_Section):
-    epochs: int = Field(8, ge=1)
+    # auto: about 1000 optimizer steps, at least 5 epochs (stfn.defaults); early stopping may end sooner
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
-    patience: int = Field(4, ge=1)
+    # epochs without a better validation metric before training stops; auto: a fifth of the epochs, at least 4
+    patience: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
     regression_loss: Literal["mse", "l1", "huber"] = "mse"

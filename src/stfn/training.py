@@ -336,6 +336,7 @@ def fit(
     model = build_model(cfg, seed).to(device)
     task = cfg.task
     train_rows, val_rows = fs.rows("train"), fs.rows("val")
+    tp = defaults.train_budget(tp, len(train_rows))  # `auto` epochs and patience, for this many samples
     if getattr(model, "skip", None) is not None and task == "regression":
         alpha = init_linear_skip(model, fs, train_rows, val_rows)
         log.info("linear skip fitted (the ridge baseline's fit, alpha=%g) and frozen", alpha)

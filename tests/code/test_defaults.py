@@ -13,11 +13,11 @@ from stfn.config import ModelParams, Params, TrainParams, load_params
 
 
 def test_auto_settings_follow_the_task_with_the_reason():
-    reg, choices = defaults.resolve(Params(), "regression")
+    reg, choices = defaults.resolve(Params(), "regression", n_train=1000)
     assert reg.data.series_norm == "global" and reg.model.linear_skip is True
-    assert [c.key for c in choices] == ["data.series_norm", "model.linear_skip"]
-    assert all(not c.given and c.reason.startswith("regression") for c in choices)
-    cls, _ = defaults.resolve(Params(), "classification")
+    assert [c.key for c in choices] == ["data.series_norm", "model.linear_skip", "train.epochs", "train.patience"]
+    assert all(not c.given and c.reason.startswith("regression") for c in choices[:2])
+    cls, _ = defaults.resolve(Params(), "classification", n_train=1000)
     assert cls.data.series_norm == "median" and cls.model.linear_skip is False
     assert Params().data.series_norm == "auto"  # the original is left as it was
     assert choices[0].line() == "data.series_norm=global (auto: " + choices[0].reason + ")"
@@ -30,11 +30,11 @@ def test_a_given_value_wins_from_params_a_dataset_section_or_the_command_line(tm
         "data: {series_norm: auto}\nmodel: {linear_skip: auto}\ndatasets:\n  wind:\n    data: {series_norm: median}\n"
     )
     section = load_params(tmp_path / "params.yaml", ["data.dataset=wind"])
-    resolved, choices = defaults.resolve(section, "regression")
+    resolved, choices = defaults.resolve(section, "regression", n_train=100)
     assert resolved.data.series_norm == "median" and choices[0].given  # the dataset's section
     assert resolved.model.linear_skip is True and not choices[1].given
     cli = load_params(tmp_path / "params.yaml", ["data.dataset=wind", "model.linear_skip=false"])
-    resolved, choices = defaults.resolve(cli, "regression")
+    resolved, choices = defaults.resolve(cli, "regression", n_train=100)
     assert resolved.model.linear_skip is False and choices[1].given  # --set
     assert "given" in choices[1].line()
 
@@ -83,3 +83,32 @@ def test_the_verdict_against_the_baselines_says_plainly_who_wins():
     assert win["stfn_wins"] and win["best_baseline"] == "ridge" and "beats every baseline" in win["text"]
     lose = versus_baselines({"mae": 3.2}, baselines, "mae")
     assert not lose["stfn_wins"] and lose["text"].startswith("the ridge baseline wins: test mae 3 vs STFN's 3.2")
+
+
+@pytest.mark.parametrize(
+    ("n_train", "epochs", "patience"),
+    [
+        (12000, 5, 4),  # moving-digits: 188 steps an epoch, 940 in all
+        (4200, 15, 4),  # 66 steps an epoch: 990
+        (394, 143, 29),  # 7 steps an epoch: 1001
+        (40000, 5, 4),  # never under 5 epochs
+        (10, 500, 100),  # one batch: capped
+    ],
+)
+def test_the_training_budget_is_about_a_thousand_steps_whatever_the_size(n_train, epochs, patience):
+    resolved, choices = defaults.resolve(Params(), "classification", n_train=n_train)
+    assert (resolved.train.epochs, resolved.train.patience) == (epochs, patience)
+    budget = {c.key: c for c in choices}
+    assert not budget["train.epochs"].given and f"{n_train} training samples" in budget["train.epochs"].reason
+    steps = -(-n_train // resolved.train.batch_size)
+    assert epochs * steps >= min(defaults.STEP_BUDGET * 0.9, defaults.MAX_EPOCHS * steps)
+
+
+def test_a_given_budget_is_kept_and_patience_follows_the_given_epochs():
+    params = Params(train=TrainParams(epochs=30))
+    resolved, choices = defaults.resolve(params, "classification")  # no sample count needed
+    assert resolved.train.epochs == 30 and resolved.train.patience == 6
+    assert {c.key: c.given for c in choices}["train.epochs"] is True
+    fixed = TrainParams(epochs=3, patience=2)
+    assert defaults.train_budget(fixed, 10) == fixed
+    assert defaults.train_budget(TrainParams(), 12000).epochs == 5

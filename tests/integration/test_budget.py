@@ -1,0 +1,46 @@
+"""The default training budget (`train.epochs: auto`, `train.patience: auto`) fits the data's size:
+on two-shapes datasets of about 1k, 5k and 20k samples (a generator other than moving-digits), a
+run with the defaults reaches at least 0.98 of the test accuracy of a run with three times the
+epochs and early stopping off, measured side by side in the same test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from shapes import write_two_shapes  # tests/shapes.py
+
+REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.thorough  # make test-all: three sizes, six trainings (about 10 minutes on 2 cores)
+@pytest.mark.parametrize("n", [1000, 5000, 20000])
+def test_the_default_budget_reaches_what_three_times_the_epochs_without_early_stopping_does(n, tmp_path):
+    from stfn import defaults
+    from stfn.config import Paths, load_params
+    from stfn.features import load_features
+    from stfn.stages.evaluate import score_split
+    from stfn.stages.featurize import featurize
+    from stfn.training import fit
+
+    shutil.copy(REPO_PARAMS, tmp_path / "params.yaml")
+    write_two_shapes(tmp_path / "data" / "raw" / "two-shapes", n, seed=n)
+    paths = Paths(tmp_path)
+    params, choices = defaults.for_dataset(load_params(paths.params_file, ["data.dataset=two-shapes"]), paths)
+    assert not {c.key: c for c in choices}["train.epochs"].given  # the default is what is measured
+    featurize(params, paths)
+    fs = load_features(paths.features_dir("two-shapes"))
+
+    def accuracy(train, out: str) -> tuple[float, int]:
+        result = fit(fs, params.model, train, params.seed, tmp_path / out)
+        return score_split(fs, result.model, "test")[0]["metrics"]["accuracy"], len(result.history)
+
+    epochs = params.train.epochs
+    default, ran = accuracy(params.train, "default")
+    longer = params.train.model_copy(update={"epochs": 3 * epochs, "patience": 3 * epochs + 1})  # never stops early
+    reference, _ = accuracy(longer, "three-times")
+    print(f"n={n}: default {epochs} epochs (ran {ran}) {default:.3f}; {3 * epochs} epochs {reference:.3f}")
+    assert reference > 0.6, f"the task was not learned (frames alone reach 0.5): {reference:.3f}"
+    assert default >= 0.98 * reference, (n, epochs, ran, default, reference)
