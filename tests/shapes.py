@@ -2,8 +2,9 @@
 
 Each video holds two coloured shapes of different classes (square, plus, cross, disk, bar), one in
 each half of a 16x16 RGB frame, jittering from frame to frame over a background noisy enough that
-the shapes only partly stand out; a sensor per half spikes once. The label is the class of the shape in the half whose sensor spiked: the
-series alone is at chance (1/5), the frames alone can only guess between the two shapes (1/2).
+the shapes only partly stand out; a sensor per half spikes once. The label is the class of the
+shape in the half whose sensor spiked: the series alone is at chance (1/5), the frames alone can
+only guess between the two shapes (1/2).
 Deterministic from the seed; written in the dataset contract with a `split` column (70/15/15)."""
 
 from __future__ import annotations

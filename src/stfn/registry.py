@@ -34,7 +34,11 @@ from stfn.tracking import client, retrying, scrub_uri, unreachable
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-HISTORY_TAG = "champion_history"  # on the registered model; MLflow keeps no alias history itself
+# the alias history, on the registered model (MLflow keeps none itself): one tag per move, read in one
+# call; models whose history was kept the old way (one JSON list in HISTORY_TAG) keep it, read first
+MOVE_PREFIX = "stfn.champion.move."
+HISTORY_TAG = "champion_history"
+MAX_REASON = 2000  # characters of a move's reason kept in its record (a tag holds 5000)
 PROMOTION_LIMIT = "stfn-promote-{name}"  # the Prefect global concurrency limit of a team's promotions
 
 
@@ -257,32 +261,43 @@ def _promote_if_better(
 
 @retrying("reading the champion history")
 def champion_history(name: str) -> list[dict[str, Any]]:
-    """Every move of @champion, oldest first: {action, version, previous, reason, at}."""
+    """Every move of @champion, oldest first: {action, version, previous, reason, at}. One call to
+    the server, whatever the history's length: the moves are tags of the registered model."""
     try:
-        raw = (client().get_registered_model(name).tags or {}).get(HISTORY_TAG)
+        tags = client().get_registered_model(name).tags or {}
     except Exception as exc:  # noqa: BLE001
         if unreachable(exc):
             raise
         raise TrackingError(f"no registered model '{name}' ({exc})") from None
-    return json.loads(raw) if raw else []
+    return _history(tags)
+
+
+def _history(tags: dict[str, str]) -> list[dict[str, Any]]:
+    """The moves recorded in a registered model's tags: those kept the old way (one JSON list in
+    HISTORY_TAG, rewritten at every move) first, then one tag per move, in order."""
+    legacy = json.loads(tags[HISTORY_TAG]) if tags.get(HISTORY_TAG) else []
+    moves = sorted(k for k in tags if k.startswith(MOVE_PREFIX))
+    return legacy + [json.loads(tags[k]) for k in moves]
 
 
 def set_champion(name: str, version: str, reason: str, action: str = "promote") -> None:
-    """Move @champion to `version` and append the move to the model's alias history."""
+    """Move @champion to `version`, recording the move as a tag of its own on the registered model
+    (never a rewrite of one growing value: MLflow's SQL store keeps a tag in VARCHAR(5000)).
+    The record is written first, the alias moved last: a retry after a failure in between finds
+    its own record (the last one, for this same move) and only moves the alias."""
     c = client()
     current = champion(name)
-    history = champion_history(name)
-    history.append(
-        {
-            "action": action,
-            "version": str(version),
-            "previous": None if current is None else str(current.version),
-            "reason": reason,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-    )
+    previous = None if current is None else str(current.version)
+    tags = c.get_registered_model(name).tags or {}
+    history = _history(tags)
+    move = {"action": action, "version": str(version), "previous": previous}
+    last = history[-1] if history else None
+    if not (last and {k: last.get(k) for k in move} == move and previous != str(version)):
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = {**move, "reason": reason[:MAX_REASON], "at": at}
+        key = MOVE_PREFIX + f"{len(history) + 1:09d}"  # zero-padded: the tags sort in the moves' order
+        c.set_registered_model_tag(name, key, json.dumps(record))
     c.set_registered_model_alias(name, CHAMPION, str(version))
-    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
 
 
 def champion_stack(history: list[dict[str, Any]]) -> list[str]:

@@ -109,6 +109,19 @@ def _fault(exc: BaseException) -> str:
     return msg.splitlines()[0][:200] if msg else type(exc).__name__
 
 
+def server_failure(exc: BaseException) -> str | None:
+    """A failure of the tracking server's database (a refused write, a constraint) as one sentence
+    without the SQL statement and parameters MLflow quotes; None for any other error."""
+    if not isinstance(exc, MlflowException):
+        return None
+    msg = getattr(exc, "message", None) or str(exc)
+    if not any(mark in msg for mark in ("[SQL:", "psycopg2.", "sqlalchemy.", "sqlite3.")):
+        return None  # not the server's database: callers handle it as they did
+    msg = re.split(r"\s*\[SQL:|\s*\[parameters:|\s*\(Background on this error", msg)[0]
+    msg = re.sub(r"\((?:psycopg2|sqlite3|sqlalchemy|pymysql)[\w.]*\)\s*", "", msg)  # the driver's class names
+    return " ".join(msg.split())[:300] or type(exc).__name__
+
+
 def retrying(what: str):
     """Retry a tracking call with exponential back-off (0.5 s doubling to 10 s, tenacity) while the
     server is unreachable, for `tracking.retry_seconds` in all; then fail with one clear
@@ -138,6 +151,13 @@ def retrying(what: str):
                 ):
                     with attempt:
                         return fn(*args, **kwargs)
+            except MlflowException as exc:
+                refused = server_failure(exc)
+                if refused is None:
+                    raise
+                raise TrackingError(
+                    f"the MLflow tracking server {scrub_uri(mlflow.get_tracking_uri())} failed while {what}: {refused}"
+                ) from None
             except RetryError as err:
                 last = err.last_attempt
                 raise TrackingError(

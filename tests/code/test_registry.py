@@ -177,3 +177,87 @@ def test_two_promotions_racing_leave_the_better_one_champion(tmp_path):
     assert outs == orders[order][0], outs
     assert str(client.get_model_version_by_alias(name, "champion").version) == v2
     assert [e["version"] for e in registry.champion_history(name)] == orders[order][1]
+
+
+def test_each_move_is_a_record_of_its_own_and_the_history_reads_in_one_call(monkeypatch):
+    """40 moves with reviewers' long reasons: no value grows (a tag holds 5000 characters on
+    PostgreSQL), the history lists every move, rollback walks it, and reading it is one call."""
+    client = MlflowClient()
+    name = f"stfn-long-{uuid.uuid4().hex[:8]}"
+    versions = [_version(client, name, "accuracy", 0.5 + i / 10) for i in range(3)]
+    reason = "approved after review: " + "the gate report, the slices and the calibration were in order; " * 5
+    for i in range(40):
+        registry.promote(name, versions[i % 3], reason)
+    tags = client.get_registered_model(name).tags
+    assert max(len(v) for v in tags.values()) < 5000 and registry.HISTORY_TAG not in tags
+    calls = []
+    real = MlflowClient.get_registered_model
+    monkeypatch.setattr(MlflowClient, "get_registered_model", lambda self, n: calls.append(n) or real(self, n))
+    history = registry.champion_history(name)
+    assert len(calls) == 1 and len(history) == 40 and history[-1]["reason"] == reason
+    assert registry.rollback(name) == (versions[0], versions[2])
+
+
+def test_a_history_kept_the_old_way_goes_on_and_rolls_back_across_it():
+    """A model whose moves were one JSON list (as release 0.1.0 kept them) gets new moves as
+    records of their own; rollback walks both, newest first."""
+    import json
+
+    client = MlflowClient()
+    name = f"stfn-old-{uuid.uuid4().hex[:8]}"
+    v1, v2, v3 = (_version(client, name, "accuracy", v) for v in (0.5, 0.6, 0.7))
+    old = [
+        {"action": "promote", "version": v, "previous": p, "reason": "gate", "at": "2026-12-01T00:00:00Z"}
+        for v, p in ((v1, None), (v2, v1))
+    ]
+    client.set_registered_model_tag(name, registry.HISTORY_TAG, json.dumps(old))
+    client.set_registered_model_alias(name, "champion", v2)
+    registry.promote(name, v3, "manual")
+    assert [e["version"] for e in registry.champion_history(name)] == [v1, v2, v3]
+    assert client.get_registered_model(name).tags[registry.HISTORY_TAG] == json.dumps(old)  # never rewritten
+    assert registry.rollback(name) == (v3, v2) and registry.rollback(name) == (v2, v1)
+
+
+def test_a_move_retried_after_a_server_fault_is_recorded_once(monkeypatch):
+    """The server drops the connection after the move's record is written, before the alias moves:
+    the retry finds its own record and only moves the alias."""
+    import requests
+
+    client = MlflowClient()
+    name = f"stfn-retry-{uuid.uuid4().hex[:8]}"
+    v1, v2 = (_version(client, name, "accuracy", v) for v in (0.5, 0.6))
+    registry.promote(name, v1, "first")
+    real, failed = MlflowClient.set_registered_model_alias, []
+
+    def flaky(self, *args):
+        if not failed:
+            failed.append(args)
+            raise requests.exceptions.ConnectionError("connection reset by peer")
+        return real(self, *args)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    assert registry.promote(name, v2, "second") == v1 and failed
+    assert [(e["action"], e["version"]) for e in registry.champion_history(name)] == [("promote", v1), ("promote", v2)]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v2
+
+
+def test_a_database_error_of_the_server_reaches_the_user_as_one_sentence_without_sql():
+    from mlflow.exceptions import MlflowException
+
+    raw = (
+        "(psycopg2.errors.StringDataRightTruncation) value too long for type character varying(5000)\n\n"
+        "[SQL: UPDATE registered_model_tags SET value=%(value)s WHERE registered_model_tags.key = %(key)s]\n"
+        "[parameters: {'value': '[{\"action\": \"promote\", ...}]', 'key': 'champion_history'}]\n"
+        "(Background on this error at: https://sqlalche.me/e/20/9h9h)"
+    )
+
+    @tracking.retrying("recording the move")
+    def write():
+        raise MlflowException(raw)
+
+    with pytest.raises(tracking.TrackingError) as err:
+        write()
+    said = str(err.value)
+    assert said.endswith("failed while recording the move: value too long for type character varying(5000)")
+    assert "SQL" not in said and "parameters" not in said and "\n" not in said
+    assert tracking.server_failure(MlflowException("Registered Model with name=x not found")) is None

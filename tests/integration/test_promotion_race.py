@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 RACER = str(Path(__file__).resolve().parents[1] / "racer.py")  # the promoting process
+MOVER = str(Path(__file__).resolve().parents[1] / "mover.py")  # moves @champion many times
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _versions(client, name: str, values: list[float]) -> list[str]:
@@ -104,3 +106,55 @@ def test_a_tracking_server_without_a_lock_is_refused_before_training(monkeypatch
         assert registry.lock_kind() == ("file", "/tmp/somewhere/mlruns")
     finally:
         mlflow.set_tracking_uri(before)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.thorough  # make test-all: 200 moves through the servers (about a minute)
+def test_two_hundred_moves_on_postgresql_keep_a_history_that_rolls_back(tmp_path, team_servers):
+    """Each move of @champion is its own record on the team's server (PostgreSQL keeps a tag in
+    VARCHAR(5000): one growing value broke at the 16th move with reviewers' reasons). After 200
+    promotions and rollbacks the history lists every move, `stfn rollback` works, and reading the
+    history is one call to the server."""
+    import json
+    import shutil
+
+    from teamlib import stfn_cmd
+
+    from mlflow import MlflowClient
+    from stfn import registry
+
+    assert team_servers["started"].returncode == 0, team_servers["started"].stderr
+    url = team_servers["client_env"]["MLFLOW_TRACKING_URI"]
+    env = {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_REGISTRY_URI": url,
+        "PREFECT_API_URL": team_servers["client_env"]["PREFECT_API_URL"],
+    }
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    dataset = f"history-{uuid.uuid4().hex[:6]}"
+    name = f"stfn-{dataset}"
+    versions = _versions(client, name, [0.5, 0.6, 0.7])
+    registry_env = {**os.environ, **env}
+    proc = subprocess.run(
+        [sys.executable, MOVER, name, "200", *versions], cwd=tmp_path, env=registry_env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tags = client.get_registered_model(name).tags
+    assert max(len(v) for v in tags.values()) < 5000
+    history = registry._history(tags)
+    assert len(history) == 200 and [e["action"] for e in history].count("rollback") == 50
+    assert all(len(e["reason"]) > 300 for e in history if e["action"] == "promote")
+    stack = registry.champion_stack(history)
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    assert stack[-1] == champion
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    rolled = stfn_cmd(tmp_path, env, "rollback", "--dataset", dataset, timeout=300)
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    assert f"rolled back from v{champion} to v{stack[-2]}" in rolled.stdout
+    listed = stfn_cmd(tmp_path, env, "models", "--dataset", dataset, timeout=300)
+    assert listed.returncode == 0 and "@champion history" in listed.stdout, listed.stderr[-3000:]
+    after = registry._history(client.get_registered_model(name).tags)
+    assert len(after) == 201 and after[-1]["action"] == "rollback" and json.dumps(after)
