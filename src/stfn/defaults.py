@@ -96,6 +96,15 @@ def patience_for(epochs: int) -> tuple[int, str]:
     return max(MIN_PATIENCE, math.ceil(epochs / 5)), f"a fifth of {epochs} epochs, at least {MIN_PATIENCE}"
 
 
+def _by_task(params: Params, task: str) -> list[tuple[str, Any, str | None]]:
+    """(key, value, reason) of the settings chosen by the task; reason None: the value was given."""
+    out: list[tuple[str, Any, str | None]] = []
+    for key, rules in _RULES.items():
+        value = _get(params, key)
+        out.append((key, *rules[task]) if value == AUTO else (key, value, None))
+    return out
+
+
 def _budget(tp: TrainParams, n_train: int | None) -> list[tuple[str, Any, str | None]]:
     """(key, value, reason) of the training budget; reason None: the value was given."""
     out: list[tuple[str, Any, str | None]] = []
@@ -119,15 +128,12 @@ def resolve(params: Params, task: str, n_train: int | None = None) -> tuple[Para
     budget, `n_train` training samples), and the choices."""
     choices, updates = [], {}
     given = "set in params.yaml, a datasets section or --set"
-    rows = [(k, _get(params, k), None) for k in _RULES] + _budget(params.train, n_train)
-    for key, value, reason in rows:
-        if key in _RULES and value == AUTO:
-            value, reason = _RULES[key][task]
-        elif key in _RULES or reason is None:
+    for key, value, reason in _by_task(params, task) + _budget(params.train, n_train):
+        if reason is None:
             choices.append(Choice(key, value, True, given))
-            continue
-        updates[key] = value
-        choices.append(Choice(key, value, False, reason))
+        else:
+            updates[key] = value
+            choices.append(Choice(key, value, False, reason))
     if not updates:
         return params, choices
     sections = {}
