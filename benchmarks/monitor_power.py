@@ -39,7 +39,7 @@ from common import machine, now, table  # noqa: E402, I001
 
 from stfn import monitoring, tracking  # noqa: E402
 from stfn.config import MovingDigitsParams, Paths, load_params  # noqa: E402
-from stfn.data.contract import make_moving_digits  # noqa: E402
+from stfn.data.moving_digits import make_moving_digits  # noqa: E402
 from stfn.stages.monitor import champion_model, load_reference  # noqa: E402
 
 KINDS = ("clean", "gain", "offset", "missing", "darker", "3 classes")
