@@ -286,10 +286,10 @@ def set_champion(name: str, version: str, reason: str, action: str = "promote") 
     The record is written first, the alias moved last: a retry after a failure in between finds
     its own record (the last one, for this same move) and only moves the alias."""
     c = client()
-    current = champion(name)
-    previous = None if current is None else str(current.version)
-    tags = c.get_registered_model(name).tags or {}
-    history = _history(tags)
+    model = c.get_registered_model(name)  # its tags (the history) and aliases (the champion): one call
+    current = (model.aliases or {}).get(CHAMPION)
+    previous = None if current is None else str(current)
+    history = _history(model.tags or {})
     move = {"action": action, "version": str(version), "previous": previous}
     last = history[-1] if history else None
     if not (last and {k: last.get(k) for k in move} == move and previous != str(version)):
