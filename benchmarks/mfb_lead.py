@@ -103,7 +103,7 @@ def paired_steps(steps: int) -> dict:
     featurize(params, paths)
     fs = load_features(paths.features_dir("moving-digits"))
     tp, cfg = params.train, model_config(fs, params.model)
-    s, f, y = (torch.as_tensor(a) for a in next(batches(fs, fs.rows("train"), tp.batch_size)))
+    s, f, y = (torch.as_tensor(a) for a in next(batches(fs, fs.rows("train"), tp.batch_size))[:3])
 
     def trainer(matrix: bool):
         model = build_model(cfg, 0).train()

@@ -64,7 +64,7 @@ def breakdown(fs, mp, tp, seed: int = 0, steps: int = 30, warmup: int = 5) -> di
 
     def step(prof_ctx=contextlib.nullcontext):
         with record_function("part::data"):
-            s, f, y = next(it)
+            s, f, y, _ = next(it)
             s, f, y = torch.as_tensor(s), torch.as_tensor(f), torch.as_tensor(y)
         with record_function("part::forward"):
             loss = loss_fn(cfg.task, model(s, f)["output"], y)

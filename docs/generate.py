@@ -378,7 +378,42 @@ def cli() -> str:
     return re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)
 
 
+# --- benchmarks/real_records.py: docs/data/real_records.json --------------------------------------
+
+
+def real_records() -> str:
+    r = load("real_records.json")
+    out = [provenance(r, "docs/data/real_records.json")]
+    out.append(f"\nCommand: `{r['command']}`. Test MAE on the same rows for every model (lower is better).\n\n")
+    names = ("persistence", "climatology", "ridge")
+    rows = []
+    for d in r["datasets"]:
+        m, best = d["margin"], d["best_baseline"]
+        best_mae = d["baselines_mae"][best]
+        lo, hi = m["ci95"]
+        verdict = "better, beyond noise" if hi < 0 else ("worse, beyond noise" if lo > 0 else "within noise")
+        source = d.get("source") or {}
+        rows.append(
+            (
+                f"**{d['dataset']}** ({source.get('package', 'generated')}; {m['rows']} test rows)",
+                f"**{d['stfn_mae']:.3f}** (starts from {d['starts_from'].get('choice', '-')}, "
+                f"{d['epochs_run']} epochs)",
+                *(f"{d['baselines_mae'][n]:.3f}" if n in d["baselines_mae"] else "—" for n in names),
+                f"{d['stfn_mae'] - best_mae:+.3f} vs {best} ({(d['stfn_mae'] - best_mae) / best_mae:+.1%})",
+                f"[{lo:+.3f}, {hi:+.3f}], p = {m['p_not_below_zero']:.3f}: {verdict} (block {m['block_length']})",
+            )
+        )
+    out.append(
+        table(
+            ("dataset", "STFN, default settings", *names, "margin to the best baseline", "95 % interval"),
+            rows,
+        )
+    )
+    return "".join(out)
+
+
 PAGES = {
+    "real_records.md": real_records,
     "bench.md": bench,
     "ablation.md": ablation,
     "patch_study.md": patch_study,

@@ -67,6 +67,9 @@ def train_task(params: Params, paths: Paths, run_id: str) -> dict[str, Any]:
         tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     summary = train(params, paths, on_epoch=on_epoch, meta={"mlflow_run_id": run_id})
+    if summary.get("base"):  # the simple forecast the model starts from, and every candidate's val MAE
+        tracking.set_tags(run_id, {"stfn.base_forecast": summary["base"]["choice"]})
+        tracking.log_metrics(run_id, {f"base_val_mae_{k}": v for k, v in summary["base"]["val_mae"].items()})
     if summary["resumed_from_epoch"]:
         tracking.set_tags(run_id, {"resumed_from_epoch": summary["resumed_from_epoch"]})
         end_orphan(run_id, summary)
@@ -158,6 +161,7 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         "train_seconds": trained["train_seconds"],
         "epochs_run": trained["epochs_run"],
         "best_epoch": trained["best_epoch"],
+        "base": trained.get("base") or {},
         "settings": [c.line() for c in choices],
         "dvc": f"{prepared['dvc']}; {dvc_outputs}",
         "split_seconds": dict(split),

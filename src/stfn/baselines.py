@@ -36,19 +36,24 @@ def persistence(series: np.ndarray, channel: int) -> np.ndarray:
     return np.where(finite.any(axis=1), out, np.nan)
 
 
-def climatology(timestamps: pd.Series, labels: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """Mean training target of the same day of year (+- CLIMATOLOGY_HALF_WINDOW days, circular)."""
-    doy = pd.to_datetime(timestamps).dt.dayofyear.to_numpy() - 1  # 0..365
+def climatology_table(doy: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(366,) the mean of `labels` by day of year `doy` (0..365), over +- CLIMATOLOGY_HALF_WINDOW
+    days (circular); a day with no label near it gets the overall mean."""
     days = 366
     sums, counts = np.zeros(days), np.zeros(days)
-    np.add.at(sums, doy[train], labels[train])
-    np.add.at(counts, doy[train], 1)
+    np.add.at(sums, doy, labels)
+    np.add.at(counts, doy, 1)
     kernel = np.ones(2 * CLIMATOLOGY_HALF_WINDOW + 1)
     wrap = lambda a: np.concatenate([a[-CLIMATOLOGY_HALF_WINDOW:], a, a[:CLIMATOLOGY_HALF_WINDOW]])  # noqa: E731
     s = np.convolve(wrap(sums), kernel, mode="valid")
     c = np.convolve(wrap(counts), kernel, mode="valid")
-    table = np.where(c > 0, s / np.maximum(c, 1), labels[train].mean())
-    return table[doy]
+    return np.where(c > 0, s / np.maximum(c, 1), labels.mean())
+
+
+def climatology(timestamps: pd.Series, labels: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Mean training target of the same day of year (+- CLIMATOLOGY_HALF_WINDOW days, circular)."""
+    doy = pd.to_datetime(timestamps).dt.dayofyear.to_numpy() - 1  # 0..365
+    return climatology_table(doy[train], labels[train])[doy]
 
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> tuple[Any, float]:

@@ -88,6 +88,10 @@ class ModelParams(_Section):
     # regression: add the ridge forecast on the whole series window to the output (fitted, frozen);
     # auto: on for regression, off for classification (stfn.defaults)
     linear_skip: bool | Literal["auto"] = "auto"
+    # periodic encodings of the sample's timestamp the model sees as known covariates (sin and cos
+    # of the first harmonics); auto: the periods the timestamps' spacing and span make meaningful
+    # (stfn.defaults); [] = none
+    calendar: list[Literal["hour_of_day", "day_of_week", "day_of_year"]] | Literal["auto"] = "auto"
 
 
 def _on_off(value: Any) -> Any:

@@ -10,11 +10,11 @@ recorded with the registered version. The rules, and the measurements behind the
   is a level in the channels' own units (tomorrow's wind, tomorrow's PM10): removing each sample's
   median erases the very level it predicts. A class is a pattern in the window (a spike, a shape):
   each sample's offset and drift are noise to it.
-- `model.linear_skip`: on for regression, off for classification. The skip starts the model from
-  the ridge forecast on the whole window (the ridge baseline's own fit, frozen) and training keeps
-  an epoch only when it beats that start on validation, so by default the fusion can add to the
-  linear forecast but never fall below it on validation. A classifier has no linear forecast to
-  start from.
+- `model.linear_skip`: on for regression, off for classification. The model starts from the best
+  simple forecast on validation (ridge, climatology, persistence or their combination:
+  `stfn.base_forecast`), frozen, and training keeps an epoch only when it beats that start on
+  validation, so by default the fusion can add to the simple forecast but never fall below it on
+  validation. A classifier has no such forecast to start from.
 - `train.epochs`: about `STEP_BUDGET` optimizer steps, at least `MIN_EPOCHS` epochs; early stopping
   on the validation metric ends a run that has converged. A budget in steps rather than epochs
   scales with the data: a small dataset gets as many updates as a large one (a fixed 5 epochs is
@@ -22,6 +22,11 @@ recorded with the registered version. The rules, and the measurements behind the
   accuracy while still climbing, and 0.99 after 15 epochs).
 - `train.patience`: a fifth of the epochs, at least 4: on a small dataset an epoch is a few
   steps, and a validation split of a few dozen samples is noisy from one epoch to the next.
+- `model.calendar`: the periods of the training timestamps' calendar (hour of day, day of week,
+  day of year) that the record can show: sampled at least `PER_PERIOD` times a period (the median
+  spacing at most a quarter of it) and spanning at least `SPANNED` periods. Daily readings get the
+  day of the week and of the year, monthly ones the day of the year, hourly ones all three; a
+  dataset without a `timestamp` column none.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from stfn.config import Params, Paths, TrainParams
 from stfn.data.contract import SAMPLES_FILE, assign_split, load_spec, read_parquet
@@ -42,7 +50,7 @@ _RULES: dict[str, dict[str, tuple[Any, str]]] = {
         "classification": ("median", "classification: each sample's offset is removed, the pattern kept"),
     },
     "model.linear_skip": {
-        "regression": (True, "regression: starts from the ridge forecast; training must beat it on val"),
+        "regression": (True, "regression: starts from the best simple forecast on val; training must beat it"),
         "classification": (False, "classification: no linear forecast to start from"),
     },
 }
@@ -55,7 +63,11 @@ MIN_EPOCHS = 5  # a large dataset still sees every sample a few times
 MAX_EPOCHS = 500  # a dataset of one batch stops here
 MIN_PATIENCE = 4
 BUDGET_KEYS = ("train.epochs", "train.patience")
-KEYS = (*_RULES, *BUDGET_KEYS)
+DATA_KEYS = ("model.calendar",)
+KEYS = (*_RULES, *BUDGET_KEYS, *DATA_KEYS)
+PERIOD_DAYS = {"hour_of_day": 1.0, "day_of_week": 7.0, "day_of_year": 365.25}
+PER_PERIOD = 4  # readings a period, at least (the median spacing): a sine and cosine need more than 2
+SPANNED = 2  # periods the training record covers, at least: one cycle alone cannot tell cycle from trend
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,30 @@ def patience_for(epochs: int) -> tuple[int, str]:
     return max(MIN_PATIENCE, math.ceil(epochs / 5)), f"a fifth of {epochs} epochs, at least {MIN_PATIENCE}"
 
 
+def _days(days: float) -> str:
+    if days < 1:
+        return f"{days * 24:g} h"
+    return f"{days:g} days" if days < 10 else f"{days:,.0f} days"
+
+
+def calendar_for(timestamps: Any) -> tuple[list[str], str]:
+    """`model.calendar: auto` for the training samples' `timestamps` (None: the dataset has none),
+    and why."""
+    if timestamps is None:
+        return [], "the samples have no timestamp column"
+    t = np.unique(pd.to_datetime(pd.Series(np.asarray(timestamps).ravel())).dropna().to_numpy())
+    if len(t) < 2:
+        return [], "fewer than two distinct training timestamps"
+    day = np.timedelta64(1, "D")
+    spacing = float(np.median(np.diff(t)) / day)
+    span = float((t[-1] - t[0]) / day)
+    chosen = [p for p, d in PERIOD_DAYS.items() if spacing <= d / PER_PERIOD and span >= SPANNED * d]
+    return chosen, (
+        f"training timestamps every {_days(spacing)} (median) over {_days(span)}: the periods sampled "
+        f"{PER_PERIOD}+ times a period and seen {SPANNED}+ times"
+    )
+
+
 def _by_task(params: Params, task: str) -> list[tuple[str, Any, str | None]]:
     """(key, value, reason) of the settings chosen by the task; reason None: the value was given."""
     out: list[tuple[str, Any, str | None]] = []
@@ -123,12 +159,23 @@ def _budget(tp: TrainParams, n_train: int | None) -> list[tuple[str, Any, str | 
     return out
 
 
-def resolve(params: Params, task: str, n_train: int | None = None) -> tuple[Params, list[Choice]]:
+def _by_data(params: Params, timestamps: Any) -> list[tuple[str, Any, str | None]]:
+    """(key, value, reason) of the settings chosen from the data itself; reason None: given."""
+    if params.model.calendar == AUTO:
+        return [("model.calendar", *calendar_for(timestamps))]
+    return [("model.calendar", params.model.calendar, None)]
+
+
+def resolve(
+    params: Params, task: str, n_train: int | None = None, timestamps: Any = None
+) -> tuple[Params, list[Choice]]:
     """`params` with every `auto` setting replaced by its value for `task` (and, for the training
-    budget, `n_train` training samples), and the choices."""
+    budget, `n_train` training samples; for the calendar, the training `timestamps`, None for a
+    dataset without), and the choices."""
     choices, updates = [], {}
     given = "set in params.yaml, a datasets section or --set"
-    for key, value, reason in _by_task(params, task) + _budget(params.train, n_train):
+    rules = _by_task(params, task) + _budget(params.train, n_train) + _by_data(params, timestamps)
+    for key, value, reason in rules:
         if reason is None:
             choices.append(Choice(key, value, True, given))
         else:
@@ -154,13 +201,15 @@ def for_dataset(params: Params, paths: Paths) -> tuple[Params, list[Choice]]:
         return resolve(params, "regression")  # every value given: the task is not consulted
     folder = paths.dataset_dir(params.data.dataset)
     spec = load_spec(folder)
-    n_train = None
-    if params.train.epochs == AUTO:
+    n_train = timestamps = None
+    if params.train.epochs == AUTO or params.model.calendar == AUTO:
         samples = read_parquet(folder, SAMPLES_FILE, spec.name)
         d = params.data
         split, _ = assign_split(samples, spec, d.val_fraction, d.test_fraction, params.seed)
         n_train = int((split == "train").sum())
-    return resolve(params, spec.task, n_train)
+        if "timestamp" in samples.columns:
+            timestamps = samples["timestamp"].to_numpy()[split == "train"]
+    return resolve(params, spec.task, n_train, timestamps)
 
 
 def train_budget(tp: TrainParams, n_train: int) -> TrainParams:

@@ -26,8 +26,9 @@ def flops_per_sample(cfg: STFNConfig, batch: int = 2) -> dict[str, float]:
     with torch.device("meta"):
         model = build_model(cfg)
         series, frames = torch.randn(batch, t, c), torch.randn(batch, f, fc, h, w)
+        time = torch.rand(batch, 3) if cfg.takes_time else None  # calendar coordinates
     with FlopCounterMode(display=False) as fwd:
-        out = model(series, frames)["output"]
+        out = model(series, frames, time)["output"]
     with FlopCounterMode(display=False) as bwd:
         out.sum().backward()
     forward = fwd.get_total_flops() / batch

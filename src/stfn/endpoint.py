@@ -223,9 +223,12 @@ class _Scored:
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         try:
             series, frames = self.checker.check(data)
+            inputs = {"series": series, "frames": frames}
+            if self.checker.time(data, len(series)) is not None:
+                inputs["timestamp"] = np.asarray(data["timestamp"]).astype(str)
         except InputError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        out = self.pyfunc.predict({"series": series, "frames": frames})
+        out = self.pyfunc.predict(inputs)
         if self.log is not None:
             who = {"request_id": _request_id.get(), "model": self.name, "version": int(self.version)}
             self.log.append(Summary.of(self.checker, series, frames, out, **who))
@@ -245,13 +248,15 @@ class Served:
         scored = _Scored(pyfunc, name, version, inference_log)
         c = scored.checker
         # one prediction before taking traffic: a version that cannot predict is never switched to
-        pyfunc.predict(
-            {
-                "series": np.zeros((1, *c.series_shape), np.float32),
-                "frames": np.zeros((1, *c.frames_shape), c.frames_dtype),
-            }
-        )
-        inputs = f'JSON {{"inputs": {{"series": {c.expected("series")}, "frames": {c.expected("frames")}}}}}'
+        warm = {
+            "series": np.zeros((1, *c.series_shape), np.float32),
+            "frames": np.zeros((1, *c.frames_shape), c.frames_dtype),
+        }
+        if c.takes_time:
+            warm["timestamp"] = np.asarray(["2000-01-01T00:00:00"])
+        pyfunc.predict(warm)
+        names = ("series", "frames", "timestamp") if c.takes_time else ("series", "frames")
+        inputs = 'JSON {"inputs": {' + ", ".join(f'"{k}": {c.expected(k)}' for k in names) + "}}"
         return cls(name, version, scoring_server.init(scored), inputs)
 
 

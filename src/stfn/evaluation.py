@@ -166,3 +166,28 @@ def versus_baselines(test: dict[str, float], baselines: dict[str, dict[str, Any]
             f"on this dataset use {best}, or give the model more data or epochs"
         )
     return {"metric": metric, "best_baseline": best, "baseline": theirs, "stfn": ours, "stfn_wins": wins, "text": text}
+
+
+BOOTSTRAP_REPS = 4000
+
+
+def paired_block_bootstrap(a: np.ndarray, b: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Any]:
+    """The mean of `a - b` over time-ordered rows (e.g. two models' absolute errors on the same
+    test rows), its 95 % percentile interval and the one-sided p-value of "the mean is not below
+    0" (the share of resampled means >= 0), from arch's circular block bootstrap with the block
+    length of Politis and White's rule (arch's `optimal_block_length`): overlapping windows make
+    neighbouring rows dependent, and resampling rows one by one would understate the noise."""
+    from arch.bootstrap import CircularBlockBootstrap, optimal_block_length  # lazy: statsmodels is slow to import
+
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    block = int(np.ceil(max(1.0, float(optimal_block_length(d)["circular"].iloc[0]))))
+    means = CircularBlockBootstrap(block, d, seed=seed).apply(lambda x: np.array([x.mean()]), reps=reps)[:, 0]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {
+        "mean_difference": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "p_not_below_zero": float((means >= 0).mean()),
+        "block_length": block,
+        "rows": len(d),
+        "test": f"circular block bootstrap (arch), block {block} rows, {reps} resamples",
+    }

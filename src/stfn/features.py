@@ -6,7 +6,9 @@ Layout of a features folder:
                 (the model masks missing readings itself rather than zero-filling silently)
 - `frames.npy`  [N, F, C, H, W] float32, standardised with the train mean/std per channel
 - `labels.npy`  [N] int64 class index, or float32 standardised target for regression
-- `index.parquet` sample_id, split, row
+- `calendar.npy` [N, 3] float32 calendar coordinates of the samples' timestamps (hour of day, day
+                of week, day of year; `stfn.transforms.calendar_coords`), only when they have one
+- `index.parquet` sample_id, split, row (and timestamp, when the samples have one)
 - `stats.json`  the fitted statistics, the split and how it was made, the dataset's shapes
 """
 
@@ -37,10 +39,11 @@ from stfn.data.contract import (
     write_npy_chunks,
 )
 from stfn.fileio import atomic_dir
-from stfn.transforms import center_series, transform_frames, transform_series  # noqa: F401 (re-exported: models that carry no code of their own import them from here)
+from stfn.transforms import calendar_coords, center_series, transform_frames, transform_series  # noqa: F401 (re-exported: models that carry no code of their own import them from here)
 
 log = logging.getLogger(__name__)
 CHUNK = 1024
+CALENDAR_FILE = "calendar.npy"
 
 
 def fit_stats(
@@ -116,6 +119,7 @@ def build_features(
     if spec.task == "regression":
         labels = ((labels - stats["target_mean"]) / stats["target_std"]).astype(np.float32)
     n = len(samples)
+    timed = "timestamp" in samples.columns
     with atomic_dir(Path(out_dir)) as tmp:
         np.save(tmp / "series.npy", np.ascontiguousarray(transform_series(series, stats)), allow_pickle=False)
         np.save(tmp / "labels.npy", labels, allow_pickle=False)
@@ -127,9 +131,13 @@ def build_features(
                     progress(min(i + CHUNK, n), n)
 
         write_npy_chunks(tmp / "frames.npy", frames.shape, np.float32, blocks())
-        pd.DataFrame(
+        index = pd.DataFrame(
             {"sample_id": samples["sample_id"].astype(str), "split": split.astype(str), "row": np.arange(n)}
-        ).to_parquet(tmp / Paths.FEATURES_INDEX, index=False)
+        )
+        if timed:
+            index["timestamp"] = pd.to_datetime(samples["timestamp"]).to_numpy()
+            np.save(tmp / CALENDAR_FILE, calendar_coords(samples["timestamp"]), allow_pickle=False)
+        index.to_parquet(tmp / Paths.FEATURES_INDEX, index=False)
         meta = {
             "dataset": spec.name,
             "task": spec.task,
@@ -137,6 +145,7 @@ def build_features(
             "split_method": how,
             "counts": {s: int((split == s).sum()) for s in ("train", "val", "test")},
             "stats": stats,
+            "timestamp": timed,  # the model takes the samples' timestamps (and a served one, as ISO 8601)
         }
         (tmp / Paths.FEATURES_STATS).write_text(json.dumps(meta, indent=2))
     return Path(out_dir)
@@ -153,6 +162,7 @@ class FeatureSet:
     labels: np.ndarray  # (N,)
     index: pd.DataFrame
     meta: dict[str, Any]
+    calendar: np.ndarray | None = None  # (N, 3) calendar coordinates, when the samples have timestamps
 
     def rows(self, split: str) -> np.ndarray:
         return self.index.loc[self.index["split"] == split, "row"].to_numpy()
@@ -175,4 +185,5 @@ def load_features(folder: Path) -> FeatureSet:
         labels=np.load(folder / "labels.npy", allow_pickle=False),
         index=pd.read_parquet(folder / Paths.FEATURES_INDEX),
         meta=meta,
+        calendar=np.load(folder / CALENDAR_FILE, allow_pickle=False) if (folder / CALENDAR_FILE).is_file() else None,
     )

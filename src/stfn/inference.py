@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from stfn.models import STFNConfig, build_model
-from stfn.transforms import transform_frames, transform_series
+from stfn.transforms import calendar_coords, transform_frames, transform_series
 
 
 class InputError(ValueError):
@@ -42,8 +42,10 @@ def predict_arrays(
     batch_size: int = 256,
     device: torch.device | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    time: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Model outputs (logits or standardised values) and attention maps (None without);
+    `time`: the samples' calendar coordinates, for a model that takes them;
     `on_batch(done, total)` after each batch, in samples."""
     device = device or next(model.parameters()).device
     model.eval()
@@ -51,7 +53,8 @@ def predict_arrays(
     for i in range(0, len(series), batch_size):
         s = torch.as_tensor(np.asarray(series[i : i + batch_size]), device=device)
         f = torch.as_tensor(np.asarray(frames[i : i + batch_size]), device=device)
-        res = model(s, f)
+        t = torch.as_tensor(np.asarray(time[i : i + batch_size]), device=device) if time is not None else None
+        res = model(s, f, t) if t is not None else model(s, f)
         outs.append(res["output"].float().cpu().numpy())
         if "attention" in res:  # (B, F, h, w); the time-only baseline has none
             atts.append(res["attention"].float().cpu().numpy())
@@ -79,12 +82,15 @@ class Predictor:
         self.frames_dtype = np.dtype(fr["dtype"])
         self.channels = [c["name"] for c in spec["series"]["channels"]]
         self.classes = list(spec["target"].get("classes") or [])
+        self.takes_time = bool(meta.get("timestamp"))  # trained on timestamped samples
 
     @classmethod
     def load(cls, checkpoint: Path, meta: dict[str, Any]) -> Predictor:
         return cls(load_checkpoint(checkpoint)[0], meta)
 
     def expected(self, name: str) -> str:
+        if name == "timestamp":
+            return "(N,) ISO 8601 date-times, one a sample (e.g. 2024-03-01T00:00:00)"
         if name == "series":
             t, c = self.series_shape
             return f"(N, {t}, {c}) float32 readings ({', '.join(self.channels)}; null or NaN for a missing one)"
@@ -117,6 +123,23 @@ class Predictor:
                 raise InputError(f"'frames' values range {lo:g}..{hi:g}: expected {self.expected('frames')}")
         return series, frames.astype(self.frames_dtype, copy=False)
 
+    def time(self, inputs: dict[str, Any], n: int) -> np.ndarray | None:
+        """The calendar coordinates of `inputs['timestamp']` for a model trained with timestamps
+        (None for one without), or an InputError naming what is wrong."""
+        if not self.takes_time:
+            return None
+        if "timestamp" not in inputs:
+            raise InputError(f"'timestamp' is missing: expected {self.expected('timestamp')}")
+        try:
+            coords = calendar_coords(inputs["timestamp"])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"'timestamp' is not a date-time ({exc}): expected {self.expected('timestamp')}") from None
+        if len(coords) != n:
+            raise InputError(
+                f"'timestamp' has {len(coords)} values for {n} samples: expected {self.expected('timestamp')}"
+            )
+        return coords
+
     def _array(self, name: str, value: Any, dtype: type | None) -> np.ndarray:
         try:
             arr = np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
@@ -135,8 +158,9 @@ class Predictor:
     def predict(self, inputs: Any) -> np.ndarray:
         """(N, K) class probabilities, or (N,) values in the target's unit; float32."""
         series, frames = self.check(inputs)
+        time = self.time(inputs, len(series))
         stats = self.meta["stats"]
-        out, _ = predict_arrays(self.model, transform_series(series, stats), transform_frames(frames, stats))
+        out, _ = predict_arrays(self.model, transform_series(series, stats), transform_frames(frames, stats), time=time)
         if self.task == "classification":
             return probabilities(out)
         return (out[:, 0] * stats["target_std"] + stats["target_mean"]).astype(np.float32)

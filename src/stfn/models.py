@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from stfn.config import ModelParams
+from stfn.covariates import CalendarFeatures, ForecastTerms
 from stfn.encoders import SpatialEncoder, TemporalEncoder
 from stfn.patches import SpacetimePatchEmbed
 
@@ -38,6 +39,12 @@ class STFNConfig(ModelParams):
     linear_skip: bool = False  # resolved: a built model has it or not (params' `auto` is resolved first)
     # the cnn's first layer (SpatialEncoder); checkpoints without the key were trained with `maxpool`
     cnn_stem: Literal["unshuffle", "maxpool"] = "unshuffle"
+    # resolved: the calendar periods the model sees (params' `auto` is resolved first)
+    calendar: list[Literal["hour_of_day", "day_of_week", "day_of_year"]] = []
+    # regression: the simple forecasts the output starts from besides the skip's linear map of the
+    # window (stfn.base_forecast chooses them), and the target's own channel for persistence
+    base_terms: list[Literal["climatology", "persistence"]] = []
+    persistence_channel: int = -1
 
     # keys that the oldest checkpoints carry and this config no longer has
     LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("extra",)
@@ -49,7 +56,14 @@ class STFNConfig(ModelParams):
         "patch_overlap": False,
         "layer_scale": 0.0,
         "drop_path": 0.0,
+        "calendar": [],
+        "base_terms": [],
     }
+
+    @property
+    def takes_time(self) -> bool:
+        """The model's forward needs the samples' calendar coordinates."""
+        return bool(self.calendar) or "climatology" in self.base_terms
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -210,6 +224,11 @@ class STFN(nn.Module):
         # each frame (or tubelet of t frames) is aligned with the series step at which it ends
         steps = cfg.frame_steps[self.spatial.tubelet - 1 :: self.spatial.tubelet]
         self.register_buffer("frame_steps", torch.as_tensor(steps, dtype=torch.long), persistent=False)
+        # known covariates: the calendar's encodings join the pooled vector before the head
+        self.calendar = CalendarFeatures(cfg.calendar) if cfg.calendar else None
+        self.calendar_proj = nn.Linear(self.calendar.size, d) if self.calendar is not None else None
+        # the simple forecasts beside the skip's (climatology, persistence): fitted and frozen like it
+        self.terms = ForecastTerms(cfg.base_terms, cfg.persistence_channel, cfg.n_outputs) if cfg.base_terms else None
 
     def fuse(self, series: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(H_f (B, F, D), frame features (B, F, N, D), Z (B, F, N, D))."""
@@ -218,7 +237,13 @@ class STFN(nn.Module):
         fm = self.spatial(frames)  # (B, F, N, D)
         return h_f, fm, self.align(h_f, fm)
 
-    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, series: torch.Tensor, frames: torch.Tensor, time: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """`time`: (B, 3) calendar coordinates (stfn.transforms.calendar_coords), for a model that
+        takes them (`cfg.takes_time`)."""
+        if time is None and self.cfg.takes_time:
+            raise ValueError("this model takes the samples' calendar coordinates (time), and none were given")
         h_f, fm, z = self.fuse(series, frames)
         values = self.value_norm(z + fm)
         bias = self.frame_bias(h_f).expand(-1, -1, z.shape[2])  # (B, F, N)
@@ -227,9 +252,13 @@ class STFN(nn.Module):
             rearrange(values, "b f n d -> b (f n) d"),
             rearrange(bias, "b f n -> b (f n)"),
         )
+        if self.calendar is not None:
+            pooled = pooled + self.calendar_proj(self.calendar(time))
         out = self.head(pooled)
         if self.skip is not None:
             out = out + self.skip(torch.nan_to_num(series, nan=0.0).flatten(1))
+        if self.terms is not None:
+            out = out + self.terms(series, time)
         return {"output": out, "attention": grid_attention(alpha, self.spatial.grid)}
 
 
@@ -252,7 +281,7 @@ class TimeOnly(nn.Module):
         self.pool = AttentionPooling(cfg.dim, cfg.attention_hidden)
         self.head = _head(cfg.dim, 2 * cfg.dim, cfg.n_outputs, cfg.dropout, hidden_layers=2)
 
-    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, series: torch.Tensor, frames: torch.Tensor, time: torch.Tensor | None = None) -> dict:
         h = self.temporal(series)  # (B, T, D)
         pooled, alpha = self.pool(h, h)
         return {"output": self.head(pooled), "time_attention": alpha}
@@ -268,7 +297,7 @@ class SpaceOnly(nn.Module):
         self.pool = AttentionPooling(cfg.dim, cfg.attention_hidden)
         self.head = _head(cfg.dim, 2 * cfg.dim, cfg.n_outputs, cfg.dropout, hidden_layers=2)
 
-    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, series: torch.Tensor, frames: torch.Tensor, time: torch.Tensor | None = None) -> dict:
         fm = rearrange(self.spatial(frames), "b f n d -> b (f n) d")
         pooled, alpha = self.pool(fm, fm)
         return {"output": self.head(pooled), "attention": grid_attention(alpha, self.spatial.grid)}
@@ -288,7 +317,7 @@ class LateConcat(nn.Module):
         self.space_pool = AttentionPooling(d, cfg.attention_hidden)
         self.head = _head(2 * d, 2 * d, cfg.n_outputs, cfg.dropout)
 
-    def forward(self, series: torch.Tensor, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, series: torch.Tensor, frames: torch.Tensor, time: torch.Tensor | None = None) -> dict:
         h = self.temporal(series)
         fm = rearrange(self.spatial(frames), "b f n d -> b (f n) d")
         ph, _ = self.time_pool(h, h)

@@ -69,6 +69,31 @@ def select_rows(folder: Path, spec: contract.DatasetSpec, samples: pd.DataFrame,
     )
 
 
+def takes_timestamp(model: Any) -> bool:
+    """Whether a loaded pyfunc's signature has a `timestamp` input (a model trained with them)."""
+    schema = model.metadata.get_input_schema()
+    return schema is not None and "timestamp" in (schema.input_names() or [])
+
+
+def timestamps_for(model: Any, spec: contract.DatasetSpec, samples: pd.DataFrame) -> np.ndarray | None:
+    """The samples' timestamps as ISO 8601 strings for a model that takes them, else None."""
+    if not takes_timestamp(model):
+        return None
+    if "timestamp" not in samples.columns:
+        raise DataValidationError(
+            spec.name,
+            [
+                Failure(
+                    contract.SAMPLES_FILE,
+                    "timestamp",
+                    "a date-time for every sample (the model was trained with them)",
+                    "no such column",
+                )
+            ],
+        )
+    return pd.to_datetime(samples["timestamp"]).dt.strftime("%Y-%m-%dT%H:%M:%S").to_numpy().astype(str)
+
+
 def predict_rows(
     model: Any,
     folder: Path,
@@ -87,11 +112,15 @@ def predict_rows(
         series = contract.series_array(
             contract.read_parquet(folder, contract.SERIES_FILE, spec.name, filters=wanted), ids, spec
         )
+    stamps = timestamps_for(model, spec, samples)
     outputs = []
     with progress.bar("predicting", len(rows)) as update:
         for i in range(0, len(rows), CHUNK):
             part = rows[i : i + CHUNK]
-            outputs.append(model.predict({"series": series[i : i + CHUNK], "frames": np.asarray(frames[part])}))
+            inputs = {"series": series[i : i + CHUNK], "frames": np.asarray(frames[part])}
+            if stamps is not None:
+                inputs["timestamp"] = stamps[part]
+            outputs.append(model.predict(inputs))
             update(i + len(part), info=spec.name)
     return np.concatenate(outputs) if outputs else np.zeros((0,))
 

@@ -24,6 +24,9 @@ def run_markdown(result: dict[str, Any]) -> str:
         lines += ["", f"**Against the baselines:** {m['versus_baselines']['text']}"]
     if result.get("settings"):
         lines += ["", "**Settings:** " + "; ".join(f"`{s}`" for s in result["settings"])]
+    if result.get("base"):
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in result["base"]["val_mae"].items())
+        lines += ["", f"**Starts from:** the {result['base']['choice']} forecast (validation mae: {scores})"]
     uri = result.get("tracking_uri", "")
     run_id = result["mlflow_run_id"]
     link = (

@@ -43,7 +43,8 @@ MODEL_DISTRIBUTIONS = ("torch", "numpy", "pandas", "einops", "PyYAML", "pydantic
 # the files of ours a served model imports: the import closure of stfn.model_pyfunc (logged apart), copied into
 # the model's folder as code/stfn/ (tests/code/test_layout.py derives the closure from the imports and compares)
 MODEL_CODE = (
-    "__init__.py", "inference.py", "transforms.py", "models.py", "encoders.py", "patches.py", "config.py", "errors.py"
+    "__init__.py", "inference.py", "transforms.py", "models.py", "encoders.py", "patches.py", "covariates.py",
+    "config.py", "errors.py",
 )  # fmt: skip
 
 
@@ -368,6 +369,8 @@ def log_model(
         [
             TensorSpec(np.dtype("float32"), (-1, t, c), "series"),
             TensorSpec(np.dtype(fr["dtype"]), (-1, fr["count"], fr["channels"], fr["height"], fr["width"]), "frames"),
+            # ISO 8601 strings: the calendar the model was trained with (features' `timestamp`)
+            *([TensorSpec(np.dtype(str), (-1,), "timestamp")] if features_meta.get("timestamp") else []),
         ]
     )
     outputs = Schema([TensorSpec(np.dtype("float32"), (-1, n_out) if n_out else (-1,))])

@@ -29,8 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from stfn import defaults
-from stfn.baselines import as_linear_map, fit_ridge
+from stfn import base_forecast, defaults
 from stfn.config import ModelParams, Paths, TrainParams
 from stfn.features import FeatureSet
 from stfn.fileio import atomic_path
@@ -64,11 +63,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
-    """The model's full config: params.yaml's `model` section and the dataset's shapes."""
+def model_config(fs: FeatureSet, mp: ModelParams, base: base_forecast.Base | None = None) -> STFNConfig:
+    """The model's full config: params.yaml's `model` section (what is still `auto` resolved for
+    this feature set), the dataset's shapes, and the simple forecast it starts from (`base`)."""
     spec = fs.spec
+    calendar = mp.calendar
+    if calendar == defaults.AUTO:
+        stamps = fs.index.loc[fs.index["split"] == "train", "timestamp"] if fs.calendar is not None else None
+        calendar = defaults.calendar_for(stamps)[0]
+    if fs.calendar is None and calendar:
+        raise ValueError(f"model.calendar is {calendar}, but the samples of {spec.name} have no timestamp column")
+    resolved = {
+        "linear_skip": defaults.value("model.linear_skip", mp.linear_skip, spec.task),
+        "calendar": calendar,
+        "base_terms": base.terms if base is not None else [],
+        "persistence_channel": base_forecast.persistence_channel(fs),
+    }
     return STFNConfig(
-        **{**mp.model_dump(), "linear_skip": defaults.value("model.linear_skip", mp.linear_skip, spec.task)},
+        **{**mp.model_dump(), **resolved},
         series_channels=len(spec.series.channels),
         frame_channels=spec.frames.channels,
         frame_size=(spec.frames.height, spec.frames.width),
@@ -82,11 +94,13 @@ def model_config(fs: FeatureSet, mp: ModelParams) -> STFNConfig:
 def batches(
     fs: FeatureSet, rows: np.ndarray, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None
 ) -> Iterator[tuple[np.ndarray, ...]]:
-    """Yield (series, frames, labels) numpy batches gathered from the memory maps."""
+    """Yield (series, frames, labels, calendar coordinates or None) numpy batches gathered from
+    the memory maps."""
     order = rng.permutation(rows) if shuffle and rng is not None else rows
     for i in range(0, len(order), batch_size):
         idx = np.sort(order[i : i + batch_size])  # sorted reads are sequential on the memmap
-        yield np.asarray(fs.series[idx]), np.asarray(fs.frames[idx]), fs.labels[idx]
+        time = fs.calendar[idx] if fs.calendar is not None else None
+        yield np.asarray(fs.series[idx]), np.asarray(fs.frames[idx]), fs.labels[idx], time
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float = 0.01) -> Callable[[int], float]:
@@ -144,6 +158,7 @@ class FitResult:
     resumed_meta: dict[str, Any] = field(default_factory=dict)  # the `meta` the interrupted run saved
     gpu_path: dict[str, bool] = field(default_factory=dict)
     world_size: int = 1
+    base: dict[str, Any] = field(default_factory=dict)  # regression: the simple forecast it starts from
 
 
 def save_checkpoint(path: Path, model: nn.Module, extra: dict[str, Any]) -> None:
@@ -243,27 +258,6 @@ def resumable(path: Path, key: str) -> dict[str, Any] | None:
     return state
 
 
-def init_linear_skip(model: nn.Module, fs: FeatureSet, train_rows: np.ndarray, val_rows: np.ndarray) -> float:
-    """Fit the model's linear skip (the ridge baseline's `fit_ridge` on the flattened,
-    normalised series window with NaN -> 0, as the skip sees it), freeze it, and zero the head's
-    last layer: training starts from the linear forecast and the fusion learns what it misses.
-    Returns the chosen penalty."""
-    rows = np.concatenate([train_rows, val_rows])
-    x = np.nan_to_num(np.asarray(fs.series[rows], np.float64)).reshape(len(rows), -1)
-    y = fs.labels[rows].astype(np.float64)
-    is_train = np.arange(len(rows)) < len(train_rows)
-    fitted, alpha = fit_ridge(x, y, is_train, ~is_train)
-    w, b = as_linear_map(fitted)
-    with torch.no_grad():
-        model.skip.weight.copy_(torch.as_tensor(w[None], dtype=model.skip.weight.dtype))
-        model.skip.bias.fill_(b)
-        last = model.head[-1]
-        last.weight.zero_()
-        last.bias.zero_()
-    model.skip.requires_grad_(False)
-    return alpha
-
-
 def _train_epoch(
     net: nn.Module,
     model: nn.Module,
@@ -281,10 +275,11 @@ def _train_epoch(
     """One pass over the training batches: (sum of the loss over samples, samples seen);
     `on_batch(done, steps)` after each."""
     total, count = 0.0, 0
-    for b, (s, f, y) in enumerate(epoch_batches):
+    for b, (s, f, y, t) in enumerate(epoch_batches):
         s_t, f_t, y_t = (to_device(a, device, used["pin_memory"]) for a in (s, f, y))
+        t_t = to_device(t, device, used["pin_memory"]) if t is not None else None
         with autocast():
-            output = net(s_t, f_t)["output"]
+            output = net(s_t, f_t, t_t)["output"]
         loss = loss_fn(task, output.float(), y_t, tp.regression_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -303,7 +298,8 @@ def _validate(
     model: nn.Module, fs: FeatureSet, rows: np.ndarray, task: str, regression_loss: str, device: torch.device
 ) -> tuple[float, dict[str, float]]:
     """The validation loss and the early-stopping score on `rows`."""
-    out, _ = predict_arrays(model, fs.series[rows], fs.frames[rows], device=device)
+    time = fs.calendar[rows] if fs.calendar is not None else None
+    out, _ = predict_arrays(model, fs.series[rows], fs.frames[rows], device=device, time=time)
     val_loss = float(loss_fn(task, torch.as_tensor(out), torch.as_tensor(fs.labels[rows]), regression_loss))
     return val_loss, score(task, out, fs.labels[rows])
 
@@ -332,14 +328,17 @@ def fit(
         torch.set_num_threads(tp.num_threads)
     device = select_device(tp.device)
     seed_everything(seed)
-    cfg = model_config(fs, mp)
+    train_rows, val_rows = fs.rows("train"), fs.rows("val")
+    base = None
+    if fs.spec.task == "regression" and mp.variant == "stfn" and model_config(fs, mp).linear_skip:
+        base = base_forecast.choose(fs, train_rows, val_rows)  # fitted on train, chosen on val
+    cfg = model_config(fs, mp, base)
     model = build_model(cfg, seed).to(device)
     task = cfg.task
-    train_rows, val_rows = fs.rows("train"), fs.rows("val")
     tp = defaults.train_budget(tp, len(train_rows))  # `auto` epochs and patience, for this many samples
-    if getattr(model, "skip", None) is not None and task == "regression":
-        alpha = init_linear_skip(model, fs, train_rows, val_rows)
-        log.info("linear skip fitted (the ridge baseline's fit, alpha=%g) and frozen", alpha)
+    if base is not None:
+        base_forecast.apply(model, base)
+        log.info("the model starts from the %s forecast (validation MAE %s), frozen", base.name, base.scores)
     rank, world = distributed()
     if world > 1 and device.type == "cuda":  # one GPU per process (torchrun's LOCAL_RANK)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -378,6 +377,7 @@ def fit(
     best = -math.inf if higher_is_better else math.inf
     result = FitResult(model=model, config=cfg, device=str(device))
     result.gpu_path = used
+    result.base = base.record() if base is not None else {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = 0

@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 def center_series(series: np.ndarray) -> np.ndarray:
@@ -36,3 +37,28 @@ def transform_frames(frames: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     mean = np.asarray(stats["frames_mean"], np.float32)[None, None, :, None, None]
     std = np.asarray(stats["frames_std"], np.float32)[None, None, :, None, None]
     return ((np.asarray(frames, np.float32) - mean) / std).astype(np.float32)
+
+
+# the calendar coordinates of a timestamp (columns of `calendar_coords`) and their periods
+CALENDAR = {"hour_of_day": (0, 24.0), "day_of_week": (1, 7.0), "day_of_year": (2, 365.25)}
+
+
+def calendar_coords(timestamps: Any) -> np.ndarray:
+    """Timestamps (datetimes or ISO 8601 strings, N) -> (N, 3) float32: the hour of the day
+    [0, 24), the day of the week [0, 7) (Monday 0) and the day of the year [0, 366), each with
+    the fraction of its unit elapsed. A timestamp with a UTC offset keeps its wall-clock time (a
+    calendar effect follows local time). Raises ValueError on what is not a timestamp."""
+    values = pd.Series(np.asarray(timestamps).ravel())
+    try:
+        ts = pd.to_datetime(values, format="ISO8601" if values.dtype == object else None)
+    except ValueError:  # naive and offset timestamps mixed: each keeps its own wall-clock time
+        ts = pd.Series([pd.Timestamp(v).tz_localize(None) for v in values])
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_localize(None)
+    if ts.isna().any():
+        raise ValueError("a timestamp is missing")
+    hour = (ts.dt.hour + ts.dt.minute / 60 + ts.dt.second / 3600).to_numpy(np.float64)
+    day = hour / 24
+    return np.stack([hour, ts.dt.dayofweek.to_numpy() + day, ts.dt.dayofyear.to_numpy() - 1 + day], axis=1).astype(
+        np.float32
+    )

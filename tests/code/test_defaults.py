@@ -15,7 +15,8 @@ from stfn.config import ModelParams, Params, TrainParams, load_params
 def test_auto_settings_follow_the_task_with_the_reason():
     reg, choices = defaults.resolve(Params(), "regression", n_train=1000)
     assert reg.data.series_norm == "global" and reg.model.linear_skip is True
-    assert [c.key for c in choices] == ["data.series_norm", "model.linear_skip", "train.epochs", "train.patience"]
+    keys = ["data.series_norm", "model.linear_skip", "train.epochs", "train.patience", "model.calendar"]
+    assert [c.key for c in choices] == keys
     assert all(not c.given and c.reason.startswith("regression") for c in choices[:2])
     cls, _ = defaults.resolve(Params(), "classification", n_train=1000)
     assert cls.data.series_norm == "median" and cls.model.linear_skip is False

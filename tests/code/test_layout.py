@@ -14,7 +14,8 @@ FLOWS = SRC.parent / "flows"
 # CONTRIBUTING.md's table: what each module may import of ours (stages and ops by folder)
 BASE = {"errors", "fileio", "progress"}
 DATA = BASE | {"config", "data", "defaults"}
-MODEL = DATA | {"models", "encoders", "patches", "transforms", "inference", "features", "baselines", "training"}
+MODEL = DATA | {"models", "encoders", "patches", "covariates", "transforms", "inference", "features", "baselines"}
+MODEL |= {"base_forecast", "training"}
 MODEL |= {"evaluation", "plots", "efficiency", "gate"}
 SERVE = MODEL | {"tracking", "registry", "predict"}
 ALLOWED = {
@@ -31,12 +32,14 @@ ALLOWED = {
     "features": DATA | {"transforms"},
     "encoders": set(),
     "patches": {"encoders"},
-    "models": {"config", "encoders", "patches"},
+    "covariates": {"transforms"},
+    "models": {"config", "encoders", "patches", "covariates"},
     "inference": {"models", "transforms"},  # what a served model carries: see test_served_code
     "training": MODEL,
     "evaluation": MODEL,
     "plots": MODEL,
     "baselines": MODEL,
+    "base_forecast": MODEL,
     "efficiency": MODEL,
     "monitoring": MODEL,
     "tracking": {"errors", "config"},

@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stfn import base_forecast
 from stfn.config import MovingDigitsParams
 from stfn.data.contract import DatasetSpec
 from stfn.data.moving_digits import make_moving_digits
 from stfn.features import FeatureSet
-from stfn.training import init_linear_skip, model_config
+from stfn.training import model_config
 
 
 def regression_features(n: int = 300) -> FeatureSet:
@@ -30,10 +31,12 @@ def test_linear_skip_starts_as_the_ridge_forecast_and_stays_frozen():
     from stfn.models import build_model
 
     fs = regression_features()
-    cfg = model_config(fs, ModelParams(dim=16, attention_hidden=16, linear_skip=True))
+    base = base_forecast.choose(fs, fs.rows("train"), fs.rows("val"))
+    assert base.name == "ridge" and list(base.scores) == ["ridge"]  # no timestamp, no target channel
+    cfg = model_config(fs, ModelParams(dim=16, attention_hidden=16, linear_skip=True), base)
     model = build_model(cfg, seed=0).eval()
-    alpha = init_linear_skip(model, fs, fs.rows("train"), fs.rows("val"))
-    assert alpha <= 10 and not model.skip.weight.requires_grad
+    base_forecast.apply(model, base)
+    assert not model.skip.weight.requires_grad
     test = fs.rows("test")
     with torch.no_grad():
         out = model(torch.as_tensor(fs.series[test]), torch.as_tensor(fs.frames[test]))["output"][:, 0].numpy()

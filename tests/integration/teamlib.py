@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import requests
 
 BIN = Path(sys.executable).parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
@@ -16,6 +22,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(root: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`stfn serve ARGS` on a free port in project `root`, up (its /ping answers) within 120 s;
+    stopped with SIGINT, as Ctrl-C does, on leaving. Yields (its URL, the process)."""
+    port = free_port()
+    log = open(root / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(BIN / "stfn"), "serve", "--port", str(port), *args],
+        cwd=root,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (root / "serve.log").read_text()
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()
+            log.close()
 
 
 def stfn_cmd(cwd: Path, env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -108,11 +108,13 @@ def test_regression_flow_on_the_real_record_with_baselines(wind_dataset, tmp_pat
     assert list(ids) == list(table["sample_id"])
     series = contract.series_array(contract.read_parquet(folder, contract.SERIES_FILE, spec.name), ids, spec)
     frames = np.asarray(contract.open_frames(folder, spec, len(samples))[rows])
+    stamps = [t.isoformat() for t in samples["timestamp"].iloc[rows]]  # the model takes them (its calendar)
     online = []
     with TestClient(Endpoint("stfn-irish-wind", follow_seconds=3600)) as client:
         for i in range(0, len(rows), 64):
             s = np.where(np.isnan(series[i : i + 64]), None, series[i : i + 64].astype(object)).tolist()
-            body = json.dumps({"inputs": {"series": s, "frames": frames[i : i + 64].tolist()}})
+            inputs = {"series": s, "frames": frames[i : i + 64].tolist(), "timestamp": stamps[i : i + 64]}
+            body = json.dumps({"inputs": inputs})
             r = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == 200 and r.headers[VERSION_HEADER] == str(result["version"]), r.text[:500]
             online.append(np.asarray(r.json()["predictions"], np.float64))

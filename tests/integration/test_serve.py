@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 import requests
 import yaml
-from teamlib import BIN, free_port, stfn_cmd
+from teamlib import BIN, free_port, serving, stfn_cmd
 
 import mlflow
 from stfn import registry
@@ -88,6 +87,7 @@ def test_the_champion_loads_and_predicts_in_a_fresh_venv_from_its_own_folder(pro
             "models.py",
             "encoders.py",
             "patches.py",
+            "covariates.py",
             "config.py",
             "errors.py",
         ]
@@ -157,28 +157,8 @@ def test_the_champion_loads_and_predicts_in_a_fresh_venv_from_its_own_folder(pro
 def server(project):
     """`stfn serve` on a free port in the project (follows the alias every second)."""
     root = project[0]
-    port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    log = open(root / "serve.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(BIN / "stfn"), "serve", "--port", str(port)], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "serve.log").read_text()
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    yield url, proc, root
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
-        log.close()
+    with serving(root) as (url, proc):
+        yield url, proc, root
 
 
 def invoke(url: str, series: np.ndarray, frames: np.ndarray) -> requests.Response:

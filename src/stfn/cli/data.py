@@ -14,7 +14,10 @@ from stfn.config import Paths, load_params
 
 
 def import_(
-    name: Annotated[str, typer.Argument(help="Which recording: irish-wind | german-pm10.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="Which recording: irish-wind | german-pm10 | colorado-temperature | southern-germany-flu."),
+    ],
     source: Annotated[
         Path | None,
         typer.Option(help="The file or folder to read (e.g. wind.rda or a r-cran-gstat .deb); default: fetch it."),
@@ -31,15 +34,24 @@ def import_(
     german-pm10: daily PM10 at 31 German rural stations 2002-2009, with their real gaps
     (spacetime's air.rda; `apt-get download r-cran-spacetime`, or give --source).
 
+    colorado-temperature: monthly mean temperature at the 20 most complete stations in and
+    around Colorado 1895-1997, with their gaps (fields' COmonthlyMet.rda; `apt-get download
+    r-cran-fields`, or give --source).
+
+    southern-germany-flu: weekly influenza cases in the 20 busiest districts of Bavaria and
+    Baden-Wuerttemberg 2001-2008 (surveillance's fluBYBW.RData; `apt-get download
+    r-cran-surveillance`, or give --source: the .deb or its unpacked folder).
+
     Example: stfn import irish-wind && stfn run --dataset irish-wind
     """
     root = project_root()
     params = guard(load_params, Paths(root).params_file, [f"data.dataset={name}", *(set_ or [])])
-    from stfn.data import importers
+    from stfn.data import importers, seasonal
     from stfn.stages.validate import validate_folder
 
-    if name not in importers.IMPORTERS:
-        fail(ValueError(f"unknown recording '{name}'; available: {', '.join(importers.IMPORTERS)}"), 2)
+    recordings = importers.IMPORTERS | seasonal.IMPORTERS  # seasonal builds on importers: two registries, no cycle
+    if name not in recordings:
+        fail(ValueError(f"unknown recording '{name}'; available: {', '.join(recordings)}"), 2)
     paths = Paths(root)
     target = paths.raw / name
     if target.exists() and not force:
@@ -47,7 +59,7 @@ def import_(
     staged = paths.state / "imports" / name  # built and validated here; data/raw/ gets it only when valid
     shutil.rmtree(staged, ignore_errors=True)
     try:
-        importers.IMPORTERS[name](staged, paths.state / "cache" / name, source)
+        recordings[name](staged, paths.state / "cache" / name, source)
     except importers.ImportError_ as exc:
         fail(exc, 2)
     with bars():

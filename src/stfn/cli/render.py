@@ -47,6 +47,9 @@ def print_summary(r: dict[str, Any], root: Path, seconds: float, matmul_gflops: 
     table.add_row("val metrics", ", ".join(f"{k}={v:.4f}" for k, v in m["val"].items()))
     table.add_row("training", f"{r['epochs_run']} epochs, {r['train_seconds']:.0f} s, {m['n_train']} train samples")
     table.add_row("time split", split_line(r, seconds, matmul_gflops))
+    if r.get("base"):
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in r["base"]["val_mae"].items())
+        table.add_row("starts from", f"the {r['base']['choice']} forecast (validation mae: {scores})")
     for i, line in enumerate(r.get("settings", [])):
         table.add_row("settings" if i == 0 else "", line)
     if r.get("champion_before") and r.get("champion_value_before") is not None:

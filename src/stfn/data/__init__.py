@@ -1,2 +1,3 @@
 """Datasets: the contract every dataset folder follows (`contract`), the built-in generated one
-(`moving_digits`) and the importers of real recordings that ship inside packages (`importers`)."""
+(`moving_digits`) and the importers of real recordings that ship inside packages (`importers`: daily;
+`seasonal`: monthly and weekly)."""

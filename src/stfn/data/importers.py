@@ -221,8 +221,9 @@ def sensor_positions(stations: pd.DataFrame, bounds: tuple[float, ...] = BOUNDS)
 
 @dataclass(frozen=True)
 class Layout:
-    """How a daily station record becomes samples: which station is the target, the history and
-    frame lengths, the map's bounds, the split by the target day's year, the unit."""
+    """How a station record (a row a day, week or month: the step) becomes samples: which station
+    is the target, the history and frame lengths in steps, the map's bounds, the split by the
+    target step's year, the unit."""
 
     target: str
     unit: str
@@ -233,15 +234,17 @@ class Layout:
     history_days: int = HISTORY_DAYS
     frame_days: int = FRAME_DAYS
     channel_max: float = 100.0  # the physical upper bound declared for every channel (at least)
+    channel_min: float = 0.0  # the physical lower bound declared for every channel
 
 
 def build_station_dataset(
     daily: pd.DataFrame, stations: pd.DataFrame, layout: Layout, name: str, source: dict
 ) -> tuple[DatasetSpec, pd.DataFrame, pd.DataFrame, np.ndarray]:
-    """One sample per day t with a next day whose target reading exists: series = days
-    t-13..t at all stations (T=14; missing readings stay NaN), frames = the stations interpolated
-    onto a 32x32 grid (IDW over the stations that reported) on days t-2, t-1, t (steps 11, 12, 13),
-    label = the target station on day t+1; split by the target day's year."""
+    """One sample per step t (a row of `daily`: a day, or a week or month; the rows consecutive)
+    with a next step whose target reading exists: series = steps t-13..t at all stations (T=14;
+    missing readings stay NaN), frames = the stations interpolated onto a 32x32 grid (IDW over the
+    stations that reported) at steps t-2, t-1, t (11, 12, 13), label = the target station at t+1;
+    split by the target step's year. T and F are the layout's history_days and frame_days."""
     codes = list(stations["code"])
     values = daily[codes].to_numpy(np.float32)  # [days, S]
     dates = daily["date"].to_numpy()
@@ -281,7 +284,10 @@ def build_station_dataset(
         target=Target(name=layout.target_name, unit=layout.unit, channel=layout.target),
         series=SeriesSpec(
             steps=hist,
-            channels=[Channel(name=c, unit=layout.unit, min=0.0, max=max(layout.channel_max, hi)) for c in codes],
+            channels=[
+                Channel(name=c, unit=layout.unit, min=layout.channel_min, max=max(layout.channel_max, hi))
+                for c in codes
+            ],
         ),
         frames=FramesSpec(
             count=layout.frame_days, channels=1, height=GRID, width=GRID, dtype="float32", steps=frame_steps

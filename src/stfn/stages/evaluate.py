@@ -35,7 +35,8 @@ def score_split(
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     """Metrics of `model` on one split of a feature set, with its raw outputs and attention."""
     rows = fs.rows(split)
-    out, att = predict_arrays(model, fs.series[rows], fs.frames[rows], on_batch=on_batch)
+    time = fs.calendar[rows] if fs.calendar is not None else None
+    out, att = predict_arrays(model, fs.series[rows], fs.frames[rows], on_batch=on_batch, time=time)
     y = fs.labels[rows]
     if fs.spec.task == "classification":
         probs = ev.softmax(out)

@@ -31,6 +31,8 @@ def register(
         "series": contract.series_array(series_long, ids, fs.spec),
         "frames": np.asarray(contract.open_frames(folder, fs.spec)[rows]),
     }
+    if fs.meta.get("timestamp"):  # ISO 8601 strings, as a request carries them
+        example["timestamp"] = np.asarray([t.isoformat() for t in fs.index["timestamp"].iloc[rows]])
     reference = paths.reference_file(name)
     model_uri = tracking.log_model(
         run_id, paths.checkpoint(name), fs.meta, example, reference if reference.is_file() else None

@@ -103,6 +103,7 @@ def train(
         },
         "world_size": result.world_size,
         "gpu_path": result.gpu_path,
+        "base": result.base,  # regression: the simple forecast the model starts from, and the candidates' val MAE
     }
     if distributed()[0] == 0:
         write_json(paths.history_file(name), summary)
