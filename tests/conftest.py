@@ -54,6 +54,7 @@ TINY = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=3)
 # their measured seconds (2 workers, a fast day), longest first; a file not listed comes after them.
 LONGEST_FIRST = (
     "test_predict.py", "test_deploy.py", "test_serve.py", "test_validation.py", "test_flow.py", "test_faults.py",
+    "test_calendar_serving.py",
     "test_servers.py", "test_orphan_run.py", "test_secrets.py", "test_promotion_race.py", "test_encoders_learn.py",
     "test_gate.py", "test_ddp.py", "test_german_pm10.py", "test_irish_wind.py", "test_ui.py", "test_cli.py",
 )  # fmt: skip

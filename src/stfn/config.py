@@ -141,6 +141,10 @@ class RetrainParams(_Section):
 
 class RegistryParams(_Section):
     min_improvement: float = Field(0.0, ge=0.0)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)  # a gain must be beyond noise at this level (stfn.gate)
+    max_ece_increase: float = Field(0.01, ge=0.0)  # calibration may get worse by at most this much
+    max_size_ratio: float = Field(2.0, ge=1.0)  # the challenger's parameters at most this times the champion's
+    beat_baselines: bool = True  # regression: never promote a model a simple baseline beats on the same rows
 
 
 class TrackingParams(_Section):

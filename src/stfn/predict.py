@@ -138,10 +138,18 @@ def metrics_for(spec: contract.DatasetSpec, samples: pd.DataFrame, rows: np.ndar
 def score_model(model_uri: str, folder: Path, rows: np.ndarray) -> dict[str, float]:
     """Load `model_uri` and compute its metrics on `rows` of `folder` (raw inputs, as served)."""
     spec = contract.load_spec(folder)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
+    return metrics_for(spec, samples, rows, outputs_of(model_uri, folder, rows))
+
+
+def outputs_of(model_uri: str, folder: Path, rows: np.ndarray) -> np.ndarray:
+    """Load `model_uri` and predict `rows` of `folder` from the raw files, as served: class
+    probabilities (N, K) or values (N,), in the order of `rows`."""
+    spec = contract.load_spec(folder)
     model = mlflow.pyfunc.load_model(model_uri)
     check_contract(spec, model.unwrap_python_model().meta["spec"])
     samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
-    return metrics_for(spec, samples, rows, predict_rows(model, folder, spec, samples, rows))
+    return predict_rows(model, folder, spec, samples, rows)
 
 
 def batch_predict(

@@ -39,6 +39,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 MOVE_PREFIX = "stfn.champion.move."
 HISTORY_TAG = "champion_history"
 MAX_REASON = 2000  # characters of a move's reason kept in its record (a tag holds 5000)
+GATE_TAG = "gate_report"  # the gate's checks on the version (compact JSON; the run holds gate/report.json)
+MAX_TAG = 4900
 PROMOTION_LIMIT = "stfn-promote-{name}"  # the Prefect global concurrency limit of a team's promotions
 
 
@@ -221,16 +223,20 @@ def promote_if_better(
     champion_value: float | None = None,
     basis: str = "",
     champion_value_for: str | None = None,
+    verdict_for: Callable[[Any], gate.Verdict] | None = None,
 ) -> Decision:
-    """Ask the gate (`stfn.gate.decide`) under the promotion lock; move @champion when it says so.
-    The decision and the reason are tagged on the version; a losing challenger never moves the
+    """Ask the gate under the promotion lock; move @champion when it says so. The decision, the
+    reason and the gate report are tagged on the version; a losing challenger never moves the
     champion alias.
-    `champion_value`: the champion's metric on the current test set when the caller measured it."""
+    `verdict_for(current champion version or None)`: the paired gate (`stfn.gate.judge`), run
+    under the lock on the champion found there; without it, the scalar rule (`stfn.gate.decide`)
+    on `champion_value` (the champion's metric on the current test set when the caller measured
+    it) or the champion's recorded one."""
     with promotion_lock(name):
         current = champion(name)
         if champion_value is not None and current is not None and str(current.version) != str(champion_value_for):
             champion_value, basis = None, f"champion changed to v{current.version} meanwhile: its recorded value"
-        return _promote_if_better(name, version, metric, value, min_improvement, champion_value, basis)
+        return _promote_if_better(name, version, metric, value, min_improvement, champion_value, basis, verdict_for)
 
 
 def _promote_if_better(
@@ -241,22 +247,57 @@ def _promote_if_better(
     min_improvement: float,
     champion_value: float | None,
     basis: str,
+    verdict_for: Callable[[Any], gate.Verdict] | None = None,
 ) -> Decision:
     current = champion(name)
     champ_version = None if current is None else str(current.version)
+    champ_value = champion_value
     if champ_version == str(version):
         verdict, champ_value = gate.Verdict(True, "already champion"), None
+    elif verdict_for is not None:
+        verdict = verdict_for(current)
+        found = [c.champion for c in verdict.checks[:1] if c.champion is not None]
+        champ_value = found[0] if found and current is not None else None
     else:
-        champ_value = champion_value
         if current is not None and champ_value is None:
             champ_value = version_metric(current, metric)
         verdict = gate.decide(metric, value, champ_version, champ_value, min_improvement, basis)
     if verdict.promote and champ_version != str(version):
         set_champion(name, str(version), f"gate: {verdict.reason}")
     decision = "promoted" if verdict.promote else "rejected"
-    for k, v in {"decision": decision, "decision_reason": verdict.reason, "judged_on": f"test_{metric}"}.items():
+    tags = {"decision": decision, "decision_reason": verdict.reason[:MAX_REASON], "judged_on": f"test_{metric}"}
+    if verdict.checks:
+        tags[GATE_TAG] = gate_report_tag(verdict.checks)
+    if verdict_for is not None and champ_value is not None:  # the champion as scored on the current test rows
+        tags[f"champion_v{champ_version}_current_test_{metric}"] = champ_value
+    for k, v in tags.items():
         client().set_model_version_tag(name, version, k, v)
-    return Decision(name, str(version), verdict.promote, verdict.reason, metric, value, champ_version, champ_value)
+    rows = [c.row() for c in verdict.checks]
+    return Decision(
+        name, str(version), verdict.promote, verdict.reason, metric, value, champ_version, champ_value, rows
+    )
+
+
+def gate_report_tag(checks: list[gate.Check]) -> str:
+    """The gate's checks as one version tag (a tag holds 5000 characters: details are shortened
+    until it fits; the run's gate/report.json keeps them whole)."""
+    rows = [c.row() for c in checks]
+    for width in (400, 200, 100, 0):
+        text = json.dumps([{**r, "detail": str(r["detail"])[:width]} for r in rows], default=float)
+        if len(text) <= MAX_TAG:
+            return text
+    return json.dumps([{"check": r["check"], "passed": r["passed"]} for r in rows])[:MAX_TAG]
+
+
+def gate_report(name: str, version: str) -> list[dict[str, Any]]:
+    """The gate's checks recorded on a version ([] for one judged before the paired gate)."""
+    try:
+        tags = client().get_model_version(name, str(version)).tags or {}
+    except Exception as exc:  # noqa: BLE001
+        if unreachable(exc):
+            raise
+        raise TrackingError(f"no version {version} of registered model '{name}' ({exc})") from None
+    return json.loads(tags[GATE_TAG]) if tags.get(GATE_TAG) else []
 
 
 @retrying("reading the champion history")
@@ -421,25 +462,12 @@ def list_versions(name: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def champion_on_current_test_set(
-    name: str, version: str, metric: str, test_set: str, rescore: Callable[[str], dict[str, float]], n_test: int
-) -> tuple[float | None, str, str | None]:
-    """The champion's `metric` on the *current* test set: its recorded value when it was computed
-    on this same test set (`test_set_md5` tag), else `rescore(model_uri)` now (never compare
-    numbers computed on different data). Returns (value, how it was obtained, the champion's
-    version); (None, "", None) when there is no other champion."""
-    current = champion(name)
-    if current is None or str(current.version) == str(version):
-        return None, "", None
-    if (current.tags or {}).get("test_set_md5") == test_set:
-        recorded = (current.tags or {}).get(f"test_{metric}")
-        if recorded is not None:
-            return float(recorded), "recorded on this same test set", str(current.version)
-    log.info("re-evaluating champion v%s on the current test split", current.version)
-    scores = rescore(f"models:/{name}/{current.version}")
-    set_model_version_tags(name, str(version), {f"champion_v{current.version}_current_test_{metric}": scores[metric]})
-    how = f"champion re-evaluated on the current test split ({n_test} samples)"
-    return float(scores[metric]), how, str(current.version)
+def run_metric(mv: Any, key: str) -> float | None:
+    """A metric of the run that logged model version `mv` (e.g. its `n_parameters`), None without."""
+    try:
+        return client().get_run(mv.run_id).data.metrics.get(key) if mv.run_id else None
+    except MlflowException:
+        return None
 
 
 def judge(
@@ -447,12 +475,9 @@ def judge(
     version: str,
     metric: str,
     value: float,
-    min_improvement: float,
-    test_set: str,
-    rescore: Callable[[str], dict[str, float]],
-    n_test: int,
+    rule: gate.Rule,
+    verdict_for: Callable[[Any], gate.Verdict],
 ) -> Decision:
-    """The whole promotion decision for a new version: the champion's metric on the same test
-    set (recorded or re-evaluated), then the gate under the promotion lock."""
-    champion_value, basis, measured = champion_on_current_test_set(name, version, metric, test_set, rescore, n_test)
-    return promote_if_better(name, version, metric, value, min_improvement, champion_value, basis, measured)
+    """The whole promotion decision for a new version: under the promotion lock, the paired gate
+    (`verdict_for`, which scores the champion found there on the same current test rows)."""
+    return promote_if_better(name, version, metric, value, rule.min_improvement, verdict_for=verdict_for)

@@ -348,6 +348,12 @@ def _model_code(dest: Path) -> Path:
     return pkg
 
 
+@retrying("logging a report")
+def log_dict(run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+    """A JSON report into the run's artifacts (e.g. gate/report.json)."""
+    client().log_dict(run_id, data, artifact_file)
+
+
 @retrying("logging the model")
 def log_model(
     run_id: str,

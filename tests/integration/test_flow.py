@@ -142,6 +142,11 @@ def test_flow_end_to_end_registers_and_gates(tmp_path, write_tiny_params):
     assert str(client.get_model_version_by_alias(name, "challenger").version) == str(second["version"])
     rejected = client.get_model_version(name, str(second["version"]))
     assert rejected.tags["decision"] == "rejected" and "does not beat" in rejected.tags["decision_reason"]
+    # the gate report: printed in the summary, tagged on the version, shown for it by `stfn models --gate`
+    assert "the gate's checks" in shown and "McNemar exact" in shown
+    code, report = stfn_in_terminal(tmp_path, {}, "models", "--gate", str(second["version"]))
+    assert code == 0 and "gain in accuracy, beyond noise" in report and "fail" in report, report
+    assert "calibration (ECE)" in report and "no class worse beyond noise" in report and "does not beat" in report
 
 
 @pytest.mark.slow

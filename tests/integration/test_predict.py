@@ -259,7 +259,7 @@ def test_new_data_the_champion_is_re_evaluated_on_the_current_test_split(trained
     result = training_pipeline(root=str(root))
     mv = client.get_model_version(name, str(result["version"]))
     assert mv.tags["test_set_md5"] != before.tags["test_set_md5"]
-    assert "champion re-evaluated on the current test split (48 samples)" in mv.tags["decision_reason"]
+    assert "(both on the current 48 test rows)" in mv.tags["decision_reason"]  # the champion scored on them anew
     rescored = float(mv.tags[f"champion_v{before.version}_current_test_accuracy"])
     assert f"{rescored:.4f}" in mv.tags["decision_reason"]  # the gate compared against the re-evaluated value
     # and that value is what the old champion scores on the new test split

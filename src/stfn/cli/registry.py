@@ -13,15 +13,32 @@ from stfn.cli.common import console, guard, project_root
 from stfn.config import Paths, load_params
 
 
-def models(dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>.")] = None) -> None:
-    """List registered model versions with aliases, metric and promotion decision.
+def models(
+    dataset: Annotated[str | None, typer.Option(help="Only stfn-<dataset>.")] = None,
+    gate: Annotated[
+        str | None, typer.Option(help="Show the gate's checks of this version of stfn-<dataset> (params.yaml's).")
+    ] = None,
+) -> None:
+    """List registered model versions with aliases, metric and promotion decision; with --gate,
+    the gate report of one version (a row per check: challenger, champion, threshold, result).
 
-    Example: stfn models --dataset moving-digits
+    Example: stfn models --dataset moving-digits --gate 2
     """
     root = project_root()
     from stfn import registry, tracking
 
     tracking.configure(Paths(root).mlflow_dir)
+    if gate is not None:
+        _, name = _registered(dataset)
+        checks = guard(registry.gate_report, name, gate)
+        decision = next((r for r in guard(registry.list_versions, name) if r["version"] == str(gate)), None)
+        if not checks:
+            console.print(f"{name} v{gate}: no gate report (judged before the paired gate, or never judged)")
+        else:
+            render.print_gate(checks, f"{name} v{gate}: the gate's checks")
+        if decision and decision["reason"]:
+            console.print(f"{decision['decision']}: {decision['reason']}", highlight=False)
+        return
     rows = guard(registry.list_versions, registry.model_name(dataset) if dataset else None)
     if not rows:
         console.print("no registered models yet (run `stfn run`)")

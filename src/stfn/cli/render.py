@@ -74,6 +74,8 @@ def print_summary(r: dict[str, Any], root: Path, seconds: float, matmul_gflops: 
         table.add_row("Prefect flow run", f"{flow_run}  (ephemeral API, not kept: `make servers` for a Prefect UI)")
     table.add_row("metrics file", str(Paths(root).metrics_file))
     console.print(table)
+    if r.get("gate"):
+        print_gate(r["gate"], f"{r['registered_model']} v{r['version']}: the gate's checks")
     if m.get("baselines"):
         print_baselines(m)
     vs = m.get("versus_baselines")
@@ -83,6 +85,22 @@ def print_summary(r: dict[str, Any], root: Path, seconds: float, matmul_gflops: 
             console.print("no training epoch beat the linear start on validation: the model is the ridge forecast")
     if not uri.startswith("http"):
         console.print(f"Open the MLflow UI: [bold]make ui[/]  (then {link})", soft_wrap=True)
+
+
+def _value(v: Any) -> str:
+    return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def print_gate(checks: list[dict[str, Any]], title: str) -> None:
+    """The gate report: a row per check (the challenger's value, the champion's, the bar, the
+    outcome, how it was measured)."""
+    table = Table(title=title, title_justify="left")
+    for col in ("check", "challenger", "champion", "threshold", "result", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        result = "[green]pass[/]" if c["passed"] else "[bold red]fail[/]"
+        table.add_row(c["check"], _value(c["challenger"]), _value(c["champion"]), c["threshold"], result, c["detail"])
+    console.print(table)
 
 
 def print_baselines(m: dict[str, Any]) -> None:
