@@ -160,7 +160,10 @@ class ServeParams(_Section):
     port: int = Field(5001, ge=1, le=65535)  # 5000 is the MLflow UI's
     alias: str = "champion"  # the alias followed
     follow_seconds: float = Field(5.0, gt=0)  # how often the alias is re-read
-    max_request_mb: float = Field(32.0, gt=0)  # larger bodies get a 413
+    max_request_mb: float = Field(32.0, gt=0)  # larger bodies get a 413 (counted as read, whatever the headers say)
+    max_batch: int = Field(128, ge=1)  # more samples in one request get a 413 (params.yaml: the latency measured)
+    max_concurrent: int = Field(8, ge=1)  # more /invocations requests at a time get a 503 with Retry-After
+    read_timeout_seconds: float = Field(30.0, gt=0)  # a body not all received by then gets a 408
     log_flush_seconds: float = Field(5.0, gt=0)  # the inference log is written this often
     log_keep_days: float = Field(30.0, gt=0)  # older inference-log files are deleted
 
@@ -175,7 +178,10 @@ class MonitorParams(_Section):
     max_missing_increase: float = Field(0.05, ge=0, le=1)  # a channel's missing share above training's by more
     max_out_of_range: float = Field(0.01, ge=0, le=1)  # share of a channel's readings outside the training range
     max_metric_drop: float = Field(0.05, ge=0)  # relative change of the primary metric for the worse (labels)
-    reference_samples: int = Field(2000, ge=100)  # training samples whose summaries the reference keeps
+    reference_samples: int = Field(
+        2000, ge=100
+    )  # training (and validation) samples whose summaries the reference keeps
+    min_batch: int = Field(50, ge=1)  # a smaller batch is reported too small to judge, never an alarm
     retrain: bool = True  # the monitor flow runs the retrain deployment when a labelled batch alarms
     cron: str = "0 6 * * *"  # the deployment `monitor/watch`: the inference log, daily (timezone: retrain's)
     window_hours: float = Field(24.0, gt=0)  # ... of the last this many hours

@@ -56,9 +56,56 @@ def tracking_uri(mlflow_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(mlflow_dir)
 
 
+# a URI in free text: a scheme, "://", then up to whitespace or the start of another URI
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:(?![A-Za-z][A-Za-z0-9+.-]*://)\S)+")
+# a query or fragment parameter whose value is a secret: password, passwd, pwd, token, secret, api_key, sig...
+_SECRET_PARAM = re.compile(r"pass|pwd|token|secret|key|credential|signature|^auth$|^sig$", re.IGNORECASE)
+_PARAM = re.compile(r"(?<=[?&;#])([^=&;#]+)=([^&;#]*)")
+
+
 def scrub_uri(uri: str) -> str:
-    """Hide a password in a URI before it is printed or logged."""
-    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)
+    """Hide the secrets of every URI in `uri` (a URI, or a text quoting some) before it is printed
+    or logged: the password of the user info (`//user:***@`, `//:***@`, a password with `@` in
+    it whole) and the value of a query or fragment parameter named like a secret (`?password=***`,
+    `pwd`, `token`, `secret`, `api_key`, ...). Everything else is left as written.
+
+    urllib.parse.urlsplit finds the user info (up to the last `@` of the authority); ours are the
+    regexes that find URIs in free text and parameters in place, because urlsplit takes one URI
+    and urlunsplit/urlencode rewrite what they keep (`sqlite:///x` comes back as `sqlite:/x`), and
+    SQLAlchemy's make_url (`render_as_string(hide_password=True)`) cuts a password at its first
+    `@` and leaves the query alone."""
+    return _URI.sub(lambda m: _scrub_one(m.group()), uri)
+
+
+def _scrub_one(uri: str) -> str:
+    from urllib.parse import unquote_plus, urlsplit
+
+    core = uri.rstrip("'\")]}>,;.")  # the quotes and brackets of the text around it
+    if core != uri:
+        return _scrub_one(core) + uri[len(core) :]
+    start = uri.index("://") + 3
+    try:
+        netloc = urlsplit(uri).netloc
+    except ValueError:  # not parseable (e.g. an unclosed "[" of an IPv6 host): hide all of it
+        return uri[:start] + "***"
+    end = netloc.rfind("@")  # the user info ends at the authority's last "@" (urllib, httpx, requests)
+    if end < 0:
+        # SQLAlchemy, which takes the database URLs, reads a password up to the first "@" even
+        # through an unescaped "/", "?" or "#" (which end the authority for urllib)
+        user, colon, after = netloc.partition(":")
+        at = uri.find("@", start)
+        if colon and at > 0 and not after.isdigit() and not user.startswith("["):
+            end = at - start
+    head, rest = uri[:start], uri[start:]
+    if end >= 0:
+        user, colon, password = rest[:end].partition(":")
+        if password:
+            head, rest = f"{head}{user}:***", rest[end:]
+
+    def param(m: re.Match) -> str:
+        return f"{m.group(1)}=***" if _SECRET_PARAM.search(unquote_plus(m.group(1))) and m.group(2) else m.group()
+
+    return head + _PARAM.sub(param, rest)
 
 
 # How long the tracking calls keep retrying an unreachable tracking server (params.yaml
@@ -243,6 +290,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def start_run(experiment: str, mlflow_dir: Path, run_name: str, tags: dict[str, str]) -> str:
     run = client().create_run(experiment_id(experiment, mlflow_dir), run_name=run_name, tags=tags)
     return run.info.run_id
+
+
+@retrying("searching the running runs")
+def running_runs(experiment: str, mlflow_dir: Path) -> list[Any]:
+    """The runs of `experiment` whose status is still RUNNING."""
+    return client().search_runs([experiment_id(experiment, mlflow_dir)], filter_string="attributes.status = 'RUNNING'")
 
 
 @retrying("ending the run")

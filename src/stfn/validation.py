@@ -98,12 +98,16 @@ def _frames_table(folder: Path, ids: pd.Series) -> tuple[pd.DataFrame | None, li
     return table, []
 
 
-def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, max_missing: float) -> dict[str, list]:
-    """The expectations for each table, built from the dataset's schema."""
+def _suites(
+    spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, max_missing: float, batch: bool = False
+) -> dict[str, list]:
+    """The expectations for each table, built from the dataset's schema. `batch`: a batch for the
+    monitor, which may come without labels and whose readings outside the channels' bounds are
+    drift to report, not input to refuse (still finite)."""
     import great_expectations.expectations as gxe  # lazy: see _run_gx
 
     T, names = spec.series.steps, spec.channel_names
-    s: list = [gxe.ExpectColumnToExist(column=c) for c in ("sample_id", "label")]
+    s: list = [gxe.ExpectColumnToExist(column=c) for c in (("sample_id",) if batch else ("sample_id", "label"))]
     if "sample_id" in samples:
         s += [
             gxe.ExpectColumnValuesToNotBeNull(column="sample_id"),
@@ -142,7 +146,9 @@ def _suites(spec: DatasetSpec, samples: pd.DataFrame, series: pd.DataFrame, max_
             gxe.ExpectColumnValuesToBeInTypeList(column=ch.name, type_list=["float64", "float32", "Float64", "Float32"])
         )
         r.append(gxe.ExpectColumnValuesToNotBeNull(column=ch.name, mostly=max(1e-9, 1.0 - max_missing)))
-        if ch.min is not None or ch.max is not None:
+        if batch:  # finite: an infinite reading is no reading
+            r.append(gxe.ExpectColumnValuesToBeBetween(column=ch.name, min_value=-FINITE, max_value=FINITE))
+        elif ch.min is not None or ch.max is not None:
             r.append(gxe.ExpectColumnValuesToBeBetween(column=ch.name, min_value=ch.min, max_value=ch.max))
     r.append(gxe.ExpectTableRowCountToEqual(value=len(samples) * T))
 
@@ -241,8 +247,10 @@ def validate_dataset(
     report_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
     refused_report_path: Path | None = None,
+    batch: bool = False,
 ) -> ValidationReport:
     """Validate a dataset folder against its `dataset.yaml`; raise `DataValidationError` on failure.
+    `batch`: a batch for `stfn monitor` (labels optional, readings only finite, see `_suites`).
 
     Writes the full report to `report_path` (.json) and beside it (.html) when given. On failure
     it goes to `refused_report_path` instead when given (the project's own state folder: refused
@@ -279,7 +287,7 @@ def validate_dataset(
                 "in_samples": all_ids.isin(samples["sample_id"].astype(str)),
             }
         )
-    results = problems + _run_gx(tables, _suites(spec, samples, series, max_missing_ratio), say, spec)
+    results = problems + _run_gx(tables, _suites(spec, samples, series, max_missing_ratio, batch), say, spec)
     report = ValidationReport(
         spec.name, all(r["success"] for r in results), len(samples), results, time.perf_counter() - t0
     )

@@ -96,3 +96,54 @@ def test_killed_run_is_marked_killed_and_linked_to_the_run_that_carried_on(tmp_p
     }
     for folder in ("data/features/moving-digits", "data/raw/moving-digits", "models/moving-digits", "reports"):
         assert mode(project / folder) == 0o755, folder
+
+
+@pytest.mark.slow
+@pytest.mark.thorough  # make test-all: two pipeline runs a step; make test kills one during training (above)
+@pytest.mark.parametrize(
+    ("step", "done_file"),
+    [
+        ("evaluation", "models/moving-digits/history.json"),  # training has ended: evaluation is under way
+        ("registration", "reports/metrics.json"),  # evaluation has ended: registration is under way
+    ],
+)
+def test_a_run_killed_after_training_is_marked_killed_by_the_run_that_carries_on(
+    step, done_file, tmp_path, write_tiny_params, monkeypatch
+):
+    """Killed where no checkpoint resumes it (training had finished): the rerun trains anew, and
+    still ends the killed attempt's run as KILLED and links the two, from the owner tags (this
+    host, a pid that no longer exists)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write_tiny_params(project / "params.yaml")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    client = MlflowClient(tracking_uri=store)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(key, store)
+    first = _stfn_run(project, env)
+    deadline = time.monotonic() + 300
+    while not (project / done_file).is_file():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    exp = client.get_experiment_by_name("moving-digits")
+    (killed_run,) = [r.info.run_id for r in client.search_runs([exp.experiment_id])]
+    assert client.get_run(killed_run).info.status == "RUNNING", f"the run ended before the kill during {step}"
+
+    import mlflow
+    from flows.training_pipeline import training_pipeline
+
+    uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    try:
+        training_pipeline(root=str(project))
+    finally:
+        mlflow.set_tracking_uri(uris[0])
+        mlflow.set_registry_uri(uris[1])
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    (carried_on,) = set(runs) - {killed_run}
+    killed, new = runs[killed_run], runs[carried_on]
+    assert killed.info.status == "KILLED" and new.info.status == "FINISHED"
+    assert killed.data.tags["stfn.continued_by_run"] == carried_on
+    assert new.data.tags["stfn.after_killed_runs"] == killed_run

@@ -107,6 +107,60 @@ def test_monitor_exit_codes_clean_shifted_and_bad_input(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_crafted_batches_are_refused_before_any_statistic_and_a_tiny_one_is_not_judged(trained, tmp_path):
+    """Each batch below used to end in a traceback (or an alarm on nothing): now the dataset's own
+    validation runs first, exit 2 naming the file and the field; nothing written."""
+    root, _ = trained
+    clean = batch(tmp_path / "clean", seed=14, n=60)
+
+    def crafted(name: str, change) -> Path:
+        folder = shutil.copytree(clean, tmp_path / name)
+        change(folder)
+        return folder
+
+    def series_edit(fn):
+        def change(folder):
+            table = pd.read_parquet(folder / "series.parquet")
+            fn(table).to_parquet(folder / "series.parquet", index=False)
+
+        return change
+
+    def samples_edit(fn):
+        def change(folder):
+            table = pd.read_parquet(folder / "samples.parquet")
+            fn(table).to_parquet(folder / "samples.parquet", index=False)
+
+        return change
+
+    def infinite(t):
+        t.loc[3, "zone-0"] = np.inf
+        return t
+
+    def duplicate(t):
+        t.loc[1, "sample_id"] = t.loc[0, "sample_id"]
+        return t
+
+    cases = {
+        "infinite": (series_edit(infinite), ("series.parquet", "zone-0")),
+        "string-step": (series_edit(lambda t: t.assign(step=t["step"].astype(str))), ("series.parquet", "step")),
+        "duplicate-id": (samples_edit(duplicate), ("samples.parquet", "sample_id")),
+        "empty": (samples_edit(lambda t: t.iloc[:0]), ("samples.parquet", "empty")),
+    }
+    before = reports(root)
+    for name, (change, (file, field)) in cases.items():
+        proc = stfn(root, "monitor", str(crafted(name, change)), "--model", PREDICTED)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, (name, out)
+        assert file in out and field in out and "Traceback" not in out, (name, out)
+    assert reports(root) == before  # nothing written for refused input
+
+    tiny = batch(tmp_path / "tiny", seed=15, n=10)  # 10 + 8 + 8 samples: under monitor.min_batch (50)
+    proc = stfn(root, "monitor", str(tiny), "--model", PREDICTED)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "too small to judge: 26 samples, fewer than monitor.min_batch = 50" in proc.stdout
+
+
+@pytest.mark.slow
 def test_the_monitor_flow_only_alerts_on_an_unlabelled_batch(trained, tmp_path):
     """The Prefect flow (in process, Prefect's ephemeral API): an unlabelled batch that alarms is
     reported and appended nowhere, and no retrain is asked for (retraining on unchanged data would

@@ -1,10 +1,16 @@
-"""Team mode with MLflow's basic auth, and no secret in a process's command line, in a file we
-write, or in what we print or log. One team-mode start serves both checks.
+"""Team mode with basic auth on both servers, and no secret in a process's command line, in a
+file we write, or in what we print or log. One team-mode start serves both checks.
 
 Basic auth (`stfn servers start --auth`): refused to start without an admin password; an
 anonymous or wrongly authenticated request is refused (401), the admin's served; the pipeline's
 tracking calls work with MLFLOW_TRACKING_USERNAME/PASSWORD and a wrong password is refused at
-once (not retried as "unreachable"); the CSRF key file is 0600.
+once (not retried as "unreachable"); the CSRF key file is 0600. The Prefect server wants
+PREFECT_API_AUTH_STRING: a Prefect client without it, or with a wrong one, is refused (401), the
+one with it is served, and so are the `prefect` commands of `stfn deploy` and its worker (which
+registers with the server).
+
+Environment: a secret of the caller's that no server needs (AWS_SECRET_ACCESS_KEY) reaches
+neither server nor the worker; the worker gets PREFECT_API_AUTH_STRING.
 
 Secrets:
 team mode on PostgreSQL with a role whose password is in every database URL (STFN_DB_URL,
@@ -35,7 +41,9 @@ REPO = Path(__file__).resolve().parents[2]
 ROLE = "stfn_secret_test"
 DB_PASSWORD = f"DbPw{secrets.token_hex(12)}Zq"  # distinctive: found nowhere else by chance
 ADMIN_PASSWORD = f"AdminPw-{secrets.token_hex(12)}-9"
-SECRETS = (DB_PASSWORD, ADMIN_PASSWORD)
+PREFECT_AUTH = f"stfn:PrefectPw-{secrets.token_hex(12)}-4"  # user:password
+AWS_SECRET = f"AwsKey{secrets.token_hex(12)}Xq"  # the caller's, needed by none of them
+SECRETS = (DB_PASSWORD, ADMIN_PASSWORD, PREFECT_AUTH, AWS_SECRET)
 
 
 def _admin(need):
@@ -110,6 +118,24 @@ def _environ(pid: int) -> str:
     return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode("utf-8", "replace")
 
 
+async def _prefect_pools(api: str, auth: str | None, pool: str | None = None):
+    """A real Prefect client of the server at `api`: its work pools, or the workers of `pool`."""
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api, auth_string=auth) as client:
+        return await (client.read_workers_for_work_pool(pool) if pool else client.read_work_pools())
+
+
+def _prefect_refuses(api: str, auth: str | None) -> None:
+    import asyncio
+
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        asyncio.run(_prefect_pools(api, auth))
+    assert refused.value.response.status_code == 401
+
+
 def _tracking_with_credentials(url: str, tmp_path: Path, monkeypatch) -> None:
     """The pipeline's tracking calls, authenticated by MLFLOW_TRACKING_USERNAME/PASSWORD."""
     import mlflow
@@ -150,7 +176,10 @@ def test_basic_auth_and_no_password_in_command_lines_files_or_output(
         "STFN_PREFECT_DB_URL": url("postgresql+asyncpg", prefect_db),
         "STFN_AUTH_DB_URL": url("postgresql", auth_db),
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
     }
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)  # this process: an anonymous Prefect client
     pool = "stfn-secret-pool"
     write_tiny_params(tmp_path / "params.yaml", **{"retrain.work_pool": pool, "retrain.cron": "0 3 * * 1"})
     shutil.copy2(REPO / "prefect.yaml", tmp_path / "prefect.yaml")
@@ -167,13 +196,25 @@ def test_basic_auth_and_no_password_in_command_lines_files_or_output(
     printed.append(started)
     try:
         assert started.returncode == 0, started.stderr + started.stdout
-        assert "mlflow:" in started.stdout and "with basic auth" in started.stdout
+        assert "mlflow:" in started.stdout and started.stdout.count("with basic auth") == 2  # both servers
         state = tmp_path / ".stfn" / "servers"
         pids = {name: int((state / f"{name}.pid").read_text()) for name in ("mlflow", "prefect")}
         # the servers got the password, by environment (readable only by their user)
         assert f"MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://{ROLE}:{DB_PASSWORD}@" in _environ(pids["mlflow"])
         assert f"PGPASSWORD={DB_PASSWORD}\n" in _environ(pids["mlflow"])  # the auth app's users database
         assert DB_PASSWORD in _environ(pids["prefect"])
+        assert f"PREFECT_SERVER_API_AUTH_STRING={PREFECT_AUTH}\n" in _environ(pids["prefect"])
+        for pid in pids.values():  # only the variables it needs
+            assert AWS_SECRET not in _environ(pid)
+        assert PREFECT_AUTH not in _environ(pids["mlflow"])
+        # Prefect's basic auth: the anonymous and the wrong are refused, its user:password served
+        import asyncio
+
+        prefect_api = f"http://127.0.0.1:{pp}/api"
+        assert _get(f"{prefect_api}/admin/version") == 401
+        _prefect_refuses(prefect_api, None)
+        _prefect_refuses(prefect_api, "stfn:wrong")
+        assert isinstance(asyncio.run(_prefect_pools(prefect_api, PREFECT_AUTH)), list)
         # basic auth works, its users in the PostgreSQL database of STFN_AUTH_DB_URL
         api = f"http://127.0.0.1:{mp}/api/2.0/mlflow/experiments/search?max_results=1"
         assert _get(api) == 401 and _get(api, "admin", "wrong") == 401 and _get(api, "admin", ADMIN_PASSWORD) == 200
@@ -189,18 +230,27 @@ def test_basic_auth_and_no_password_in_command_lines_files_or_output(
 
         # deploy with a worker; the tracking URI carries the admin's credentials
         client_env = {
-            "PREFECT_API_URL": f"http://127.0.0.1:{pp}/api",
+            "PREFECT_API_URL": prefect_api,
+            "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
             "MLFLOW_TRACKING_URI": f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{mp}",
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
         }
         deployed = stfn_cmd(tmp_path, client_env, "deploy")
         printed.append(deployed)
         assert deployed.returncode == 0, deployed.stderr + deployed.stdout
         assert f"scheduled runs log to MLflow at http://admin:***@127.0.0.1:{mp}" in deployed.stdout
+        assert "(PREFECT_API_AUTH_STRING exported)" in deployed.stdout
         worker_pid = int((state / f"worker-{pool}.pid").read_text())
         assert f"MLFLOW_TRACKING_URI=http://admin:{ADMIN_PASSWORD}@" in _environ(worker_pid)
+        assert f"PREFECT_API_AUTH_STRING={PREFECT_AUTH}\n" in _environ(worker_pid)
+        assert AWS_SECRET not in _environ(worker_pid)
         worker_log, deadline = state / f"worker-{pool}.log", time.monotonic() + 120
         while "started" not in worker_log.read_text() and time.monotonic() < deadline:  # its log has lines to scan
             time.sleep(0.2)
+        # the worker got in: the server knows it (its heartbeat passed the auth)
+        while not asyncio.run(_prefect_pools(prefect_api, PREFECT_AUTH, pool)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert [w.name for w in asyncio.run(_prefect_pools(prefect_api, PREFECT_AUTH, pool))] == [f"stfn-{pool}"]
 
         ps, proc_cmdlines = _command_lines()
         for pid in (*pids.values(), worker_pid):  # the listing does show our servers and worker

@@ -1,13 +1,16 @@
 """The champion leaves the project: a registered model loads from its own folder in a fresh
 virtualenv built from its own requirements; `stfn serve` answers like `stfn predict`, refuses bad
-requests with a 4xx naming the input, follows @champion across a promotion and a rollback with no
-failed request, and logs what it answered."""
+requests with a 4xx naming the input (framing tricks and odd header bytes too, sent on a raw
+socket), follows @champion across a promotion and a rollback with no failed request, and logs what
+it answered."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -42,7 +45,13 @@ def project(tmp_path_factory, write_tiny_params):
     root = tmp_path_factory.mktemp("serve")
     write_tiny_params(
         root / "params.yaml",
-        **{"data.dataset": NAME, "serve.follow_seconds": 1, "serve.log_flush_seconds": 1, "serve.max_request_mb": 4},
+        **{
+            "data.dataset": NAME,
+            "serve.follow_seconds": 1,
+            "serve.log_flush_seconds": 1,
+            "serve.max_request_mb": 4,
+            "serve.read_timeout_seconds": 3,
+        },
     )
     params = MovingDigitsParams(n_train=160, n_val=48, n_test=48, seed=11)
     write_dataset(root / "data" / "raw" / NAME, *make_moving_digits(params, name=NAME))
@@ -276,6 +285,62 @@ def test_bad_requests_get_a_4xx_naming_the_input_and_the_server_keeps_answering(
         f"{url}/invocations", data=example_file.read_bytes(), headers={"Content-Type": "application/json"}
     )
     assert ok.status_code == 200 and proc.poll() is None
+
+
+def raw_http(url: str, head: bytes, body: bytes = b"", closes: bool = True) -> tuple[int, dict[str, str], bytes, bool]:
+    """One request written byte for byte on a socket (what `requests` will not send): `head` (the
+    request line and headers, CRLF-terminated), then `body`, then silence. (status, headers, body,
+    `closes`: whether the server closed the connection within 5 s of its answer, else False)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + b"\r\n" + body)
+        t0 = time.monotonic()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without an answer after {time.monotonic() - t0:.1f} s: {data!r}"
+            data += chunk
+        top, rest = data.split(b"\r\n\r\n", 1)
+        lines = top.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        while len(rest) < int(headers["content-length"]):
+            rest += sock.recv(65536)
+        sock.settimeout(5)
+        try:
+            closed = closes and sock.recv(1) == b""
+        except TimeoutError:
+            closed = False
+        return int(lines[0].split()[1]), headers, rest, closed
+
+
+@pytest.mark.slow
+def test_framing_tricks_odd_header_bytes_and_a_stalled_body_get_a_4xx_never_a_500(server):
+    """On the real server (h11 under uvicorn passes these on to the app): a body framed both by
+    Content-Length and Transfer-Encoding is refused before it is sent (40 MB behind `Content-Length:
+    1` were read whole and parsed); a request id that is not UTF-8 gets an answer and a fresh id (it
+    gave a 500 and a traceback); a body that stops arriving gets a 408 after serve.read_timeout_seconds."""
+    url, proc, root = server
+    example = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion")) / "serving_input_example.json"
+    body = example.read_bytes()
+    post = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+    status, headers, answer, closed = raw_http(url, post + b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n")
+    assert status == 400 and "both Content-Length and Transfer-Encoding" in json.loads(answer)["message"], answer
+    assert closed and headers[VERSION_HEADER]  # answered on the headers alone; the connection closed
+
+    odd = b"X-Request-ID: \xff\xfe\x80\r\nUser-Agent: \xc3\x28\r\n"
+    status, headers, answer, _ = raw_http(url, post + odd + f"Content-Length: {len(body)}\r\n".encode(), body, False)
+    assert status == 200 and len(json.loads(answer)["predictions"]) == 2, answer
+    assert re.fullmatch("[0-9a-f]{32}", headers["x-request-id"]), headers
+
+    t0 = time.monotonic()
+    status, _, answer, closed = raw_http(url, post + f"Content-Length: {len(body)}\r\n".encode(), body[:100])
+    waited = time.monotonic() - t0
+    assert status == 408 and "within 3 s (serve.read_timeout_seconds)" in json.loads(answer)["message"], answer
+    assert closed and 2.5 < waited < 15, waited
+
+    assert requests.post(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}).ok
+    assert proc.poll() is None and "Traceback" not in (root / "serve.log").read_text()
 
 
 @pytest.mark.slow

@@ -18,18 +18,24 @@ def servers(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port.")] = 4200,
     auth: Annotated[
         bool | None,
-        typer.Option("--auth/--no-auth", help="MLflow's basic-auth app (default: STFN_MLFLOW_AUTH=1)."),
+        typer.Option(
+            "--auth/--no-auth",
+            help="Basic auth on both servers: MLflow's basic-auth app and Prefect's API auth string "
+            "(default: STFN_MLFLOW_AUTH=1).",
+        ),
     ] = None,
 ) -> None:
     """Team mode: start / stop a Prefect server and an MLflow tracking server (PID files under
     .stfn/servers). MLflow uses PostgreSQL when STFN_DB_URL is set, Prefect when
     STFN_PREFECT_DB_URL is set; SQLite otherwise. With --auth every MLflow request needs a user
-    (admin password from MLFLOW_AUTH_ADMIN_PASSWORD).
+    (admin password from MLFLOW_AUTH_ADMIN_PASSWORD) and every Prefect request the auth string
+    of PREFECT_API_AUTH_STRING (user:password), which its clients send too.
 
     Example: STFN_DB_URL=postgresql://postgres@127.0.0.1:5432/mlflow stfn servers start
     """
     root = project_root()
     from stfn.ops import servers as srv
+    from stfn.tracking import scrub_uri  # every URI we print: no password shown
 
     paths = Paths(root)
     if action == "start":
@@ -37,18 +43,27 @@ def servers(
         for name, rec in info.items():
             extra = " (already running)" if rec.get("already_running") else ""
             extra += " with basic auth" if rec.get("auth") == "basic-auth" else ""
-            console.print(f"{name}: {rec['url']} on {rec['backend']}, pid {rec['pid']}{extra}; log {rec['log']}")
+            console.print(
+                f"{name}: {scrub_uri(rec['url'])} on {rec['backend']}, pid {rec['pid']}{extra}; log {rec['log']}"
+            )
         console.print(
-            f"point the pipeline at them:\n  export MLFLOW_TRACKING_URI={info['mlflow']['url']} "
-            f"PREFECT_API_URL={info['prefect']['url']}\nstop them: make servers-stop",
+            f"point the pipeline at them:\n  export MLFLOW_TRACKING_URI={scrub_uri(info['mlflow']['url'])} "
+            f"PREFECT_API_URL={scrub_uri(info['prefect']['url'])}\nstop them: make servers-stop",
             soft_wrap=True,  # one line, whatever the terminal's width: it is copied and pasted
         )
+        if any(rec.get("auth") == "basic-auth" for rec in info.values()):
+            console.print(
+                "and their credentials (not shown): MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD and "
+                "PREFECT_API_AUTH_STRING (the user:password the Prefect server was started with)",
+                soft_wrap=True,
+            )
     elif action == "stop":
         stopped = srv.stop(paths)
         console.print("stopped " + ", ".join(stopped) if stopped else "no servers recorded as started")
     elif action == "status":
         for name, rec in srv.status(paths).items():
-            console.print(f"{name}: {rec['url']} {'running' if rec['running'] else 'NOT running'} (pid {rec['pid']})")
+            state = "running" if rec["running"] else "NOT running"
+            console.print(f"{name}: {scrub_uri(rec['url'])} {state} (pid {rec['pid']})")
     else:
         fail(ValueError(f"unknown action '{action}' (start | stop | status)"), 2)
 
@@ -76,7 +91,7 @@ def ui(
         else:
             console.print("(the tracking server is the MLflow UI: nothing to start)")
 
-    code = guard(srv.ui, Paths(root), host, port, ready)
+    code = guard(srv.ui, Paths(root), host, port, ready)  # its URLs come scrubbed
     raise typer.Exit(code)
 
 
@@ -102,8 +117,10 @@ def deploy(
     if "worker" in out:
         console.print(f"worker for {out['pools'][0]}: pid {out['worker']['pid']}, log {out['worker']['log']}")
         console.print(f"scheduled runs log to MLflow at {out['tracking_uri']}", soft_wrap=True)
+    auth = " (PREFECT_API_AUTH_STRING exported)" if out.get("auth") else ""  # its value is not ours to print
     console.print(
-        f"run one now: PREFECT_API_URL={out['api_url']} .venv/bin/prefect deployment run retrain/retrain-scheduled\n"
+        f"run one now: PREFECT_API_URL={out['api_url']} .venv/bin/prefect deployment run retrain/retrain-scheduled"
+        f"{auth}\n"
         f"watch it:    {ui_of_api(out['api_url'])}/deployments (the Prefect UI)\n"
         "stop all:    make servers-stop",
         soft_wrap=True,

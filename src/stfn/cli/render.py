@@ -88,6 +88,8 @@ def print_summary(r: dict[str, Any], root: Path, seconds: float, matmul_gflops: 
 
 
 def _value(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:  # a count (parameters)
+        return f"{int(v):,}"
     return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 

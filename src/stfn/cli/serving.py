@@ -85,10 +85,7 @@ def serve(
         host,
         port,
         alias,
-        sp.follow_seconds,
-        sp.max_request_mb,
-        sp.log_flush_seconds,
-        sp.log_keep_days,
+        sp,
         ready,
     )
 

@@ -1,12 +1,13 @@
 """`stfn deploy` / `make deploy`: the work pool(s), the deployments of `prefect.yaml` with the
 schedule from `params.yaml`, and a process worker — against a real Prefect server
-(`PREFECT_API_URL`, or the one `stfn servers start` recorded)."""
+(`PREFECT_API_URL`, or the one `stfn servers start` recorded). With a server that wants basic auth
+(`stfn servers start --auth`), the `prefect` commands and the worker send PREFECT_API_AUTH_STRING
+from our environment: each gets, by environment, only what `servers.child_env` gives its role."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,21 +26,28 @@ def pool_template(root: Path, pool_type: str) -> Path:
     return root / TEMPLATES / POOL_TEMPLATES[pool_type]
 
 
-def _prefect(args: list[str], env: dict[str, str], cwd: Path) -> str:
+def _prefect(args: list[str], settings: dict[str, str], cwd: Path) -> str:
+    """`prefect ARGS` as a Prefect client: `settings` over the part of our environment a client gets."""
     exe = str(Path(sys.executable).with_name("prefect"))
     proc = subprocess.run(
         [exe, "--no-prompt", *args],
         cwd=cwd,
-        env=env,
+        env=servers.child_env("prefect-client", settings),
         capture_output=True,
         text=True,
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
-        # its output may quote PREFECT_API_URL: mask a password in any URL of it, word by word
-        tail = re.sub(r"\S+", lambda m: scrub_uri(m.group()), proc.stdout[-1500:] + proc.stderr[-1500:])
-        raise RuntimeError(f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
+        # its output may quote PREFECT_API_URL: the passwords of its URLs and our secrets masked
+        tail = servers.mask(proc.stdout[-1500:] + proc.stderr[-1500:])
+        hint = ""
+        if "Unauthorized" in tail:  # httpx: "Client error '401 Unauthorized' for url ..."
+            hint = (
+                "\nthe Prefect server wants basic auth (`stfn servers start --auth`): set PREFECT_API_AUTH_STRING "
+                "to its user:password"
+            )
+        raise RuntimeError(f"`prefect {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}{hint}")
     return proc.stdout
 
 
@@ -62,8 +70,7 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
     it returns (to be printed) have their passwords masked; the worker gets them whole, in its
     environment."""
     url = api_url(paths)
-    env = {
-        **os.environ,
+    env = {  # for `prefect deploy`: prefect.yaml's {{ $STFN_* }}
         "PREFECT_API_URL": url,
         "STFN_DEPLOY_ROOT": str(paths.root),
         "STFN_RETRAIN_POOL": params.retrain.work_pool,
@@ -95,13 +102,14 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
         "api_url": scrub_uri(url),
+        "auth": bool(os.environ.get("PREFECT_API_AUTH_STRING")),
         "pools": [f"{p} ({k})" for p, k in pools.items()],
         "deployments": ["retrain/retrain-scheduled", "monitor/watch"] + [f"training-pipeline/{n}" for n in names[2:]],
         "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
         "monitor_schedule": f"{params.monitor.cron} ({params.retrain.timezone})",
     }
     if start_worker:
-        worker_env = {k: v for k, v in env.items() if not k.startswith("STFN_")}
+        worker_env = {"PREFECT_API_URL": url}
         # scheduled runs log where you point them, else to the team MLflow server `make servers` runs
         tracking = os.environ.get("MLFLOW_TRACKING_URI") or servers.recorded_url(paths, "mlflow")
         if tracking:

@@ -7,19 +7,24 @@ stopped as background processes with PID files (`make servers`, `make servers-st
   e.g. s3://bucket/mlflow); one worker and job execution off, for a quick start.
 - Prefect: `prefect server start`, on PostgreSQL when `STFN_PREFECT_DB_URL` is set
   (postgresql+asyncpg://…), else SQLite under `.stfn/prefect-server`.
-- With `auth=True` (`stfn servers start --auth`, or STFN_MLFLOW_AUTH=1) MLflow runs its basic-auth
-  app: every request needs a user (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the
-  clients); the admin's password comes from MLFLOW_AUTH_ADMIN_PASSWORD (never written to disk
-  by us), the users live in STFN_AUTH_DB_URL or `.stfn/servers/mlflow-auth.db`.
+- With `auth=True` (`stfn servers start --auth`, or STFN_MLFLOW_AUTH=1) both servers want
+  credentials. MLflow runs its basic-auth app: every request needs a user
+  (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD on the clients); the admin's password comes
+  from MLFLOW_AUTH_ADMIN_PASSWORD (never written to disk by us), the users live in
+  STFN_AUTH_DB_URL or `.stfn/servers/mlflow-auth.db`. Prefect runs with its basic auth
+  (PREFECT_SERVER_API_AUTH_STRING), the `user:password` of PREFECT_API_AUTH_STRING, which its
+  clients (`stfn deploy`, the worker and the flow runs it starts) send.
 No secret goes on a command line (readable by every local user in `ps`) or into a file: the
-database URLs reach the servers through their environment (see `commands`, `auth_settings`), and
-what we record or print of a URL is scrubbed.
+database URLs and the auth string reach the servers through their environment (see `commands`,
+`auth_settings`, `prefect_auth_settings`), and what we record or print of a URL is scrubbed.
+Each process we start gets only the part of the caller's environment it needs (`child_env`).
 Both bind to 127.0.0.1 unless told otherwise. Each runs in its own process group, so stopping
 it stops its workers too; `stop` only ever signals the processes whose PIDs it recorded.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import secrets
@@ -35,6 +40,66 @@ from stfn.config import Paths
 from stfn.tracking import scrub_uri, tracking_uri
 
 SERVICES = ("mlflow", "prefect")
+
+# What each process we start gets of the caller's environment (fnmatch patterns), then what it is
+# refused of that even so; our own settings for it come on top (`child_env`). The rest (cloud keys,
+# tokens, the other server's settings and secrets) stays with the caller.
+_EVERY = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TEMP", "TMP",
+    "VIRTUAL_ENV", "PYTHON*",  # the venv's
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",  # TLS trust
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)  # fmt: skip
+_SERVER_SIDE = ("PREFECT_SERVER_*", "PREFECT_API_DATABASE_*", "MLFLOW_AUTH_*", "MLFLOW_FLASK_*",
+                "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION")  # fmt: skip
+# the worker and the flow runs it starts (they inherit its environment): a Prefect client, an
+# MLflow client, and what training needs of the host
+_WORKER = ("PREFECT_*", "MLFLOW_*", "CUDA_*", "NVIDIA_*", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+           "DVC_*", "MPLBACKEND", "DO_NOT_TRACK")  # fmt: skip
+ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # its settings and libpq's (PGPASSWORD, PGSSLMODE...); not the caller's client credentials
+    "mlflow-server": (("MLFLOW_*", "PG*"), ("MLFLOW_TRACKING_*",)),
+    "mlflow-ui": (("MLFLOW_*", "PG*"), ("MLFLOW_TRACKING_*", "MLFLOW_AUTH_*", "MLFLOW_FLASK_*")),
+    # its auth string only from `--auth` (prefect_auth_settings); no Prefect Cloud key
+    "prefect-server": (("PREFECT_*", "PG*"), ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_KEY")),
+    # `prefect deploy`, `prefect work-pool create`: a Prefect client
+    "prefect-client": (("PREFECT_*",), _SERVER_SIDE),
+    "worker": (_WORKER, _SERVER_SIDE),
+}
+# the credentials an artifacts destination's client library reads, by its scheme (MLflow server)
+STORE_CREDENTIALS = {"s3": ("AWS_*",), "gs": ("GOOGLE_*",), "wasbs": ("AZURE_*",), "abfss": ("AZURE_*",)}
+# variables whose values are secrets: masked in any text of a child's we show (`mask`)
+_SECRET_VARS = ("PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD",
+                "MLFLOW_TRACKING_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD", "PGPASSWORD")  # fmt: skip
+
+
+def child_env(role: str, extra: dict[str, str] | None = None, also: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a process we start in `role` (a key of ROLES): of the caller's, the
+    basics every process needs (_EVERY) and the patterns of its role (plus `also`), less what its
+    role is refused; then `extra`, our settings for it. The worker also gets the variables named
+    in STFN_WORKER_ENV (names or patterns, space or comma separated: e.g. the AWS_* keys of a DVC
+    remote on S3 that `dvc pull` in the retrain flow reads)."""
+    allowed, refused = ROLES[role]
+    allowed = (*_EVERY, *allowed, *also)
+    if role == "worker":
+        allowed += tuple(os.environ.get("STFN_WORKER_ENV", "").replace(",", " ").split())
+
+    def matches(name: str, patterns: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    env = {k: v for k, v in os.environ.items() if matches(k, allowed) and not matches(k, refused)}
+    return {**env, **(extra or {})}
+
+
+def mask(text: str) -> str:
+    """`text` (a child's output, a log's tail) as it may be shown: every URI scrubbed (scrub_uri)
+    and the value of every secret variable we know of (_SECRET_VARS) set here replaced by ***."""
+    text = scrub_uri(text)
+    for name in _SECRET_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:  # a one-letter "secret" would mask every such letter
+            text = text.replace(value, "***")
+    return text
 
 
 def _state(paths: Paths) -> Path:
@@ -61,8 +126,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
-            raise RuntimeError(f"server exited with code {proc.returncode} before {url} answered:\n{tail}")
+            tail = mask(log.read_text(errors="replace")[-2000:]) if log.is_file() else ""
+            raise RuntimeError(f"server exited with code {proc.returncode} before {scrub_uri(url)} answered:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own loopback URL
                 if resp.status == 200:
@@ -70,7 +135,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
         except OSError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s (log: {log})")
+    raise RuntimeError(f"{scrub_uri(url)} did not answer within {timeout:.0f} s (log: {log})")
 
 
 def _sqlalchemy_url(url: str) -> str:
@@ -144,6 +209,22 @@ def auth_settings(paths: Paths) -> dict[str, str]:
     return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": key, **extra}
 
 
+def prefect_auth_settings() -> dict[str, str]:
+    """The environment of Prefect's basic auth (Prefect 3: the server compares each request's
+    `Authorization: Basic` with PREFECT_SERVER_API_AUTH_STRING; its clients send
+    PREFECT_API_AUTH_STRING). The server gets the caller's PREFECT_API_AUTH_STRING, which must be
+    given (`user:password`, no default), so that the clients we start, which get the same from the
+    caller, are let in. By environment only: never on a command line or in a file of ours."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth:
+        raise RuntimeError(
+            "Prefect's basic auth needs its credentials: set PREFECT_API_AUTH_STRING=user:password for "
+            "`stfn servers start --auth`; every Prefect client (`stfn deploy`, `stfn run`, `prefect ...`) "
+            "then sends the same"
+        )
+    return {"PREFECT_SERVER_API_AUTH_STRING": auth}
+
+
 def commands(
     paths: Paths, host: str, mlflow_port: int, prefect_port: int, auth: bool = False
 ) -> dict[str, dict[str, Any]]:
@@ -155,6 +236,7 @@ def commands(
     PREFECT_API_DATABASE_CONNECTION_URL."""
     db = _sqlalchemy_url(os.environ.get("STFN_DB_URL") or f"sqlite:///{paths.mlflow_dir.resolve() / 'mlflow.db'}")
     artifacts = os.environ.get("STFN_ARTIFACTS_DESTINATION") or str(paths.mlflow_dir.resolve() / "artifacts")
+    mlflow_auth = auth_settings(paths) if auth else {}  # refuses without an admin password
     prefect_env = {
         "PREFECT_HOME": str(paths.state / "prefect-server"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -164,6 +246,10 @@ def commands(
     }
     if os.environ.get("STFN_PREFECT_DB_URL"):
         prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = os.environ["STFN_PREFECT_DB_URL"]
+    if auth:
+        prefect_env.update(prefect_auth_settings())
+    # the client library of the artifacts destination reads its credentials from the environment
+    store_credentials = STORE_CREDENTIALS.get(artifacts.partition("://")[0], ())
     return {
         "mlflow": {
             "argv": [
@@ -178,13 +264,17 @@ def commands(
                 "1",
                 *(["--app-name", "basic-auth"] if auth else []),
             ],  # fmt: skip
-            "env": {
-                "MLFLOW_BACKEND_STORE_URI": db,
-                "MLFLOW_ARTIFACTS_DESTINATION": artifacts,
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                "MLFLOW_DISABLE_TELEMETRY": "true",
-                **(auth_settings(paths) if auth else {}),
-            },
+            "env": child_env(
+                "mlflow-server",
+                {
+                    "MLFLOW_BACKEND_STORE_URI": db,
+                    "MLFLOW_ARTIFACTS_DESTINATION": artifacts,
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
+                    **mlflow_auth,
+                },
+                also=store_credentials,
+            ),
             "auth": "basic-auth" if auth else "none",
             "url": f"http://{host}:{mlflow_port}",
             "health": f"http://{host}:{mlflow_port}/health",
@@ -192,7 +282,8 @@ def commands(
         },
         "prefect": {
             "argv": [_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
-            "env": prefect_env,
+            "env": child_env("prefect-server", prefect_env),
+            "auth": "basic-auth" if auth else "none",
             "url": f"http://{host}:{prefect_port}/api",
             "health": f"http://{host}:{prefect_port}/api/health",
             "backend": "postgresql" if "STFN_PREFECT_DB_URL" in os.environ else "sqlite",
@@ -217,11 +308,19 @@ def start(
         auth = os.environ.get("STFN_MLFLOW_AUTH") == "1"
     launched: dict[str, tuple[subprocess.Popen, Path]] = {}
     specs = commands(paths, host, mlflow_port, prefect_port, auth)
-    for name, spec in specs.items():  # both start at once: each spends seconds importing and migrating
+    for name in specs:
         pid_file = state / f"{name}.pid"
         if pid_file.is_file() and _alive(int(pid_file.read_text())):
             info[name] = {**json.loads((state / f"{name}.json").read_text()), "already_running": True}
+            if auth and info[name].get("auth", "none") == "none":
+                raise RuntimeError(
+                    f"the {name} server (pid {info[name]['pid']}) already runs without auth: stop it "
+                    "(`stfn servers stop`) and start again with --auth"
+                )
+    for name, spec in specs.items():  # both start at once: each spends seconds importing and migrating
+        if name in info:
             continue
+        pid_file = state / f"{name}.pid"
         log = state / f"{name}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
@@ -229,7 +328,7 @@ def start(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **spec["env"]},
+                env=spec["env"],  # child_env: what it needs of ours, no more
                 start_new_session=True,  # its own process group: stop() ends its workers too
                 cwd=paths.root,
             )
@@ -242,9 +341,8 @@ def start(
         except RuntimeError:
             _stop_all(state, list(launched))  # none of this call's servers is left half started
             raise
-        record = {"pid": proc.pid, "url": spec["url"], "backend": spec["backend"], "log": str(log)}
-        if spec.get("auth"):
-            record["auth"] = spec["auth"]
+        record = {"pid": proc.pid, "url": scrub_uri(spec["url"]), "backend": spec["backend"], "log": str(log)}
+        record["auth"] = spec["auth"]
         record["argv"] = [scrub_uri(a) for a in spec["argv"]]
         (state / f"{name}.json").write_text(json.dumps(record, indent=2))
         info[name] = record
@@ -294,8 +392,10 @@ def _stop_all(state: Path, names: list[str], timeout: float = 20) -> list[str]:
 
 
 def start_worker(paths: Paths, pool: str, env: dict[str, str]) -> dict[str, Any]:
-    """A Prefect process worker for `pool` in the background (PID file worker-<pool>.pid);
-    `stop` stops it with the servers."""
+    """A Prefect process worker for `pool` in the background (PID file worker-<pool>.pid), with
+    `env` (PREFECT_API_URL, MLFLOW_TRACKING_URI) over the part of our environment a worker gets
+    (`child_env`: PREFECT_API_AUTH_STRING and the MLflow client's credentials among it); `stop`
+    stops it with the servers."""
     state = _state(paths)
     name = f"worker-{pool}"
     pid_file = state / f"{name}.pid"
@@ -308,7 +408,7 @@ def start_worker(paths: Paths, pool: str, env: dict[str, str]) -> dict[str, Any]
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
+            env=child_env("worker", env),
             start_new_session=True,
             cwd=paths.root,
         )
@@ -341,8 +441,9 @@ def recorded_url(paths: Paths, name: str) -> str | None:
 
 
 def ui_of_api(api: str) -> str:
-    """A Prefect server's UI address from its API address (http://host:4200/api -> http://host:4200)."""
-    return api.rstrip("/").removesuffix("/api")
+    """A Prefect server's UI address from its API address (http://host:4200/api -> http://host:4200),
+    to be shown: scrubbed of any password."""
+    return scrub_uri(api.rstrip("/").removesuffix("/api"))
 
 
 def prefect_ui_url(paths: Paths) -> str | None:
@@ -368,8 +469,8 @@ def ui(paths: Paths, host: str = "127.0.0.1", port: int = 5000, ready=None) -> i
             "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
     log = _state(paths) / "mlflow-ui.log"
     # the store's URL (it may hold a password) by environment, not on the command line
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    env = child_env("mlflow-ui", {"MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                  "MLFLOW_DISABLE_TELEMETRY": "true"})  # fmt: skip
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, cwd=paths.root)  # fmt: skip

@@ -29,6 +29,7 @@ from stfn.endpoint import InferenceLog
 from stfn.errors import DataValidationError, Failure
 from stfn.fileio import atomic_path, write_json
 from stfn.predict import check_contract, metrics_for, predict_rows
+from stfn.validation import validate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,38 @@ def load_reference(model: Any, mv: Any, name: str, override: Path | None) -> dic
             ],
         )
     return ref
+
+
+def checked_batch(folder: Path, model: Any, params: Params) -> None:
+    """A batch folder checked before any statistic: its dataset.yaml against the champion's
+    contract, not empty, then the dataset's own Great Expectations suites (`stfn validate`'s:
+    unique ids, integer steps, finite readings and frames, ...), so a crafted batch is refused
+    naming the file and the field, never a traceback. Labels are optional, and the missing share
+    and the channels' bounds are left to the monitor's own checks (more gaps, readings out of
+    range: drift to report, not input to refuse)."""
+    spec = contract.load_spec(folder)
+    check_contract(spec, model.unwrap_python_model().meta["spec"])
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
+    if samples.empty:
+        raise DataValidationError(
+            spec.name, [Failure(contract.SAMPLES_FILE, None, "at least one sample to monitor", "the batch is empty")]
+        )
+    validate_dataset(folder, max_missing_ratio=1.0, batch=True)
+
+
+def too_small(n: int, least: int) -> dict[str, Any]:
+    """The result for a batch too small to judge: no test run, no alarm, said so."""
+    return {
+        "alarm": False,
+        "drift": False,
+        "degradation": False,
+        "crossed": [],
+        "n_tests": 0,
+        "p_threshold": 0.0,  # no test run
+        "checks": [],
+        "too_small": True,
+        "note": [f"too small to judge: {n} samples, fewer than monitor.min_batch = {least}; nothing tested"],
+    }
 
 
 def read_dataset_batch(folder: Path, model: Any, reference: dict[str, Any]) -> Batch:
@@ -208,16 +241,20 @@ def monitor(
         ref["summaries"] = {**reference["summaries"], "series.all.missing": np.mean(missing, axis=0).tolist()}
         reference = ref
     else:
+        checked_batch(source, model, params)
         batch = read_dataset_batch(source, model, reference)
-    result = monitoring.compare(
-        reference,
-        params.monitor,
-        summaries=batch.summaries,
-        series_stats=batch.series_stats,
-        predictions=batch.predictions,
-        labels=batch.labels,
-        metric_value=batch.metric_value,
-    )
+    if batch.n < params.monitor.min_batch:
+        result = too_small(batch.n, params.monitor.min_batch)
+    else:
+        result = monitoring.compare(
+            reference,
+            params.monitor,
+            summaries=batch.summaries,
+            series_stats=batch.series_stats,
+            predictions=batch.predictions,
+            labels=batch.labels,
+            metric_value=batch.metric_value,
+        )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report = {
         "dataset": name,
@@ -230,7 +267,7 @@ def monitor(
         "time": stamp,
         "thresholds": params.monitor.model_dump(),
         **result,
-        "summary": [monitoring.describe(c) for c in result["checks"] if c["crossed"]],
+        "summary": result.get("note", []) + [monitoring.describe(c) for c in result["checks"] if c["crossed"]],
         "seconds": round(time.perf_counter() - t0, 2),
     }
     base = paths.monitoring / f"{name}-{stamp}"

@@ -5,9 +5,13 @@ attempt that this one carried on."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from stfn import defaults, registry, tracking
 from stfn.config import Params, Paths
@@ -16,6 +20,41 @@ from stfn.data import contract
 log = logging.getLogger(__name__)
 
 RESUMED_FROM, CONTINUED_BY = "stfn.resumed_from_run", "stfn.continued_by_run"
+AFTER_KILLED = "stfn.after_killed_runs"  # the runs of killed attempts this run found and ended
+# the process that owns a run: a run left RUNNING by a process that no longer exists was killed
+HOST, PID, PID_STARTED = "stfn.host", "stfn.pid", "stfn.pid_started"
+
+
+def owner() -> dict[str, str]:
+    """Tags naming this process: host, pid and the pid's start time (a reused pid is another process)."""
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), PID_STARTED: f"{psutil.Process().create_time():.3f}"}
+
+
+def owner_gone(tags: dict[str, str]) -> bool:
+    """Whether the process that opened a run (its `owner` tags) is known to be gone: on this host
+    only (another host's processes cannot be seen from here); runs without the tags are left alone."""
+    if tags.get(HOST) != socket.gethostname() or PID not in tags:
+        return False
+    try:
+        return f"{psutil.Process(int(tags[PID])).create_time():.3f}" != tags.get(PID_STARTED)
+    except (psutil.NoSuchProcess, ValueError):
+        return True
+
+
+def end_killed_runs(experiment: str, paths: Paths, run_id: str) -> list[str]:
+    """Runs of `experiment` left RUNNING by a process of this host that no longer exists (killed in
+    any step: training, evaluation, registration): marked KILLED and linked with `run_id`, the run
+    that carries on, both ways. Returns their ids."""
+    ended = []
+    for run in tracking.running_runs(experiment, paths.mlflow_dir):
+        if run.info.run_id != run_id and owner_gone(run.data.tags or {}):
+            tracking.end_run(run.info.run_id, "KILLED")
+            tracking.set_tags(run.info.run_id, {CONTINUED_BY: run_id})
+            ended.append(run.info.run_id)
+    if ended:
+        tracking.set_tags(run_id, {AFTER_KILLED: ",".join(ended)})
+        log.info("run %s carries on after the killed run(s) %s, now marked KILLED", run_id, ", ".join(ended))
+    return ended
 
 
 def open_run(
@@ -43,8 +82,9 @@ def open_run(
         lineage["dvc_md5"] = dvc_md5  # the data version as `dvc.lock` records it
     lineage.update(defaults.as_tags(choices or []))
     run_id = tracking.start_run(
-        name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=lineage
+        name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={**lineage, **owner()}
     )
+    end_killed_runs(name, paths, run_id)
     tracking.log_params(run_id, params.model_dump(mode="json"))
     folder = paths.dataset_dir(params.data.dataset)
     samples = contract.read_parquet(folder, contract.SAMPLES_FILE, name)
