@@ -31,7 +31,11 @@ def _masks() -> np.ndarray:
     return np.stack([square, plus, cross, disk, bar]).astype(np.float32)
 
 
-def make_two_shapes(n: int, seed: int, name: str = "two-shapes"):
+def make_two_shapes(n: int, seed: int, name: str = "two-shapes", test_rows: int = 0):
+    """`n` samples split 70/15/15; `test_rows` > 0: the test split has that many rows instead
+    (drawn alike, beside the n), so a small dataset's accuracy is measured on enough rows."""
+    extra = max(0, test_rows - (n - int(0.85 * n)))
+    n_split, n = n, n + extra
     rng = np.random.default_rng(seed)
     masks = _masks()
     pair = np.stack([rng.choice(len(CLASSES), 2, replace=False) for _ in range(n)])  # (N, 2): left, right
@@ -50,10 +54,10 @@ def make_two_shapes(n: int, seed: int, name: str = "two-shapes"):
     series = rng.normal(0, 0.5, (n, STEPS, 2))
     spike_at = rng.integers(0, STEPS, n)
     series[np.arange(n), spike_at, side] += 3.0
-    split = np.array(["train"] * n, dtype=object)
-    order = rng.permutation(n)
-    split[order[int(0.7 * n) : int(0.85 * n)]] = "val"
-    split[order[int(0.85 * n) :]] = "test"
+    split = np.array(["train"] * n_split + ["test"] * extra, dtype=object)
+    order = rng.permutation(n_split)
+    split[order[int(0.7 * n_split) : int(0.85 * n_split)]] = "val"
+    split[order[int(0.85 * n_split) :]] = "test"
     ids = [f"s{i:06d}" for i in range(n)]
     samples = pd.DataFrame({"sample_id": ids, "label": label.astype(np.int64), "split": split})
     long = pd.DataFrame({"sample_id": np.repeat(ids, STEPS), "step": np.tile(np.arange(STEPS, dtype=np.int64), n)})
@@ -72,5 +76,5 @@ def make_two_shapes(n: int, seed: int, name: str = "two-shapes"):
     return spec, samples, long, np.clip(frames, 0, 255).astype(np.uint8)
 
 
-def write_two_shapes(folder: Path, n: int, seed: int) -> Path:
-    return write_dataset(folder, *make_two_shapes(n, seed, Path(folder).name))
+def write_two_shapes(folder: Path, n: int, seed: int, test_rows: int = 0) -> Path:
+    return write_dataset(folder, *make_two_shapes(n, seed, Path(folder).name, test_rows))
