@@ -330,7 +330,8 @@ def fit(
     seed_everything(seed)
     train_rows, val_rows = fs.rows("train"), fs.rows("val")
     base = None
-    if fs.spec.task == "regression" and mp.variant == "stfn" and model_config(fs, mp).linear_skip:
+    skip = defaults.value("model.linear_skip", mp.linear_skip, fs.spec.task)
+    if fs.spec.task == "regression" and mp.variant == "stfn" and skip:
         base = base_forecast.choose(fs, train_rows, val_rows)  # fitted on train, chosen on val
     cfg = model_config(fs, mp, base)
     model = build_model(cfg, seed).to(device)
