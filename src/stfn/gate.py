@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import binomtest, ttest_1samp
-from statsmodels.stats.multitest import multipletests
 
 from stfn.evaluation import HIGHER_IS_BETTER, improvement, paired_block_bootstrap
 
@@ -204,6 +203,8 @@ def no_group_worse(
 ) -> Check:
     """No class (classification) or slice (regression) worse beyond noise: per group the paired
     test of a loss, Holm's correction over the groups (statsmodels' `multipletests`)."""
+    from statsmodels.stats.multitest import multipletests  # lazy: statsmodels is slow to import (serve, CLI)
+
     names, ps, gains = [], [], []
     for name, mask in groups.items():
         if mask.sum() < 2:
