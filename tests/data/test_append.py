@@ -83,3 +83,36 @@ def test_a_batch_that_cannot_join_is_refused_and_nothing_changes(project, tmp_pa
     with pytest.raises(DataValidationError, match=says):
         append(Params(), Paths(project), batch, dataset)
     assert dir_md5(project / "data" / "raw" / dataset) == before
+
+
+def test_two_appends_at_once_both_land(project, tmp_path):
+    """Two `stfn ingest --append` processes started together: the dataset's lock makes them take
+    turns, so both batches are kept (without it, the later writer rewrote the old version plus its
+    own batch only, or failed reading the dataset mid-rewrite)."""
+    (project / "params.yaml").write_text(yaml.safe_dump({"data": {"dataset": NAME}}))
+    batches = [write(tmp_path / f"batch-{k}", 10 + k, f"b{k}-", split=False) for k in range(2)]
+    stfn = str(Path(sys.executable).with_name("stfn"))
+    run = [stfn, "ingest", "--append", NAME]
+    procs = [
+        subprocess.Popen(
+            [*run[:2], str(b), *run[2:]], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for b in batches
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, out + err
+    samples = pd.read_parquet(project / "data" / "raw" / NAME / "samples.parquet")
+    assert len(samples) == 300 and samples["sample_id"].is_unique
+    assert {s[:3] for s in samples["sample_id"] if s.startswith("b")} == {"b0-", "b1-"}
+    assert len(np.load(project / "data" / "raw" / NAME / "frames.npy")) == 300
+
+
+def test_the_append_name_is_a_dataset_name_never_a_path(project, tmp_path):
+    batch = write(tmp_path / "batch", 2, "b-", split=False)
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(project / "data" / "raw" / NAME, outside)
+    before = dir_md5(outside)
+    with pytest.raises(DataValidationError, match="a dataset name under data/raw/"):
+        append(Params(), Paths(project), batch, str(outside))
+    assert dir_md5(outside) == before

@@ -9,7 +9,10 @@ samples.parquet has a `split` column, the batch's own (if it has one) or a seede
 `data.val_fraction` / `data.test_fraction` (stratified by label), so the new data reaches the test
 split the gate judges on too. The dataset is rewritten whole (atomically: a reader sees the old
 version or the new one), then `dvc add` records the version and `dvc push` sends it to the remote
-when one is configured.
+when one is configured. Writers of one dataset take turns: an append holds the dataset's lock
+(filelock, `.stfn/locks/<name>.lock`) from reading the old version to recording the new one, so
+two appends at once both land, one after the other. The name is checked as a dataset name before
+anything is read or written.
 
 The built-in generated dataset (moving-digits) cannot take a batch: `prepare` regenerates it from
 params.yaml, which would drop the batch; ingest a generated dataset under a name of its own.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from stfn.config import Params, Paths
 from stfn.data import contract
+from stfn.data.contract import NAME_RE
 from stfn.errors import DataValidationError, Failure
 from stfn.ops import versioning
 from stfn.predict import check_contract
@@ -36,6 +41,10 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
     spec = contract.load_spec(source)
     name = dataset or spec.name
     target = paths.raw / name
+    if not NAME_RE.match(name):  # never a path: data/raw/<name> is the only place an append writes
+        raise DataValidationError(
+            str(name), [Failure("--append", None, "a dataset name under data/raw/ (a-z, 0-9 and '-')", repr(name))]
+        )
     if name in BUILTIN:
         raise DataValidationError(
             name,
@@ -51,9 +60,25 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
         )
     if not (target / contract.SPEC_FILE).is_file():
         raise DataValidationError(name, [Failure(str(target), None, "an ingested dataset to append to", "none")])
-    have = contract.load_spec(target)
-    check_contract(spec, have.model_dump(mode="json"), f"as dataset '{name}'")
+    check_contract(spec, contract.load_spec(target).model_dump(mode="json"), f"as dataset '{name}'")
     validate_folder(source, spec.name, params.data.max_missing_ratio, paths)
+    lock = FileLock(paths.state / "locks" / f"{name}.lock")
+    (paths.state / "locks").mkdir(parents=True, exist_ok=True)
+    try:
+        with lock.acquire(timeout=LOCK_SECONDS):
+            return _append(params, paths, source, spec, name, target)
+    except Timeout:
+        raise DataValidationError(
+            name, [Failure(str(target), None, f"the dataset's lock within {LOCK_SECONDS} s", "another writer holds it")]
+        ) from None
+
+
+LOCK_SECONDS = 600  # another append of the same dataset: rewriting and `dvc push` take seconds to minutes
+
+
+def _append(params: Params, paths: Paths, source, spec: contract.DatasetSpec, name: str, target) -> dict:
+    """The append itself, under the dataset's lock: read the current version, write the new one."""
+    have = contract.load_spec(target)  # an append never changes it: checked above
     old = contract.read_parquet(target, contract.SAMPLES_FILE, name)
     new = contract.read_parquet(source, contract.SAMPLES_FILE, spec.name)
     clash = sorted(set(old["sample_id"].astype(str)) & set(new["sample_id"].astype(str)))
