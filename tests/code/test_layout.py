@@ -47,10 +47,11 @@ ALLOWED = {
     "registry": {"errors", "gate", "tracking"},
     "predict": SERVE,
     "model_pyfunc": {"inference"},
-    "endpoint": SERVE,
+    "inference_log": {"fileio", "inference"},  # stfn serve's log of answers, read by stfn monitor
+    "endpoint": SERVE | {"inference_log"},
     "reports": set(),
     "ops": {"config", "errors", "tracking", "ops"},
-    "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint"},
+    "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint", "inference_log"},
     "cli": {"cli", "config", "errors", "progress", "runtime"},  # at its top; its commands import what they call
 }
 

@@ -25,9 +25,9 @@ import pandas as pd
 from stfn import monitoring, plots, registry, reports, tracking
 from stfn.config import Params, Paths
 from stfn.data import contract
-from stfn.endpoint import InferenceLog
 from stfn.errors import DataValidationError, Failure
 from stfn.fileio import atomic_path, write_json
+from stfn.inference_log import InferenceLog
 from stfn.predict import check_contract, metrics_for, predict_rows
 from stfn.validation import validate_dataset
 
