@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stfn.baselines import as_linear_map, climatology_table, fit_ridge
+from stfn.baselines import as_linear_map, climatology_table, fit_ridge, persistence
 from stfn.features import FeatureSet
 
 
@@ -48,11 +48,9 @@ class Base:
 
 
 def _last_finite(x: np.ndarray) -> np.ndarray:
-    """The last finite value of each row of (N, T); 0 where none (as covariates.last_finite)."""
-    finite = np.isfinite(x)
-    last = x.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1)
-    out = np.nan_to_num(x)[np.arange(len(x)), last]
-    return np.where(finite.any(axis=1), out, 0.0)
+    """The last finite value of each row of (N, T); 0 where none (as covariates.last_finite): the
+    persistence baseline's own reading, a row without one at the channel's training mean (0)."""
+    return np.nan_to_num(persistence(np.asarray(x)[:, :, None], 0))
 
 
 def candidates(fs: FeatureSet, train_rows: np.ndarray, val_rows: np.ndarray) -> list[Base]:
