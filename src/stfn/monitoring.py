@@ -136,10 +136,15 @@ def build_reference(
     test_metric: float,
     n_summaries: int,
     seed: int,
+    val_series: np.ndarray | None = None,
+    val_frames: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The reference statistics of a model: the whole training split's aggregates, the per-sample
     summaries of a random subset of `n_summaries` training samples, the model's predictions on
-    the validation split (class counts or values) and the training labels' distribution."""
+    the validation split (class counts or values) and the training labels' distribution. With the
+    validation split's raw inputs, also how far unseen data drawn like the training data lies
+    from it (`unseen`: each summary's KS statistic, validation split against the reference), the
+    calibration `compare` adds to every summary's threshold."""
     n = len(train_series)
     frames_max = float(np.max(train_frames[: min(n, 2048)])) if np.dtype(frames_dtype) != np.uint8 else 255.0
     level = saturation_level(frames_dtype, frames_max)
@@ -167,7 +172,51 @@ def build_reference(
     else:
         ref["predictions"] = {"values": _rounded(val_predictions[: max(n_summaries, 1)])}
         ref["labels"] = {"values": _rounded(train_labels[pick])}
+    if val_series is not None and len(val_series) > 1:
+        ref["unseen"] = unseen_distance(ref, val_series, val_frames, n_summaries, seed)
     return ref
+
+
+def unseen_distance(
+    ref: dict[str, Any], series: np.ndarray, frames: np.ndarray | None, n_summaries: int, seed: int
+) -> dict[str, Any]:
+    """Each summary's KS statistic between unseen data (the validation split: samples the model
+    never trained on, drawn like its training data) and the reference's training summaries: how
+    far in-distribution data a model has not seen already lies from what it was trained on (new
+    writers, new days, new stations). Measured once, saved with the reference."""
+    n = len(series)
+    pick = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(n, n_summaries), replace=False))
+    got = sample_summaries(series[pick], None if frames is None else np.asarray(frames[pick]),
+                           ref["channels"], ref["saturation"])  # fmt: skip
+    ks = {}
+    for key, values in got.items():
+        r, v = np.asarray(ref["summaries"][key], np.float64), np.asarray(values, np.float64)
+        r, v = r[np.isfinite(r)], v[np.isfinite(v)]
+        if len(r) > 1 and len(v) > 1:
+            ks[key] = round(float(st.ks_2samp(r, v).statistic), 4)
+    return {"split": "val", "n": int(len(pick)), "ks": ks}
+
+
+def channel_unseen(reference: dict[str, Any]) -> dict[str, float]:
+    """The calibration per input (a series channel, a frame channel): the largest of its summaries'
+    distances in `reference["unseen"]`. New writers, days or stations move an input's summaries
+    together (more ink: a higher mean, spread and saturated share), and each summary's distance
+    is one noisy draw of that move: the largest is the steadier estimate. Empty for references
+    logged before the calibration (their thresholds stay `min_ks`)."""
+    out: dict[str, float] = {}
+    for key, d in ((reference.get("unseen") or {}).get("ks") or {}).items():
+        channel = key.rsplit(".", 1)[0]
+        out[channel] = max(out.get(channel, 0.0), float(d))
+    return out
+
+
+def calibrated_threshold(min_ks: float, unseen: float, n_batch: int, n_ref: int, p_threshold: float) -> float:
+    """The KS statistic a batch's summary must reach to alarm: as far from training as unseen
+    validation data is (`unseen`), plus the distance sampling noise alone reaches with probability
+    `p_threshold` between samples of `n_batch` and `n_ref` (the limiting Kolmogorov distribution,
+    scipy.stats.kstwobign), and never below `min_ks`."""
+    noise = float(st.kstwobign.isf(p_threshold)) * math.sqrt((n_batch + n_ref) / (n_batch * n_ref))
+    return max(min_ks, unseen + noise)
 
 
 def _rounded(values: np.ndarray) -> list[float]:
@@ -278,8 +327,16 @@ def compare(
     # Bonferroni over the tests run (distributions and, for accuracy, the binomial test)
     tests = [c for c in checks if c.p_value is not None]
     p_threshold = thresholds.alpha / max(len(tests), 1)
+    unseen = channel_unseen(reference)
     for c in tests:
         c.p_threshold = p_threshold
+        far = unseen.get(c.name.rsplit(".", 1)[0]) if c.name in summaries else None
+        if far is not None:
+            n_batch = int(np.isfinite(np.asarray(summaries[c.name], np.float64)).sum())
+            n_ref = int(np.isfinite(ref_sum[c.name]).sum())
+            c.threshold = calibrated_threshold(thresholds.min_ks, far, n_batch, n_ref, p_threshold)
+            c.crossed = c.statistic >= c.threshold
+            c.detail = f"medians; unseen validation data lies up to {far:.3f} from training on this input"
         c.crossed = bool(c.p_value < p_threshold and c.crossed)  # significant, and the effect large enough
     for name, got in (series_stats or {}).items():
         ref = reference["series"][name]
@@ -361,7 +418,7 @@ def describe(check: dict[str, Any]) -> str:
         elif c.get("detail"):
             where = f"; {c['detail']}"
         return (
-            f"{c['name']}: {effect} {c['statistic']:.3f} (threshold {c['threshold']:g}), "
+            f"{c['name']}: {effect} {c['statistic']:.3f} (threshold {c['threshold']:.3g}), "
             f"p = {c['p_value']:.2g} (threshold {c['p_threshold']:.2g}){where}"
         )
     if c["test"] in ("metric", "binomtest"):

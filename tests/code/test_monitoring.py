@@ -140,3 +140,75 @@ def test_a_reference_from_another_channel_layout_is_not_silently_compared():
     summaries = monitoring.sample_summaries(series, frames, ["x", "y"], 255)
     out = monitoring.compare(ref, MonitorParams(), summaries=summaries, series_stats=None, predictions=None)
     assert {c["name"] for c in out["checks"]} == {"frames.0.mean", "frames.0.std", "frames.0.saturated"}
+
+
+def writers_draw(rng, n, writers, brightness=1.0, offset=0.0):
+    """Samples written by a pool of writers, each with an ink density of their own: a new pool
+    (unseen handwriting) moves the frames' summaries as a whole, the way the built-in dataset's
+    disjoint digit pools do."""
+    series = rng.normal(0, 1, size=(n, 16, 2)) + rng.uniform(-2, 2, size=(n, 1, 2))
+    series[:, :, 0] += offset
+    ink = writers[rng.integers(0, len(writers), n)][:, None, None, None, None]
+    frames = (rng.random((n, 4, 1, 8, 8)) < ink) * rng.integers(100, 256, size=(n, 4, 1, 8, 8))
+    return series, np.clip(frames * brightness, 0, 255).astype(np.uint8)
+
+
+def pooled_references(seed: int):
+    """References of one training set (200 writers), with and without the calibration measured
+    on a validation split of 30 writers of its own; the validation writers."""
+    rng = np.random.default_rng(seed)
+    series, frames = writers_draw(rng, 3000, rng.uniform(0.1, 0.3, 200))
+    val_writers = rng.uniform(0.1, 0.3, 30)
+    kw = dict(
+        dataset="d", task="classification", channels=CHANNELS, frames_dtype="uint8",
+        classes=[str(i) for i in range(10)], train_series=series, train_frames=frames,
+        train_labels=rng.integers(0, 10, 3000), val_predictions=np.eye(10)[rng.integers(0, 10, 1500)],
+        metric="accuracy", test_metric=0.9, n_summaries=2000, seed=0,
+    )  # fmt: skip
+    val_series, val_frames = writers_draw(rng, 1500, val_writers)
+    return rng, monitoring.build_reference(**kw, val_series=val_series, val_frames=val_frames), \
+        monitoring.build_reference(**kw), val_writers  # fmt: skip
+
+
+def alarm(ref, series, frames) -> bool:
+    summaries = monitoring.sample_summaries(series, frames, CHANNELS, 255)
+    return monitoring.compare(ref, MonitorParams(), summaries=summaries, series_stats=None, predictions=None)["alarm"]
+
+
+def test_unseen_data_like_the_validation_split_does_not_alarm_and_shifts_still_do():
+    """The validation writers' ink lies 0.18 (KS) from training's: new batches of theirs alarmed
+    on 30 of 30 against the uncalibrated thresholds (min_ks alone), none against the calibrated
+    ones; a darker camera or a sensor offset on the same writers still alarms every time."""
+    rng, calibrated, plain, val_writers = pooled_references(4)
+    assert calibrated["unseen"]["split"] == "val" and calibrated["unseen"]["n"] == 1500
+    assert calibrated["unseen"]["ks"]["frames.0.mean"] > 0.15 and "unseen" not in plain
+    batches = [writers_draw(rng, 500, val_writers) for _ in range(30)]
+    assert sum(alarm(plain, *b) for b in batches) >= 25  # what the monitor did before its calibration
+    assert sum(alarm(calibrated, *b) for b in batches) == 0
+    assert all(alarm(calibrated, *writers_draw(rng, 500, val_writers, brightness=0.7)) for _ in range(10))
+    assert all(alarm(calibrated, *writers_draw(rng, 500, val_writers, offset=1.0)) for _ in range(10))
+
+
+def test_the_calibrated_threshold_is_unseen_distance_plus_kolmogorov_noise():
+    p = 0.01 / 15
+    expected = 0.07 + stats.kstwobign.isf(p) * np.sqrt((500 + 2000) / (500 * 2000))
+    assert monitoring.calibrated_threshold(0.1, 0.07, 500, 2000, p) == pytest.approx(expected)
+    assert monitoring.calibrated_threshold(0.5, 0.07, 500, 2000, p) == 0.5  # never below min_ks
+    # the noise term is the KS statistic that sampling alone exceeds with probability p: at p = 0.05,
+    # 5 % of 600 pairs of samples of one distribution (a binomial 99.9 % band: 2 % to 9 %)
+    rng = np.random.default_rng(0)
+    bar = monitoring.calibrated_threshold(0.0, 0.0, 500, 2000, 0.05)
+    over = [stats.ks_2samp(rng.normal(size=500), rng.normal(size=2000)).statistic >= bar for _ in range(600)]
+    assert 0.02 <= np.mean(over) <= 0.09
+    # an input's summaries share the largest of their distances
+    ref = {"unseen": {"ks": {"frames.0.mean": 0.03, "frames.0.std": 0.07, "series.a.mean": 0.02}}}
+    assert monitoring.channel_unseen(ref) == {"frames.0": 0.07, "series.a": 0.02}
+
+
+def test_a_reference_logged_before_the_calibration_keeps_min_ks():
+    rng, _, plain, val_writers = pooled_references(4)
+    out = monitoring.compare(
+        plain, MonitorParams(), predictions=None, series_stats=None,
+        summaries=monitoring.sample_summaries(*writers_draw(rng, 500, val_writers), CHANNELS, 255),
+    )  # fmt: skip
+    assert {c["threshold"] for c in out["checks"]} == {0.1}

@@ -205,11 +205,13 @@ def reference_for(
 ) -> dict[str, Any]:
     """The model's reference statistics (stfn.monitoring): the raw training split as read from
     the dataset folder (not the features: the monitor compares raw batches), the model's
-    predictions on the validation split, its test metric."""
+    predictions on the validation split, its test metric, and how far the raw validation split
+    lies from the training split (the monitor's calibration)."""
     folder = paths.dataset_dir(params.data.dataset)
-    spec, rows = fs.spec, fs.rows("train")
-    ids = fs.index["sample_id"].iloc[rows]
-    series = contract.series_array(contract.read_parquet(folder, contract.SERIES_FILE, spec.name), ids, spec)
+    spec, rows, val_rows = fs.spec, fs.rows("train"), fs.rows("val")
+    long = contract.read_parquet(folder, contract.SERIES_FILE, spec.name)
+    series = contract.series_array(long, fs.index["sample_id"].iloc[rows], spec)
+    val_series = contract.series_array(long, fs.index["sample_id"].iloc[val_rows], spec)
     frames = contract.open_frames(folder, spec)
     val_pred = val_out if spec.task == "classification" else _in_unit(fs, val_out[:, 0])
     labels = fs.labels[rows] if spec.task == "classification" else _in_unit(fs, fs.labels[rows])
@@ -227,6 +229,8 @@ def reference_for(
         test_metric=metrics["test"][metrics["primary_metric"]],
         n_summaries=params.monitor.reference_samples,
         seed=params.seed,
+        val_series=val_series,
+        val_frames=frames[val_rows],
     )
 
 

@@ -271,6 +271,10 @@ def monitor(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     base = paths.monitoring / f"{name}-{stamp}"
+    for k in range(2, 1000):  # two batches in one second: each keeps its report
+        if not base.with_suffix(".json").exists():
+            break
+        base = paths.monitoring / f"{name}-{stamp}-{k}"
     values = {**batch.summaries, "predictions": batch.predictions, "labels": batch.labels}
     png = plots.plot_monitoring(
         reference, {k: v for k, v in values.items() if v is not None}, result["checks"], base.with_suffix(".png")
