@@ -26,7 +26,7 @@ from stfn.config import Params, Paths, load_params
 from stfn.ops.servers import ui_of_api
 from stfn.stages.evaluate import evaluate
 from stfn.stages.featurize import featurize
-from stfn.stages.prepare import prepare_versioned
+from stfn.stages.prepare import pinned, prepare_versioned
 from stfn.stages.record import record_versions
 from stfn.stages.register import register
 from stfn.stages.track import end_orphan, log_evaluation, open_run
@@ -118,17 +118,18 @@ def training_pipeline(overrides: list[str] | None = None, root: str | None = Non
         overrides = [*(overrides or []), f"train.device={os.environ['STFN_TRAIN_DEVICE']}"]
     params = requested = load_params(paths.params_file, overrides)
     split = Split()
-    with split("prepare"):
-        prepared = prepare_task(params, paths)
-    with split("validate"):
-        validation = validate_task(params, paths)
-    name = paths.dataset_name(params.data.dataset)
-    create_markdown_artifact(
-        reports.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
-    )
-    params, choices = defaults.for_dataset(params, paths)  # `auto` settings, for this dataset's task
-    with split("featurize"):
-        featurize_task(params, paths, validation["data_md5"])
+    with pinned(params, paths):  # one version of the dataset read, never half an append; training runs without
+        with split("prepare"):
+            prepared = prepare_task(params, paths)
+        with split("validate"):
+            validation = validate_task(params, paths)
+        name = paths.dataset_name(params.data.dataset)
+        create_markdown_artifact(
+            reports.validation_markdown(validation), key=f"{name}-validation", description=f"Validation of {name}"
+        )
+        params, choices = defaults.for_dataset(params, paths)  # `auto` settings, for this dataset's task
+        with split("featurize"):
+            featurize_task(params, paths, validation["data_md5"])
     with split("track"):
         run = open_run_task(params, paths, validation["data_md5"], prepared.get("dvc_md5"), choices)
     try:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -62,6 +63,9 @@ def test_the_docs_dataset_is_ingested_and_runs_through_the_flow(tmp_path, write_
     version = client.get_model_version_by_alias("stfn-my-dataset", "champion")
     assert str(version.version) == str(result["version"])
     run = client.get_run(result["mlflow_run_id"])
+    # the version the run read, under the dataset's lock: DVC's record of it and the run's hash agree
+    dvc_file = yaml.safe_load((project / "data" / "raw" / "my-dataset.dvc").read_text())
+    assert run.data.tags["dvc_md5"] == dvc_file["outs"][0]["md5"] == run.data.tags["data_md5"] + ".dir"
     assert {"test_mae", "baseline_ridge_test_mae", "baseline_climatology_test_mae"} <= set(run.data.metrics)
     assert run.data.params["model.linear_skip"] == "True"  # logged as resolved
     assert run.data.tags["stfn.auto.model.linear_skip"].startswith("true (auto: regression")

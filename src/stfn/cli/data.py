@@ -3,7 +3,9 @@ validate` (a folder against its dataset.yaml), `stfn ingest` (copy or append int
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -66,15 +68,16 @@ def import_(
         s = guard(validate_folder, staged, name, params.data.max_missing_ratio, paths)
     from stfn.fileio import atomic_dir
 
-    with atomic_dir(target) as tmp:
-        for f in staged.iterdir():
-            shutil.move(f, tmp / f.name)
-    shutil.rmtree(staged, ignore_errors=True)
-    _track(
-        root,
-        target,
-        f"[green]imported[/] {name} -> {target}: {s['n_samples']} samples, {s['expectations']} expectations passed",
-    )
+    with _writing(paths, name):
+        with atomic_dir(target) as tmp:
+            for f in staged.iterdir():
+                shutil.move(f, tmp / f.name)
+        shutil.rmtree(staged, ignore_errors=True)
+        _track(
+            root,
+            target,
+            f"[green]imported[/] {name} -> {target}: {s['n_samples']} samples, {s['expectations']} expectations passed",
+        )
 
 
 def validate(
@@ -136,12 +139,24 @@ def ingest(
     with bars():
         guard(validate_folder, path, spec.name, params.data.max_missing_ratio, paths)
     target = paths.raw / spec.name
-    if target.exists() and not force:
-        fail(FileExistsError(f"{target} already exists (use --force to replace it, --append to add to it)"), 2)
-    with atomic_dir(target) as tmp:
-        for f in contract.CONTRACT_FILES:
-            shutil.copy2(path / f, tmp / f)
-    _track(root, target, f"[green]ingested[/] {spec.name} -> {target}")
+    with _writing(paths, spec.name):  # from the check to `dvc add`: no other writer, no run reading it
+        if target.exists() and not force:
+            fail(FileExistsError(f"{target} already exists (use --force to replace it, --append to add to it)"), 2)
+        with atomic_dir(target) as tmp:
+            for f in contract.CONTRACT_FILES:
+                shutil.copy2(path / f, tmp / f)
+        _track(root, target, f"[green]ingested[/] {spec.name} -> {target}")
+
+
+@contextlib.contextmanager
+def _writing(paths: Paths, name: str) -> Iterator[None]:
+    """Dataset NAME's lock for a writer (stfn.data.lock: shared with appends and runs; an append
+    left half done is undone first); a lock not had in time is refused like bad input, exit 2."""
+    from stfn.data import lock
+
+    with contextlib.ExitStack() as stack:
+        guard(stack.enter_context, lock.held(paths, name))
+        yield
 
 
 def _dataset_params(root: Path, folder: Path, sets: list[str] | None):

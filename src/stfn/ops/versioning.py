@@ -67,6 +67,15 @@ def locked_md5(root: Path, stage: str, out: str) -> str | None:
     return None
 
 
+def tracked_md5(dvc_file: Path) -> str | None:
+    """The md5 a `.dvc` file (`dvc add`) records for its folder (None when it records none)."""
+    try:
+        outs = (yaml.safe_load(Path(dvc_file).read_text()) or {}).get("outs") or [{}]
+    except (OSError, yaml.YAMLError):
+        return None
+    return outs[0].get("md5") if isinstance(outs[0], dict) else None
+
+
 def changed(root: Path, stage: str) -> bool:
     """Does DVC see a change in STAGE's code, parameters, dependencies or outputs? (`dvc status
     --json STAGE`: an empty object means up to date.)"""

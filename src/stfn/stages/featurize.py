@@ -10,6 +10,7 @@ from pathlib import Path
 
 from stfn import defaults, progress
 from stfn.config import Params, Paths
+from stfn.data import lock
 from stfn.features import build_features
 from stfn.fileio import dir_md5, write_json
 from stfn.runtime import stage_context
@@ -20,7 +21,13 @@ log = logging.getLogger(__name__)
 def featurize(params: Params, paths: Paths, data_md5: str | None = None) -> Path:
     """Build the features (or keep them when up to date). `data_md5`: the dataset's hash when the
     caller has it already (validation computes it), so it is not hashed twice. `auto` settings are
-    resolved for the dataset's task (stfn.defaults)."""
+    resolved for the dataset's task (stfn.defaults). The dataset is read under its lock
+    (stfn.data.lock): one version, never half an append."""
+    with lock.reading(paths, paths.dataset_dir(params.data.dataset)):
+        return _featurize(params, paths, data_md5)
+
+
+def _featurize(params: Params, paths: Paths, data_md5: str | None) -> Path:
     params, _ = defaults.for_dataset(params, paths)
     folder = paths.dataset_dir(params.data.dataset)
     out = paths.features_dir(folder.name)

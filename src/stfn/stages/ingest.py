@@ -7,12 +7,22 @@ must be in the dataset's contract (task, channels, steps, frames, classes: every
 and must not reuse a sample_id. Its samples are split like the dataset's: when the dataset's
 samples.parquet has a `split` column, the batch's own (if it has one) or a seeded split at
 `data.val_fraction` / `data.test_fraction` (stratified by label), so the new data reaches the test
-split the gate judges on too. The dataset is rewritten whole (atomically: a reader sees the old
-version or the new one), then `dvc add` records the version and `dvc push` sends it to the remote
-when one is configured. Writers of one dataset take turns: an append holds the dataset's lock
-(filelock, `.stfn/locks/<name>.lock`) from reading the old version to recording the new one, so
-two appends at once both land, one after the other. The name is checked as a dataset name before
-anything is read or written.
+split the gate judges on too. The name is checked as a dataset name before anything is read.
+
+Writers of one dataset, and the runs that read it, take turns under the dataset's lock
+(`stfn.data.lock`, `.stfn/locks/<name>.lock`): an append holds it from reading the current
+version to recording the new one, so two appends at once both land, one after the other, and a
+run reads the version before an append or the one after it. An append lands whole or not at all:
+the new version is written beside the dataset, swapped in (the previous folder kept aside), then
+`dvc add` records it and `dvc push` sends it to the remote when one is configured. A failure at any
+step (a `dvc push` refused) puts back the previous folder and `data/raw/<name>.dvc` before the
+error is raised (a DvcError naming the command and saying the dataset is unchanged); a process
+killed at any step leaves a journal, and the next writer or run of the dataset undoes the append
+before it starts. Run the same append again: its ids are new again.
+
+Test hook: `STFN_FAULT_APPEND=<step>` (written, swapped, dvc-add, dvc-push) makes the appending
+process kill itself with SIGKILL once it has done that step, as a crash or `kill -9` would
+(`tests/data/test_append_faults.py`). Nothing else reads it.
 
 The built-in generated dataset (moving-digits) cannot take a batch: `prepare` regenerates it from
 params.yaml, which would drop the batch; ingest a generated dataset under a name of its own.
@@ -20,24 +30,30 @@ params.yaml, which would drop the batch; ingest a generated dataset under a name
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pandas as pd
-from filelock import FileLock, Timeout
 
 from stfn.config import Params, Paths
-from stfn.data import contract
+from stfn.data import contract, lock
 from stfn.data.contract import NAME_RE
-from stfn.errors import DataValidationError, Failure
+from stfn.errors import DataValidationError, DvcError, Failure
 from stfn.ops import versioning
 from stfn.predict import check_contract
 from stfn.stages.prepare import BUILTIN
 from stfn.stages.validate import validate_folder
 
+FAULT_ENV = "STFN_FAULT_APPEND"  # the test hook (module docstring)
+FAULT_STEPS = ("written", "swapped", "dvc-add", "dvc-push")
+
 
 def append(params: Params, paths: Paths, source, dataset: str | None = None) -> dict:
     """Append the batch folder `source` to dataset `dataset` (default: the batch's own name) under
     data/raw/; returns what was added and the DVC record. Raises DataValidationError (nothing
-    changed) for a batch that fails validation or is not in the dataset's contract."""
+    changed) for a batch that fails validation or is not in the dataset's contract, DvcError
+    (nothing changed either) when `dvc add` or `dvc push` fails."""
     spec = contract.load_spec(source)
     name = dataset or spec.name
     target = paths.raw / name
@@ -58,22 +74,12 @@ def append(params: Params, paths: Paths, source, dataset: str | None = None) -> 
                 )
             ],
         )
-    if not (target / contract.SPEC_FILE).is_file():
-        raise DataValidationError(name, [Failure(str(target), None, "an ingested dataset to append to", "none")])
-    check_contract(spec, contract.load_spec(target).model_dump(mode="json"), f"as dataset '{name}'")
-    validate_folder(source, spec.name, params.data.max_missing_ratio, paths)
-    lock = FileLock(paths.state / "locks" / f"{name}.lock")
-    (paths.state / "locks").mkdir(parents=True, exist_ok=True)
-    try:
-        with lock.acquire(timeout=LOCK_SECONDS):
-            return _append(params, paths, source, spec, name, target)
-    except Timeout:
-        raise DataValidationError(
-            name, [Failure(str(target), None, f"the dataset's lock within {LOCK_SECONDS} s", "another writer holds it")]
-        ) from None
-
-
-LOCK_SECONDS = 600  # another append of the same dataset: rewriting and `dvc push` take seconds to minutes
+    validate_folder(source, spec.name, params.data.max_missing_ratio, paths)  # the batch: nobody else writes it
+    with lock.held(paths, name):  # the dataset itself is read under its lock only (it may be mid-swap)
+        if not (target / contract.SPEC_FILE).is_file():
+            raise DataValidationError(name, [Failure(str(target), None, "an ingested dataset to append to", "none")])
+        check_contract(spec, contract.load_spec(target).model_dump(mode="json"), f"as dataset '{name}'")
+        return _append(params, paths, source, spec, name, target)
 
 
 def _append(params: Params, paths: Paths, source, spec: contract.DatasetSpec, name: str, target) -> dict:
@@ -106,14 +112,47 @@ def _append(params: Params, paths: Paths, source, spec: contract.DatasetSpec, na
     frames = np.concatenate(
         [contract.open_frames(target, have, len(old)), contract.open_frames(source, spec, len(new))]
     )
-    contract.write_dataset(target, have, samples, series, frames)
-    record = "not a DVC repo: the workspace holds the new version"
-    if versioning.is_dvc_initialised(paths.root):
-        rel = str(target.relative_to(paths.root))
-        versioning.dvc(paths.root, "add", rel)
-        record = f"`dvc add {rel}`: a new version in {rel}.dvc (commit it with git)"
-        if versioning.has_remote(paths.root):
-            versioning.dvc(paths.root, "push", f"{rel}.dvc")
-            record += ", pushed to the DVC remote"
+    journal = lock.Journal(paths, name)
+    try:
+        contract.write_dataset(journal.start(), have, samples, series, frames)
+        _fault("written")
+        journal.swap()
+        _fault("swapped")
+        record = _record(paths, target, journal)
+    except BaseException as exc:
+        step = journal.current
+        lock.undo(paths, name)
+        if isinstance(exc, DvcError):
+            rel = target.relative_to(paths.root)
+            raise DvcError(
+                f"appending {len(new)} samples to '{name}' failed at {step}, and was undone: {rel} and {rel}.dvc "
+                f"hold the previous version ({len(old)} samples); run the same command again once fixed.\n{exc}"
+            ) from None
+        raise
+    journal.commit()
     counts = new["split"].value_counts().to_dict() if "split" in new.columns else {}
     return {"dataset": name, "added": len(new), "total": len(samples), "splits": counts, "split": how, "dvc": record}
+
+
+def _record(paths: Paths, target, journal: lock.Journal) -> str:
+    """`dvc add` the new version and `dvc push` it when a remote is configured (each step in the
+    journal first); what was done, in words."""
+    if not versioning.is_dvc_initialised(paths.root):
+        return "not a DVC repo: the workspace holds the new version"
+    rel = str(target.relative_to(paths.root))
+    journal.step(f"`dvc add {rel}`")
+    versioning.dvc(paths.root, "add", rel)
+    _fault("dvc-add")
+    record = f"`dvc add {rel}`: a new version in {rel}.dvc (commit it with git)"
+    if versioning.has_remote(paths.root):
+        journal.step(f"`dvc push {rel}.dvc`")
+        versioning.dvc(paths.root, "push", f"{rel}.dvc")
+        _fault("dvc-push")
+        record += ", pushed to the DVC remote"
+    return record
+
+
+def _fault(step: str) -> None:
+    """The test hook: SIGKILL this process once the append has done `step`, when asked to."""
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)

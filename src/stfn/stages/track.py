@@ -79,7 +79,7 @@ def open_run(
         "dataset": name,
     }
     if dvc_md5:
-        lineage["dvc_md5"] = dvc_md5  # the data version as `dvc.lock` records it
+        lineage["dvc_md5"] = dvc_md5  # the data version as DVC records it (dvc.lock, or data/raw/<name>.dvc)
     lineage.update(defaults.as_tags(choices or []))
     run_id = tracking.start_run(
         name, paths.mlflow_dir, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={**lineage, **owner()}

@@ -10,6 +10,7 @@ from typing import Any
 
 from stfn import progress
 from stfn.config import Params, Paths
+from stfn.data import lock
 from stfn.data.contract import load_spec
 from stfn.fileio import dir_md5
 from stfn.runtime import stage_context
@@ -19,8 +20,9 @@ from stfn.validation import STEPS, validate_dataset
 def validate(params: Params, paths: Paths, folder: Path | None = None) -> dict[str, Any]:
     """Validate the run's dataset; its summary, report path and content hash (`data_md5`)."""
     folder = folder or paths.dataset_dir(params.data.dataset)
-    summary = validate_folder(folder, folder.name, params.data.max_missing_ratio, paths)
-    return {**summary, "data_md5": dir_md5(folder)}
+    with lock.reading(paths, folder):  # one version validated and hashed, never half an append
+        summary = validate_folder(folder, folder.name, params.data.max_missing_ratio, paths)
+        return {**summary, "data_md5": dir_md5(folder)}
 
 
 def validate_folder(folder: Path, name: str, max_missing_ratio: float, paths: Paths) -> dict[str, Any]:
