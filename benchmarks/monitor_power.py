@@ -7,6 +7,9 @@ The champion is this checkout's (`make run` first): `models:/stfn-<dataset>@cham
 and the reference statistics logged with it. Each batch is a new draw from the generator (a seed of
 its own, 1000 on; the generator's other settings as params.yaml's), then, for each kind:
 - clean: as drawn;
+- validation split, test split: `batch-size` samples drawn at random from the champion's own
+  dataset's split (data/raw/<dataset>: digit images the champion never trained on, drawn like its
+  training data; the validation split is what the monitor is calibrated on, the test split checks it);
 - gain: sensor zone-0 recalibrated to 1.5x its readings;
 - offset: sensor zone-0 reading one training standard deviation higher;
 - missing: 30 % of sensor zone-0's readings lost;
@@ -39,10 +42,12 @@ from common import machine, now, table  # noqa: E402, I001
 
 from stfn import monitoring, tracking  # noqa: E402
 from stfn.config import MovingDigitsParams, Paths, load_params  # noqa: E402
+from stfn.data import contract  # noqa: E402
 from stfn.data.moving_digits import make_moving_digits  # noqa: E402
 from stfn.stages.monitor import champion_model, load_reference  # noqa: E402
 
-KINDS = ("clean", "gain", "offset", "missing", "darker", "3 classes")
+KINDS = ("clean", "validation split", "test split", "gain", "offset", "missing", "darker", "3 classes")
+UNSEEN = {"validation split": "val", "test split": "test"}
 OUT = REPO / "docs" / "data" / "monitor_power.json"
 
 
@@ -58,6 +63,20 @@ def draw(p: MovingDigitsParams, seed: int, n: int, classes: list[int] | None = N
     labels = samples["label"].to_numpy(np.int64)
     keep = np.flatnonzero(np.isin(labels, classes))[:n] if classes else np.arange(n)
     return series[keep], np.asarray(frames[keep]), labels[keep], names
+
+
+def splits(folder: Path) -> dict[str, tuple]:
+    """The champion's dataset's validation and test splits: series (N, T, C), frames, labels."""
+    spec = contract.load_spec(folder)
+    samples = contract.read_parquet(folder, contract.SAMPLES_FILE, spec.name)
+    long = contract.read_parquet(folder, contract.SERIES_FILE, spec.name)
+    frames = contract.open_frames(folder, spec)
+    out = {}
+    for split in UNSEEN.values():
+        rows = np.flatnonzero(samples["split"].to_numpy() == split)
+        series = contract.series_array(long, samples["sample_id"].iloc[rows], spec)
+        out[split] = (series, np.asarray(frames[rows]), samples["label"].to_numpy(np.int64)[rows], spec.channel_names)
+    return out
 
 
 def shifted(kind: str, series, frames, ref: dict, rng: np.random.Generator):
@@ -90,6 +109,7 @@ def main() -> None:
     thresholds = params.monitor
     p = params.prepare.moving_digits
     rng = np.random.default_rng(0)
+    unseen = splits(paths.dataset_dir(a.dataset))
     rows = []
     for b in range(a.batches):
         base = draw(p, 1000 + b, a.batch_size)
@@ -97,6 +117,10 @@ def main() -> None:
         concentrated = draw(p, 5000 + b, a.batch_size, classes)
         for kind in KINDS:
             series, frames, labels, names = concentrated if kind == "3 classes" else base
+            if kind in UNSEEN:
+                series, frames, labels, names = unseen[UNSEEN[kind]]
+                pick = rng.choice(len(labels), min(a.batch_size, len(labels)), replace=False)
+                series, frames, labels = series[pick], frames[pick], labels[pick]
             series, frames = shifted(kind, series, frames, ref, rng)
             probs = predict({"series": series, "frames": frames})
             predicted = probs.argmax(axis=1)

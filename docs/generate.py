@@ -321,6 +321,8 @@ def patch_study() -> str:
 
 KINDS = {
     "clean": "clean (no shift)",
+    "validation split": "the champion's validation split (unseen, calibrates)",
+    "test split": "the champion's test split (unseen, checks)",
     "gain": "sensor zone-0's gain × 1.5",
     "offset": "sensor zone-0 + 1 training std",
     "missing": "30 % of zone-0's readings missing",
@@ -336,7 +338,8 @@ def monitor_power() -> str:
     out = [provenance(big, "docs/data/monitor_power.json")]
     out.append(
         f"\nChampion version {big['champion_version']} of {big['dataset']}; {big['batches']} batches per kind, "
-        "each a new draw from the generator; alarms out of the batches, unlabelled / labelled:\n\n"
+        "each a new draw from the generator (the splits' batches: drawn from the champion's own data); "
+        "alarms out of the batches, unlabelled / labelled:\n\n"
     )
     header = ["kind"]
     for n in sizes:
@@ -355,7 +358,8 @@ def monitor_power() -> str:
     w = big["clean_batches_worst"]
     out.append(
         f"\nOn the clean batches of {sizes[0]}: the largest KS statistic {w['max_ks_statistic']:.3f} (threshold "
-        f"{big['thresholds']['min_ks']}), the smallest p-value {w['min_p_value']:.2g} (threshold "
+        f"at least {big['thresholds']['min_ks']}, more where unseen data lie further: the calibration), "
+        f"the smallest p-value {w['min_p_value']:.2g} (threshold "
         f"{w['p_threshold']:.2g}, alpha {big['thresholds']['alpha']} with Bonferroni).\n"
     )
     return "".join(out)
