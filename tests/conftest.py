@@ -57,7 +57,7 @@ LONGEST_FIRST = (
     "test_calendar_serving.py",
     "test_servers.py", "test_orphan_run.py", "test_secrets.py", "test_promotion_race.py", "test_encoders_learn.py",
     "test_gate.py", "test_ddp.py", "test_german_pm10.py", "test_irish_wind.py", "test_ui.py", "test_cli.py",
-    "test_append_faults.py",
+    "test_append_faults.py", "test_tune.py",
 )  # fmt: skip
 # files whose tests share the session's `team_servers` (tests/integration/conftest.py): one unit of
 # work, on one worker, so that one pair of servers starts instead of one per worker

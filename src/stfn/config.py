@@ -187,6 +187,32 @@ class MonitorParams(_Section):
     window_hours: float = Field(24.0, gt=0)  # ... of the last this many hours
 
 
+def _default_space() -> dict[str, dict[str, Any]]:
+    return {
+        "train.lr": {"low": 3e-4, "high": 1e-2, "log": True},
+        "train.weight_decay": {"low": 1e-4, "high": 0.1, "log": True},
+        "model.dim": {"choices": [32, 64, 128]},
+        "model.dropout": {"low": 0.0, "high": 0.3},
+        "model.alignment": {"choices": ["mfb", "film", "gmu", "bilinear"]},
+        "model.temporal_encoder": {"choices": ["lstm", "gru", "tcn"]},
+        "budget": {"low": 0.5, "high": 3.0, "log": True},
+    }
+
+
+class TuneParams(_Section):
+    """`stfn tune`: a search over the settings, on the validation split (stfn.tuning)."""
+
+    trials: int = Field(20, ge=1)  # trials this call adds to the study (`--trials`)
+    timeout_minutes: float = Field(0.0, ge=0)  # stop starting trials after this long; 0 = no limit (`--timeout`)
+    sampler: Literal["tpe", "random"] = "tpe"  # optuna's TPESampler (seeded by `seed`) or RandomSampler
+    pruner: Literal["median", "none"] = "median"  # optuna's MedianPruner on the per-epoch validation metric
+    startup_trials: int = Field(5, ge=0)  # trials sampled at random, and never pruned against, first
+    # each key a parameter of the model or train section (`train.lr`), or `budget`: the training
+    # budget as a multiple of `train.epochs: auto`'s (the data's own size decides the base);
+    # a range {low, high, log?, step?} (an int range when low and high are ints) or {choices: [...]}
+    space: dict[str, dict[str, Any]] = Field(default_factory=_default_space)
+
+
 class Params(_Section):
     seed: int = 42
     data: DataParams = DataParams()
@@ -198,6 +224,7 @@ class Params(_Section):
     retrain: RetrainParams = RetrainParams()
     serve: ServeParams = ServeParams()
     monitor: MonitorParams = MonitorParams()
+    tune: TuneParams = TuneParams()
     # per-dataset settings, merged over the sections above when `data.dataset` names the dataset
     datasets: dict[str, dict[str, Any]] = {}
 

@@ -45,13 +45,15 @@ ALLOWED = {
     "tracking": {"errors", "config"},
     "gate": {"evaluation"},  # the promotion rule: pure, the registry applies it
     "registry": {"errors", "gate", "tracking"},
+    "tuning": {"config", "fileio"},  # the search space: checked, sampled, written back; the tune stage runs it
     "predict": SERVE,
     "model_pyfunc": {"inference"},
     "inference_log": {"fileio", "inference"},  # stfn serve's log of answers, read by stfn monitor
     "endpoint": SERVE | {"inference_log"},
     "reports": set(),
     "ops": {"config", "errors", "tracking", "ops"},
-    "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint", "inference_log"},
+    "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint", "inference_log"}
+    | {"tuning"},
     "cli": {"cli", "config", "errors", "progress", "runtime"},  # at its top; its commands import what they call
 }
 

@@ -30,6 +30,7 @@ app.command()(ops.servers)
 app.command()(ops.ui)
 app.command()(ops.deploy)
 app.command()(pipeline.ablate)
+app.command()(pipeline.tune)
 app.command()(pipeline.stage)
 
 

@@ -138,3 +138,49 @@ def ablate(
     render.print_ablation(report, seeds)
     files = f"{paths.ablation_file.relative_to(root)}, {(paths.plots / 'ablation.png').relative_to(root)}"
     console.print(f"{files}; MLflow parent run {report['mlflow_run_id']}")
+
+
+def tune(
+    dataset: Annotated[str | None, typer.Option(help="Built-in dataset, a name under data/raw/, or a folder.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials to add to the study (default: tune.trials).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Minutes after which no new trial starts (default: tune.timeout_minutes).")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="The Optuna study to create or continue (default: dataset)")] = None,
+    write: Annotated[bool, typer.Option(help="Write the best settings into params.yaml as datasets.<name>.")] = True,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: --set tune.trials=5")] = None,
+) -> None:
+    """Search the settings of params.yaml's tune.space with Optuna, on the validation split only;
+    each trial a child MLflow run (experiment <dataset>-tuning); the best settings written into
+    params.yaml as the dataset's section. The study is stored in .stfn/tune/optuna.db, or
+    $STFN_TUNE_STORAGE (a database URL: the team's PostgreSQL); the same --study continues it.
+
+    Example: stfn tune --dataset irish-wind --trials 30
+    """
+    root = project_root()
+    overrides = list(set_ or []) + ([f"data.dataset={dataset}"] if dataset else [])
+    params = guard(load_params, Paths(root).params_file, overrides)
+    from stfn import tuning
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import pinned, prepare
+    from stfn.stages.tune import tune as run_tune
+    from stfn.stages.validate import validate
+
+    guard(tuning.check_space, params.tune.space, params)  # a bad space fails before any data is read
+    paths = Paths(root)
+    with bars():
+        with pinned(params, paths):  # one version of the dataset read; the trials train on its features
+            guard(prepare, params, paths)
+            guard(validate, params, paths)
+            guard(featurize, params, paths)
+
+    def show(t: dict[str, Any]) -> None:
+        value = f"{t['value']:.4g}" if t["value"] is not None else "-"
+        console.print(f"trial {t['number']:>3}: {t['state'].lower():<8} val {value}")
+
+    try:
+        with bars():
+            summary = guard(run_tune, params, paths, study, trials, timeout, write=write, on_trial=show)
+    except KeyboardInterrupt:
+        fail(RuntimeError("interrupted: the finished trials stay in the study; the same command continues it"), 130)
+    render.print_tuning(summary, root)

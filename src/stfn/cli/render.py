@@ -146,3 +146,29 @@ def print_ablation(report: dict[str, Any], seeds: int) -> None:
     for name, m in report["models"].items():
         table.add_row(name, f"{m['mean']:.4f}", f"{m['std']:.4f}", ", ".join(f"{v:.3f}" for v in m["seeds"]))
     console.print(table)
+
+
+def print_tuning(summary: dict[str, Any], root: Path) -> None:
+    """`stfn tune`: the study's counts, the best trial and where its settings went."""
+    table = Table(title=f"Tuning {summary['dataset']}: study '{summary['study']}' (val {summary['metric']})")
+    table.add_column("what")
+    table.add_column("value")
+    counts = (
+        f"{summary['trials']} in the study: {summary['complete']} complete, {summary['pruned']} pruned "
+        f"({summary['pruned_share']:.0%} of those finished), {summary['failed']} failed"
+    )
+    table.add_row("trials", counts)
+    best = summary.get("best")
+    if best:
+        table.add_row("best", f"trial {best['number']}: val {summary['metric']} {best['value']:.4f}")
+        table.add_row("settings", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in best["params"].items()))  # fmt: skip
+    table.add_row("time", f"{summary['seconds']:.0f} s this call; study seed {summary['seed']}")
+    table.add_row("storage", summary["storage"])
+    table.add_row("MLflow", f"parent run {summary['mlflow_run_id']} (experiment {summary['dataset']}-tuning)")
+    if summary.get("written"):
+        w = summary["written"]
+        where = Path(w["file"]).relative_to(root) if Path(w["file"]).is_relative_to(root) else w["file"]
+        used = f"the next `stfn run --dataset {summary['dataset']}` uses it"
+        table.add_row("written", f"{where}: {w['section']} ({used})")
+    console.print(table)
