@@ -149,12 +149,23 @@ def test_crafted_batches_are_refused_before_any_statistic_and_a_tiny_one_is_not_
         "duplicate-id": (samples_edit(duplicate), ("samples.parquet", "sample_id")),
         "empty": (samples_edit(lambda t: t.iloc[:0]), ("samples.parquet", "empty")),
     }
+    from stfn.config import Paths, load_params
+    from stfn.errors import DataValidationError
+    from stfn.stages.monitor import monitor
+
     before = reports(root)
+    params, paths = load_params(root / "params.yaml"), Paths(root)
     for name, (change, (file, field)) in cases.items():
-        proc = stfn(root, "monitor", str(crafted(name, change)), "--model", PREDICTED)
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 2, (name, out)
-        assert file in out and field in out and "Traceback" not in out, (name, out)
+        folder = crafted(name, change)
+        if name == "infinite":  # the command: exit 2, one message, no traceback
+            proc = stfn(root, "monitor", str(folder), "--model", PREDICTED)
+            out = proc.stdout + proc.stderr
+            assert proc.returncode == 2 and "Traceback" not in out, (name, out)
+        else:  # the others through the stage the command calls (what exit 2 is made of: DataValidationError)
+            with pytest.raises(DataValidationError) as err:
+                monitor(params, paths, folder, PREDICTED)
+            out = str(err.value)
+        assert file in out and field in out, (name, out)
     assert reports(root) == before  # nothing written for refused input
 
     tiny = batch(tmp_path / "tiny", seed=15, n=10)  # 10 + 8 + 8 samples: under monitor.min_batch (50)
