@@ -61,7 +61,7 @@ LONGEST_FIRST = (
 )  # fmt: skip
 # files whose tests share the session's `team_servers` (tests/integration/conftest.py): one unit of
 # work, on one worker, so that one pair of servers starts instead of one per worker
-SHARED_SERVERS = ("test_deploy.py", "test_promotion_race.py", "test_monitor_retrain.py")
+SHARED_SERVERS = ("test_deploy.py", "test_promotion_race.py", "test_monitor_retrain.py", "test_tune_workers.py")
 
 
 def pytest_collection_modifyitems(config, items):

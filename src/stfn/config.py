@@ -207,6 +207,12 @@ class TuneParams(_Section):
     sampler: Literal["tpe", "random"] = "tpe"  # optuna's TPESampler (seeded by `seed`) or RandomSampler
     pruner: Literal["median", "none"] = "median"  # optuna's MedianPruner on the per-epoch validation metric
     startup_trials: int = Field(5, ge=0)  # trials sampled at random, and never pruned against, first
+    # `stfn tune --workers N`: the pool of the `tune/trials` deployment ("": retrain.work_pool)
+    work_pool: str = ""
+    # a trial's process records it is alive this often; one silent for grace_seconds (its worker
+    # was killed, its host lost) is failed by the next trial started anywhere and run again once
+    heartbeat_seconds: int = Field(30, ge=1)
+    grace_seconds: int = Field(120, ge=2)
     # each key a parameter of the model or train section (`train.lr`), or `budget`: the training
     # budget as a multiple of `train.epochs: auto`'s (the data's own size decides the base);
     # a range {low, high, log?, step?} (an int range when low and high are ints) or {choices: [...]}

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from stfn import progress
 from stfn.cli import render
 from stfn.cli.common import bars, console, fail, guard, project_root
 from stfn.config import Paths, load_params
@@ -148,6 +149,9 @@ def tune(
     ] = None,
     study: Annotated[str | None, typer.Option(help="The Optuna study to create or continue (default: dataset)")] = None,
     write: Annotated[bool, typer.Option(help="Write the best settings into params.yaml as datasets.<name>.")] = True,
+    workers: Annotated[
+        int, typer.Option(help="Run the trials as N flow runs of tune/trials on tune.work_pool (stfn deploy); 0: here.")
+    ] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a parameter: --set tune.trials=5")] = None,
 ) -> None:
     """Search the settings of params.yaml's tune.space with Optuna, on the validation split only;
@@ -179,8 +183,38 @@ def tune(
         console.print(f"trial {t['number']:>3}: {t['state'].lower():<8} val {value}")
 
     try:
-        with bars():
-            summary = guard(run_tune, params, paths, study, trials, timeout, write=write, on_trial=show)
+        if workers > 0:
+            summary = _on_workers(params, paths, study, trials or params.tune.trials, workers, overrides, write)
+        else:
+            with bars():
+                summary = guard(run_tune, params, paths, study, trials, timeout, write=write, on_trial=show)
     except KeyboardInterrupt:
         fail(RuntimeError("interrupted: the finished trials stay in the study; the same command continues it"), 130)
     render.print_tuning(summary, root)
+
+
+def _on_workers(params, paths, study, trials: int, workers: int, overrides: list[str], write: bool) -> dict[str, Any]:
+    """`stfn tune --workers N`: the trials as flow runs of the tune/trials deployment."""
+    import time as clock
+
+    from flows.tuning import dispatch
+    from stfn.ops.deploy import api_url
+    from stfn.stages import tune as stage
+
+    os.environ.setdefault("PREFECT_API_URL", guard(api_url, paths))  # a server, never the ephemeral API
+    t0 = clock.perf_counter()
+    with bars(), progress.bar(f"tuning on {workers} workers", trials) as update:
+
+        def shown(done: int, total: int, states: list[str]) -> None:
+            update(done, info=f"{done}/{total} trials finished; flow runs: {', '.join(s.lower() for s in states)}")
+
+        out = guard(dispatch, params, paths, study, trials, workers, overrides, shown)
+    import optuna
+
+    url = stage.storage_url(paths)
+    kept = optuna.load_study(study_name=out["study"], storage=url)
+    summary = guard(stage.conclude, params, paths, kept, url, clock.perf_counter() - t0, write)
+    summary["flow_runs"], summary["failed_runs"] = out["flow_runs"], out["failed_runs"]
+    if out["failed_runs"]:
+        console.print(f"[yellow]flow runs that did not complete: {', '.join(out['failed_runs'])}[/]")
+    return summary

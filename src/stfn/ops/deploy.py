@@ -65,7 +65,7 @@ def api_url(paths: Paths) -> str:
 
 
 def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str, Any]:
-    """Create/refresh the work pool(s), deploy `retrain-scheduled` and `watch` (and `train` on that pool when
+    """Create/refresh the work pool(s), deploy `retrain-scheduled`, `watch`, `trials` (and `train` on that pool when
     `train.work_pool` is set), optionally start a process worker for the retrain pool. The URLs
     it returns (to be printed) have their passwords masked; the worker gets them whole, in its
     environment."""
@@ -78,11 +78,13 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         "STFN_RETRAIN_TIMEZONE": params.retrain.timezone,
         "STFN_MONITOR_CRON": params.monitor.cron,
         "STFN_TRAIN_POOL": params.train.work_pool,
+        "STFN_TUNE_POOL": params.tune.work_pool or params.retrain.work_pool,
         "STFN_CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
         # the training pool's device: cuda unless told otherwise (STFN_TRAIN_DEVICE=cpu for a CPU pool)
         "STFN_TRAIN_DEVICE": os.environ.get("STFN_TRAIN_DEVICE") or ("cuda" if params.train.work_pool else ""),
     }
     pools = {params.retrain.work_pool: "process"}  # the retrain flow itself runs on a process worker
+    pools.setdefault(params.tune.work_pool or params.retrain.work_pool, "process")  # stfn tune --workers
     if params.train.work_pool:
         if pools.get(params.train.work_pool, params.train.work_pool_type) != params.train.work_pool_type:
             raise RuntimeError(
@@ -98,13 +100,14 @@ def deploy(params: Params, paths: Paths, start_worker: bool = True) -> dict[str,
         elif kind != "process":
             raise RuntimeError(f"{template} is missing: the {kind} pool's base job template (GPU requests)")
         _prefect(args, env, paths.root)
-    names = ["retrain-scheduled", "watch"] + (["train"] if params.train.work_pool else [])
+    names = ["retrain-scheduled", "watch", "trials"] + (["train"] if params.train.work_pool else [])
     _prefect(["deploy", *[a for n in names for a in ("-n", n)]], env, paths.root)
     out: dict[str, Any] = {
         "api_url": scrub_uri(url),
         "auth": bool(os.environ.get("PREFECT_API_AUTH_STRING")),
         "pools": [f"{p} ({k})" for p, k in pools.items()],
-        "deployments": ["retrain/retrain-scheduled", "monitor/watch"] + [f"training-pipeline/{n}" for n in names[2:]],
+        "deployments": ["retrain/retrain-scheduled", "monitor/watch", "tune/trials"]
+        + [f"training-pipeline/{n}" for n in names[3:]],
         "schedule": f"{params.retrain.cron} ({params.retrain.timezone})",
         "monitor_schedule": f"{params.monitor.cron} ({params.retrain.timezone})",
     }

@@ -54,8 +54,9 @@ _SERVER_SIDE = ("PREFECT_SERVER_*", "PREFECT_API_DATABASE_*", "MLFLOW_AUTH_*", "
                 "MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION")  # fmt: skip
 # the worker and the flow runs it starts (they inherit its environment): a Prefect client, an
 # MLflow client, and what training needs of the host
+# (STFN_TUNE_STORAGE, PG*: stfn tune's workers reach the shared study's database)
 _WORKER = ("PREFECT_*", "MLFLOW_*", "CUDA_*", "NVIDIA_*", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-           "DVC_*", "MPLBACKEND", "DO_NOT_TRACK")  # fmt: skip
+           "DVC_*", "MPLBACKEND", "DO_NOT_TRACK", "STFN_TUNE_STORAGE", "PG*")  # fmt: skip
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # its settings and libpq's (PGPASSWORD, PGSSLMODE...); not the caller's client credentials
     "mlflow-server": (("MLFLOW_*", "PG*"), ("MLFLOW_TRACKING_*",)),

@@ -19,6 +19,7 @@ written into params.yaml as `datasets.<name>` (stfn.tuning.write_best), so the n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -35,8 +36,22 @@ from stfn.training import fit
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "STFN_TUNE_STORAGE"
-HEARTBEAT_SECONDS = 30  # a trial's process records it is alive this often
-GRACE_SECONDS = 120  # ... and one silent this long is failed (its worker was killed) and retried once
+
+
+def stale_trial(study: Any, trial: Any) -> None:
+    """A trial whose heartbeat stopped (its worker killed, its host lost), failed by Optuna: queued
+    again once (Optuna's RetryFailedTrialCallback), and its MLflow run marked KILLED, not left
+    RUNNING."""
+    import optuna
+
+    optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, trial)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        try:
+            tracking.set_tags(run_id, {"optuna.state": "FAIL", "stfn.killed": "its worker stopped"})
+            tracking.end_run(run_id, "KILLED")
+        except Exception as exc:  # noqa: BLE001 - the study goes on; the run stays as it was
+            log.warning("could not mark the MLflow run %s of trial %d KILLED: %s", run_id, trial.number, exc)
 
 
 def storage_url(paths: Paths, given: str | None = None) -> str:
@@ -50,9 +65,19 @@ def storage_url(paths: Paths, given: str | None = None) -> str:
     return f"sqlite:///{paths.state / 'tune' / 'optuna.db'}"
 
 
-def open_study(params: Params, paths: Paths, name: str, url: str, space: dict[str, dict], metric: str) -> Any:
+def open_study(
+    params: Params,
+    paths: Paths,
+    name: str,
+    url: str,
+    space: dict[str, dict],
+    metric: str,
+    data_md5: str | None = None,
+    worker: int = 0,
+) -> Any:
     """The study `name` in the storage at `url`, created or continued; refuses one recorded with
-    another search space, dataset or metric (ConfigError naming both)."""
+    another search space, dataset, metric or data version (ConfigError naming both): every trial
+    of a study, on whichever machine, is judged on the same validation split of the same data."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -61,25 +86,28 @@ def open_study(params: Params, paths: Paths, name: str, url: str, space: dict[st
     try:
         storage = optuna.storages.RDBStorage(
             url,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            heartbeat_interval=params.tune.heartbeat_seconds,
+            grace_period=params.tune.grace_seconds,
+            failed_trial_callback=stale_trial,
         )
         summaries = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
     except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
         raise ConfigError(f"the tuning storage {shown} cannot be reached: {type(exc).__name__}") from None
     dataset = paths.dataset_name(params.data.dataset)
-    recorded = {"space": space, "dataset": dataset, "metric": metric}
+    recorded = {"space": space, "dataset": dataset, "metric": metric, "data_md5": data_md5}
     if name in summaries:
         attrs = summaries[name].user_attrs
         for key, value in recorded.items():
             if attrs.get(key) != value:
+                what = "data version" if key == "data_md5" else key
+                fix = "data (`dvc pull` its version)" if key == "data_md5" else "tune.space and dataset"
                 raise ConfigError(
-                    f"study '{name}' in {shown} was started with another {key} ({attrs.get(key)!r}; now {value!r}): "
-                    "continue it with the same tune.space and dataset, or name a new study with --study"
+                    f"study '{name}' in {shown} was started with another {what} ({attrs.get(key)!r}; here "
+                    f"{value!r}): continue it with the same {fix}, or name a new study with --study"
                 )
     done = len(optuna.load_study(study_name=name, storage=storage).trials) if name in summaries else 0
-    seed = params.seed + done  # a continued study draws new points, not the first call's again
+    # a continued study draws new points, not the first call's again; each worker its own
+    seed = params.seed + done + 1000 * worker
     sampler = (
         optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.tune.startup_trials)
         if params.tune.sampler == "tpe"
@@ -100,6 +128,21 @@ def open_study(params: Params, paths: Paths, name: str, url: str, space: dict[st
     return study
 
 
+def start(
+    params: Params, paths: Paths, study_name: str | None = None, storage: str | None = None, worker: int = 0
+) -> tuple[Any, str]:
+    """The study (default: the dataset's name) opened or created on the features made here, its
+    MLflow parent run started or found; the study and its storage's URL."""
+    name = paths.dataset_name(params.data.dataset)
+    space = tuning.check_space(params.tune.space, params)
+    metric = ev.PRIMARY_METRIC[load_features(paths.features_dir(name)).spec.task]
+    url = storage_url(paths, storage)
+    study = open_study(params, paths, study_name or name, url, space, metric, features_md5(paths, name), worker)
+    tracking.configure(paths.mlflow_dir, params.tracking.retry_seconds)
+    parent_run(study, paths, name, study.study_name, url)
+    return study, url
+
+
 def tune(
     params: Params,
     paths: Paths,
@@ -109,24 +152,24 @@ def tune(
     storage: str | None = None,
     write: bool = True,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    total: int | None = None,
+    worker: int = 0,
 ) -> dict[str, Any]:
     """Run `trials` trials of the study (default: the dataset's name) on the features already made
     (prepare, validate, featurize first); returns the study's summary and, with `write`, writes
-    the best settings into params.yaml."""
+    the best settings into params.yaml. With `total` (a worker of a study shared by several), run
+    trials until the study holds `total` finished ones (complete or pruned), whoever ran them;
+    `worker` numbers the worker (its sampler's seed)."""
     import optuna
 
-    name = paths.dataset_name(params.data.dataset)
-    space = tuning.check_space(params.tune.space, params)
+    study, url = start(params, paths, study_name, storage, worker)
+    name, metric, study_name = study.user_attrs["dataset"], study.user_attrs["metric"], study.study_name
+    space = study.user_attrs["space"]
     fs = load_features(paths.features_dir(name))
-    metric = ev.PRIMARY_METRIC[fs.spec.task]
-    study_name = study_name or name
-    url = storage_url(paths, storage)
-    study = open_study(params, paths, study_name, url, space, metric)
     n_train = len(fs.rows("train"))
     trials = trials or params.tune.trials
     timeout = (timeout_minutes if timeout_minutes is not None else params.tune.timeout_minutes) * 60 or None
-    tracking.configure(paths.mlflow_dir, params.tracking.retry_seconds)
-    parent = _parent_run(study, paths, name, study_name, url)
+    parent = study.user_attrs["mlflow_parent_run_id"]
 
     def objective(trial: optuna.Trial) -> float:
         values = tuning.suggest(trial, space)
@@ -176,7 +219,7 @@ def tune(
 
     t0 = time.perf_counter()
     before = len(study.trials)
-    with progress.bar(f"tuning {study_name}", trials) as update:
+    with progress.bar(f"tuning {study_name}", trials if total is None else total) as update:
 
         def trial_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             summary = summarise(study, metric)
@@ -186,11 +229,25 @@ def tune(
             if on_trial:
                 on_trial({"number": trial.number, "state": trial.state.name, "value": trial.value, **summary})
 
-        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[trial_done], catch=(RuntimeError,))
+        callbacks: list[Callable] = [trial_done]
+        if total is not None:  # a worker: until the study holds `total` finished trials, whoever ran them
+            ran = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            callbacks.append(optuna.study.MaxTrialsCallback(total, states=ran))
+            trials = None
+        if total is None or finished(study) < total:
+            study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks, catch=(RuntimeError,))
+    return conclude(params, paths, study, url, time.perf_counter() - t0, write)
+
+
+def conclude(params: Params, paths: Paths, study: Any, url: str, seconds: float, write: bool) -> dict[str, Any]:
+    """The study's summary, logged on its parent run; with `write`, the best trial's settings
+    written into params.yaml as the dataset's section."""
+    name, metric = study.user_attrs["dataset"], study.user_attrs["metric"]
+    parent = study.user_attrs["mlflow_parent_run_id"]
     summary = summarise(study, metric)
     summary.update(
-        {"study": study_name, "storage": tracking.scrub_uri(url), "dataset": name, "metric": metric,
-         "seconds": round(time.perf_counter() - t0, 1), "mlflow_run_id": parent, "seed": study.user_attrs["seed"]}
+        {"study": study.study_name, "storage": tracking.scrub_uri(url), "dataset": name, "metric": metric,
+         "seconds": round(seconds, 1), "mlflow_run_id": parent, "seed": study.user_attrs["seed"]}
     )  # fmt: skip
     tracking.log_metrics(parent, {f"best_val_{metric}": summary["best"]["value"]} if summary.get("best") else {})
     tracking.set_tags(parent, {"trials": str(summary["trials"]), "pruned": str(summary["pruned"])})
@@ -199,11 +256,23 @@ def tune(
         best = study.best_trial
         plain = {k: v for k, v in best.params.items() if k != tuning.BUDGET}
         batch = tuning.apply(params, plain, auto_epochs=1).train.batch_size
+        n_train = len(load_features(paths.features_dir(name)).rows("train"))
         section = tuning.as_section(best.params, defaults.epochs_for(n_train, batch)[0])
-        note = tuning.study_note(study_name, best.number, metric, best.value, summary["storage"])
+        note = tuning.study_note(study.study_name, best.number, metric, best.value, summary["storage"])
         tuning.write_best(paths.params_file, name, section, note)
         summary["written"] = {"file": str(paths.params_file), "section": f"datasets.{name}", "settings": section}
     return summary
+
+
+def features_md5(paths: Paths, name: str) -> str | None:
+    """The data version the features were made from (featurize's stamp)."""
+    stamp = paths.features_dir(name) / Paths.FEATURES_STAMP
+    return json.loads(stamp.read_text()).get("data_md5") if stamp.is_file() else None
+
+
+def finished(study: Any) -> int:
+    """Trials of the study that ran to their end: complete or pruned."""
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
 
 
 def summarise(study: Any, metric: str) -> dict[str, Any]:
@@ -212,13 +281,13 @@ def summarise(study: Any, metric: str) -> dict[str, Any]:
 
     states = [t.state for t in study.trials]
     count = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState}
-    finished = count["complete"] + count["pruned"]
+    ran = count["complete"] + count["pruned"]
     out: dict[str, Any] = {
         "trials": len(states),
         "complete": count["complete"],
         "pruned": count["pruned"],
         "failed": count["fail"],
-        "pruned_share": round(count["pruned"] / finished, 3) if finished else 0.0,
+        "pruned_share": round(count["pruned"] / ran, 3) if ran else 0.0,
     }
     if count["complete"]:
         b = study.best_trial
@@ -226,7 +295,7 @@ def summarise(study: Any, metric: str) -> dict[str, Any]:
     return out
 
 
-def _parent_run(study: Any, paths: Paths, dataset: str, study_name: str, url: str) -> str:
+def parent_run(study: Any, paths: Paths, dataset: str, study_name: str, url: str) -> str:
     """The study's MLflow parent run: the one it recorded (continued), or a new one."""
     run_id = study.user_attrs.get("mlflow_parent_run_id")
     if run_id:
