@@ -78,3 +78,14 @@ def test_a_section_that_would_not_load_is_never_written(tmp_path):
     with pytest.raises(ConfigError):
         tuning.write_best(params_file, "my-data", {"train": {"lr": -1.0}}, "bad")
     assert params_file.read_text() == before
+
+
+def test_an_unreachable_storage_is_named_without_its_password(tmp_path):
+    from stfn.config import Paths
+    from stfn.stages.tune import open_study, storage_url
+
+    url = storage_url(Paths(tmp_path), "postgresql://stfn:hunter2@127.0.0.1:9/none")
+    assert url.startswith("postgresql+psycopg2://")  # the driver the project installs
+    with pytest.raises(ConfigError, match="cannot be reached") as err:
+        open_study(Params(), Paths(tmp_path), "s", url, {"train.lr": {}}, "accuracy")
+    assert "hunter2" not in str(err.value) and "127.0.0.1:9" in str(err.value)

@@ -1,8 +1,8 @@
 """`stfn tune` for real: an Optuna study in a SQLite file, each trial a child MLflow run under the
 study's parent run (per-epoch curves, its Optuna state), the best settings written into
 params.yaml as the dataset's section; the same command continues the study; a changed search
-space and an unreachable storage end with a clear message (exit 2), a Ctrl-C (make test-all) with
-the finished trials kept."""
+space ends with a clear message (exit 2; an unreachable storage: tests/code/test_tuning.py), a
+Ctrl-C (make test-all) with the finished trials kept."""
 
 import os
 import signal
@@ -43,13 +43,13 @@ def study(root: Path, name: str = "moving-digits"):
 def test_a_study_is_stored_tracked_written_and_continued(project):
     import mlflow
 
-    proc = stfn(project, "tune", "--trials", "3")
+    proc = stfn(project, "tune", "--trials", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     s = study(project)
-    assert len(s.trials) == 3 and s.user_attrs["space"]["model.dim"] == {"kind": "categorical", "choices": [8, 16]}
+    assert len(s.trials) == 2 and s.user_attrs["space"]["model.dim"] == {"kind": "categorical", "choices": [8, 16]}
     assert s.user_attrs["seed"] == 42 and s.user_attrs["metric"] == "accuracy"
     states = [t.state.name for t in s.trials]
-    assert "3 in the study" in proc.stdout and f"{states.count('PRUNED')} pruned" in proc.stdout
+    assert "2 in the study" in proc.stdout and f"{states.count('PRUNED')} pruned" in proc.stdout
     # MLflow (the store the command was pointed at): the study's parent run, a child per trial
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     client = mlflow.tracking.MlflowClient()
@@ -61,7 +61,7 @@ def test_a_study_is_stored_tracked_written_and_continued(project):
             experiment_names=["moving-digits-tuning"], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
         )
 
-    assert len(children()) == 3
+    assert len(children()) == 2
     assert sorted(children()["tags.optuna.state"]) == sorted(states)
     for t in s.trials:
         curve = client.get_metric_history(t.user_attrs["mlflow_run_id"], "val_accuracy")
@@ -74,10 +74,10 @@ def test_a_study_is_stored_tracked_written_and_continued(project):
     assert section["model"]["dim"] == s.best_params["model.dim"]
     assert f"study 'moving-digits' (sqlite:///{project}/.stfn/tune/optuna.db), trial {s.best_trial.number}" in text
     # the same command continues the study, under the same parent run
-    proc = stfn(project, "tune", "--trials", "2")
+    proc = stfn(project, "tune", "--trials", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert len(study(project).trials) == 5 and "5 in the study" in proc.stdout
-    assert study(project).user_attrs["mlflow_parent_run_id"] == parent and len(children()) == 5
+    assert len(study(project).trials) == 3 and "3 in the study" in proc.stdout
+    assert study(project).user_attrs["mlflow_parent_run_id"] == parent and len(children()) == 3
     # another search space for the same study: refused, named, nothing run
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["tune"]["space"]["model.dropout"] = {"low": 0.0, "high": 0.2}
@@ -86,10 +86,7 @@ def test_a_study_is_stored_tracked_written_and_continued(project):
     assert proc.returncode == 2
     assert "study 'moving-digits'" in proc.stderr and "another space" in proc.stderr and "--study" in proc.stderr
     assert "Traceback" not in proc.stderr
-    # unreachable storage: named (without its password), exit 2
-    proc = stfn(project, "tune", env={"STFN_TUNE_STORAGE": "postgresql://stfn:hunter2@127.0.0.1:9/none"})
-    assert proc.returncode == 2 and "cannot be reached" in proc.stderr and "hunter2" not in proc.stderr
-    assert len(study(project).trials) == 5
+    assert len(study(project).trials) == 3  # nothing ran
 
 
 @pytest.mark.thorough  # make test-all: a second study, interrupted
