@@ -365,6 +365,41 @@ def monitor_power() -> str:
     return "".join(out)
 
 
+# --- benchmarks/tune_scaling.py: docs/data/tune_scaling.json ---------------------------------------
+
+
+def tune_scaling() -> str:
+    d = load("tune_scaling.json")
+    out = [provenance(d, "docs/data/tune_scaling.json")]
+    out.append(
+        f"\nCommand: `{d['command'].strip()}`; {d['trials']} trials for one worker, {2 * d['trials']} for two, "
+        f"{d['epochs']} epochs of {d['n_train']} training samples each, one torch thread per worker, "
+        f"{d['cpus']} CPUs.\n\n"
+    )
+    rows = [
+        (
+            r["repeat"] + 1,
+            f"{r['one']['per_hour_span']:.0f} ({r['one']['per_hour_wall']:.0f})",
+            f"{r['two']['per_hour_span']:.0f} ({r['two']['per_hour_wall']:.0f})",
+            f"**{r['ratio_span']:.2f}x** ({r['ratio_wall']:.2f}x)",
+            f"{r['one']['training_share']:.0%} / {r['two']['training_share']:.0%}",
+        )
+        for r in d["rows"]
+    ]
+    out.append(
+        table(
+            ("repeat", "one worker: trials/h, span (wall)", "two workers", "two / one", "time training, one / two"),
+            rows,
+        )
+    )
+    out.append(
+        f"\nMedian over the repeats: **{d['median_ratio_span']:.2f}x** over the study's span, "
+        f"{d['median_ratio_wall']:.2f}x over the workers' wall time (their start-up included); a trial spends "
+        f"{d['median_training_share']:.0%} of its time training (median).\n"
+    )
+    return "".join(out)
+
+
 # --- the CLI reference: Typer's rendering of stfn.cli:app ------------------------------------------
 
 
@@ -422,6 +457,7 @@ PAGES = {
     "ablation.md": ablation,
     "patch_study.md": patch_study,
     "monitor_power.md": monitor_power,
+    "tune_scaling.md": tune_scaling,
     "cli.md": cli,
 }
 

@@ -31,6 +31,7 @@ from stfn import defaults, progress, tracking, tuning
 from stfn import evaluation as ev
 from stfn.config import ConfigError, Params, Paths
 from stfn.features import load_features
+from stfn.runtime import stage_context
 from stfn.training import fit
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,7 @@ def tune(
         try:
             result = fit(fs, p.model, p.train, p.seed, out, on_epoch=epoch_done, resume=False)
             tracking.log_metrics(child, {f"val_{metric}": result.best_val, "best_epoch": result.best_epoch})
+            trial.set_user_attr("train_seconds", round(result.seconds, 3))  # the trial's share spent training
             state = "FINISHED"
             return float(result.best_val)
         except optuna.TrialPruned:
@@ -314,3 +316,22 @@ def parent_run(study: Any, paths: Paths, dataset: str, study_name: str, url: str
                                  **{f"space.{k}": str(v) for k, v in study.user_attrs["space"].items()}})  # fmt: skip
     study.set_user_attr("mlflow_parent_run_id", run_id)
     return run_id
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m stfn.stages.tune --study NAME --total N [--worker K]`: one worker of a shared
+    study, on the features already made (what each `tune/trials` flow run does, without Prefect)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m stfn.stages.tune")
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--total", type=int, required=True, help="run trials until the study holds this many finished")
+    ap.add_argument("--worker", type=int, default=0, help="the worker's number (its sampler's seed)")
+    args = ap.parse_args(argv)
+    params, paths = stage_context()
+    summary = tune(params, paths, args.study, total=args.total, worker=args.worker, write=False)
+    print(json.dumps({k: v for k, v in summary.items() if k != "best"}, default=str))
+
+
+if __name__ == "__main__":
+    main()
