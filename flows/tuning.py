@@ -86,6 +86,7 @@ def dispatch(
             time.sleep(2)
             states = [client.read_flow_run(i).state for i in ids]
     failed = [str(i) for i, s in zip(ids, states, strict=True) if s is None or not s.is_completed()]
+    stage.settle(study, params.tune.grace_seconds)  # a lost worker's trial: failed, not left running
     return {"study": study_name, "total": total, "flow_runs": [str(i) for i in ids], "failed_runs": failed,
             "storage": where}  # fmt: skip
 

@@ -110,3 +110,30 @@ def check_prefect_ui(ui_url: str, shots: Path, *expected: str) -> None:
     finally:
         driver.quit()
     assert (shots / "prefect-monitor-retrain.png").stat().st_size > 10_000
+
+
+def check_tuning_chart(mlflow_url: str, experiment_id: str, study: str, shots: Path) -> None:
+    """The tuning experiment's runs in the chart view: the study's parent run opened, its trials'
+    curves side by side (val_accuracy among them); a screenshot into `shots` as
+    mlflow-tuning-chart.png."""
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        driver.get(f"{mlflow_url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+        _wait_for_text(driver, f"study-{study}")
+        toggle = driver.find_elements(  # the expander before the parent's name: its trials listed under it
+            By.XPATH, f"//*[normalize-space(text())='study-{study}']/preceding::*[self::button][1]"
+        )
+        assert toggle, "no expander beside the study's parent run"
+        toggle[0].click()
+        try:
+            _wait_for_text(driver, "val_accuracy", f"{study}-trial-")
+        except Exception:
+            driver.save_screenshot(str(shots / "mlflow-tuning-chart-failed.png"))
+            raise AssertionError(driver.find_element(By.TAG_NAME, "body").text[:3000]) from None
+        _tidy(driver)
+        driver.save_screenshot(str(shots / "mlflow-tuning-chart.png"))
+    finally:
+        driver.quit()
+    assert (shots / "mlflow-tuning-chart.png").stat().st_size > 10_000

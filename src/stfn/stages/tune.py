@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 from stfn import defaults, progress, tracking, tuning
-from stfn import evaluation as ev
 from stfn.config import ConfigError, Params, Paths
 from stfn.features import load_features
 from stfn.runtime import stage_context
@@ -37,6 +36,9 @@ from stfn.training import fit
 log = logging.getLogger(__name__)
 
 STORAGE_ENV = "STFN_TUNE_STORAGE"
+# what a trial is judged on: the validation figure training stops early on (stfn.training.score):
+# accuracy, or the MAE in standardised target units (the same ranking as the MAE itself)
+TRIAL_METRIC = {"classification": "accuracy", "regression": "mae_std"}
 
 
 def stale_trial(study: Any, trial: Any) -> None:
@@ -119,7 +121,7 @@ def open_study(
         if params.tune.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    direction = "maximize" if ev.HIGHER_IS_BETTER[metric] else "minimize"
+    direction = "maximize" if metric == "accuracy" else "minimize"
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True
     )
@@ -136,7 +138,7 @@ def start(
     MLflow parent run started or found; the study and its storage's URL."""
     name = paths.dataset_name(params.data.dataset)
     space = tuning.check_space(params.tune.space, params)
-    metric = ev.PRIMARY_METRIC[load_features(paths.features_dir(name)).spec.task]
+    metric = TRIAL_METRIC[load_features(paths.features_dir(name)).spec.task]
     url = storage_url(paths, storage)
     study = open_study(params, paths, study_name or name, url, space, metric, features_md5(paths, name), worker)
     tracking.configure(paths.mlflow_dir, params.tracking.retry_seconds)
@@ -270,6 +272,22 @@ def features_md5(paths: Paths, name: str) -> str | None:
     """The data version the features were made from (featurize's stamp)."""
     stamp = paths.features_dir(name) / Paths.FEATURES_STAMP
     return json.loads(stamp.read_text()).get("data_md5") if stamp.is_file() else None
+
+
+def settle(study: Any, grace_seconds: float) -> int:
+    """After the workers: a trial still RUNNING whose heartbeat stopped (its worker lost after the
+    others had finished the study) is failed as a worker would have (its point queued for the
+    study's next call, its MLflow run KILLED), waiting up to a grace period for the heartbeat to go
+    stale; returns how many are left running (a worker still alive)."""
+    import optuna
+
+    deadline = time.monotonic() + grace_seconds + 30
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        running = sum(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(1)
 
 
 def finished(study: Any) -> int:
