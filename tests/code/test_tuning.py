@@ -89,3 +89,15 @@ def test_an_unreachable_storage_is_named_without_its_password(tmp_path):
     with pytest.raises(ConfigError, match="cannot be reached") as err:
         open_study(Params(), Paths(tmp_path), "s", url, {"train.lr": {}}, "accuracy")
     assert "hunter2" not in str(err.value) and "127.0.0.1:9" in str(err.value)
+
+
+def test_a_trial_is_judged_on_the_figure_training_reports_each_epoch():
+    """The key the tune stage reads from each epoch's row is the one stfn.training.score writes
+    (a regression study once read `val_mae`, which no epoch has)."""
+    import numpy as np
+
+    from stfn.stages.tune import TRIAL_METRIC
+    from stfn.training import score
+
+    assert set(score("classification", np.eye(3), np.arange(3))) == {TRIAL_METRIC["classification"]}
+    assert set(score("regression", np.zeros((3, 1)), np.ones(3))) == {TRIAL_METRIC["regression"]}

@@ -110,3 +110,27 @@ def test_ctrl_c_keeps_the_finished_trials(project):
     kept = study(project, "long").trials
     assert sum(t.state.name == "COMPLETE" for t in kept) >= 1 and len(kept) < 50
     assert all(t.state.name != "RUNNING" for t in kept)
+
+
+@pytest.mark.thorough  # make test-all: a study on a generated daily record (make test: the metric's key, tests/code)
+def test_a_regression_study_minimises_the_validation_mae(tmp_path, write_tiny_params):
+    """A regression dataset (a generated daily record): trials judged on the validation MAE in
+    standardised units (the figure training stops early on), minimised."""
+    from calendar_record import write_seasonal  # tests/calendar_record.py
+
+    from stfn.config import Paths, load_params
+    from stfn.stages.featurize import featurize
+    from stfn.stages.tune import tune
+    from stfn.stages.validate import validate
+
+    write_seasonal(tmp_path / "data" / "raw" / "seasonal", years=3)
+    space = {"train.lr": {"low": 0.001, "high": 0.01}}
+    write_tiny_params(tmp_path / "params.yaml", **{"data.dataset": "seasonal", "train.epochs": 2, "tune.space": space})
+    params, paths = load_params(tmp_path / "params.yaml"), Paths(tmp_path)
+    featurize(params, paths, validate(params, paths)["data_md5"])
+    summary = tune(params, paths, trials=2, write=False)
+    s = study(tmp_path, "seasonal")
+    assert s.direction.name == "MINIMIZE" and s.user_attrs["metric"] == "mae_std"
+    assert summary["complete"] + summary["pruned"] == 2 and 0 < summary["best"]["value"] < 5
+    curve = [t.intermediate_values for t in s.trials]
+    assert all(len(c) >= 1 for c in curve)  # reported each epoch: the pruner's input
