@@ -29,7 +29,12 @@ from stfn.stages.validate import validate
 
 @flow(name="tune")
 def tune_trials(
-    study: str, total: int, worker: int = 0, overrides: list[str] | None = None, root: str | None = None
+    study: str,
+    total: int,
+    worker: int = 0,
+    overrides: list[str] | None = None,
+    root: str | None = None,
+    timeout_minutes: float | None = None,
 ) -> dict[str, Any]:
     """One worker of study `study`: trials until it holds `total` finished ones."""
     paths = Paths(Path(root).resolve() if root else Path.cwd())
@@ -37,13 +42,13 @@ def tune_trials(
     with pinned(params, paths):
         prepare(params, paths)
         featurize(params, paths, validate(params, paths)["data_md5"])
-    summary = tune(params, paths, study, total=total, worker=worker, write=False)
+    summary = tune(params, paths, study, timeout_minutes=timeout_minutes, total=total, worker=worker, write=False)
     return {k: v for k, v in summary.items() if k != "best"} | {"best": summary.get("best")}
 
 
 def dispatch(
     params: Any, paths: Paths, study_name: str | None, trials: int, workers: int, overrides: list[str],
-    on_progress: Any = None,
+    on_progress: Any = None, timeout_minutes: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """`stfn tune --workers N`: open (or continue) the study here, on the features made here, then
     start N flow runs of `tune/trials` (their workers pull them: on any host of the pool) and
@@ -63,6 +68,7 @@ def dispatch(
                 "total": total,
                 "worker": i + 1,
                 "overrides": overrides,
+                "timeout_minutes": timeout_minutes,
                 "root": str(paths.root),
             },  # fmt: skip
             timeout=0,

@@ -184,7 +184,8 @@ def tune(
 
     try:
         if workers > 0:
-            summary = _on_workers(params, paths, study, trials or params.tune.trials, workers, overrides, write)
+            n = trials or params.tune.trials
+            summary = _on_workers(params, paths, study, n, workers, overrides, write, timeout)
         else:
             with bars():
                 summary = guard(run_tune, params, paths, study, trials, timeout, write=write, on_trial=show)
@@ -193,7 +194,9 @@ def tune(
     render.print_tuning(summary, root)
 
 
-def _on_workers(params, paths, study, trials: int, workers: int, overrides: list[str], write: bool) -> dict[str, Any]:
+def _on_workers(
+    params, paths, study, trials: int, workers: int, overrides: list[str], write: bool, timeout: float | None
+) -> dict[str, Any]:
     """`stfn tune --workers N`: the trials as flow runs of the tune/trials deployment."""
     import time as clock
 
@@ -208,7 +211,7 @@ def _on_workers(params, paths, study, trials: int, workers: int, overrides: list
         def shown(done: int, total: int, states: list[str]) -> None:
             update(done, info=f"{done}/{total} trials finished; flow runs: {', '.join(s.lower() for s in states)}")
 
-        out = guard(dispatch, params, paths, study, trials, workers, overrides, shown)
+        out = guard(dispatch, params, paths, study, trials, workers, overrides, shown, timeout)
     import optuna
 
     url = stage.storage_url(paths)
