@@ -193,7 +193,7 @@ def _default_space() -> dict[str, dict[str, Any]]:
         "train.weight_decay": {"low": 1e-4, "high": 0.1, "log": True},
         "model.dim": {"choices": [32, 64, 128]},
         "model.dropout": {"low": 0.0, "high": 0.3},
-        "model.alignment": {"choices": ["mfb", "film", "gmu", "bilinear"]},
+        "model.alignment": {"choices": ["mfb", "film", "gmu"]},  # bilinear: D^3 weights, refused above dim 96
         "model.temporal_encoder": {"choices": ["lstm", "gru", "tcn"]},
         "budget": {"low": 0.5, "high": 3.0, "log": True},
     }

@@ -213,7 +213,7 @@ def tune(
         except optuna.TrialPruned:
             state = "PRUNED"
             raise
-        except RuntimeError as exc:  # one bad point of the space (e.g. out of memory): the study goes on
+        except (RuntimeError, ValueError) as exc:  # a point the model refuses, out of memory: the study goes on
             log.warning("trial %d failed: %s", trial.number, str(exc).splitlines()[0] if str(exc) else repr(exc))
             raise
         finally:
@@ -239,7 +239,8 @@ def tune(
             callbacks.append(optuna.study.MaxTrialsCallback(total, states=ran))
             trials = None
         if total is None or finished(study) < total:
-            study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks, catch=(RuntimeError,))
+            caught = (RuntimeError, ValueError)  # one failed trial, named in the log; the study goes on
+            study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks, catch=caught)
     return conclude(params, paths, study, url, time.perf_counter() - t0, write)
 
 
