@@ -31,7 +31,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 DATASETS = ("irish-wind", "german-pm10", "colorado-temperature", "southern-germany-flu")
 
 
-def measure(name: str) -> dict:
+def measure(name: str, params_file: Path | None = None) -> dict:
+    """STFN trained with `params_file` (default: params.yaml) and the baselines on `name`'s test rows.
+    `abs_errors` (STFN's, on the rows scored, in time order) is for a caller's own comparison."""
     from stfn import defaults
     from stfn.baselines import regression_baselines
     from stfn.config import Paths, load_params
@@ -47,7 +49,7 @@ def measure(name: str) -> dict:
         subprocess.run([sys.executable, "-m", "stfn", "import", name], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory(prefix=f"stfn-real-{name}-") as tmp:
         scratch = Path(tmp)
-        shutil.copy(ROOT / "params.yaml", scratch / "params.yaml")
+        shutil.copy(params_file or ROOT / "params.yaml", scratch / "params.yaml")
         (scratch / "data" / "raw").mkdir(parents=True)
         (scratch / "data" / "raw" / name).symlink_to(raw)
         paths = Paths(scratch)
@@ -93,6 +95,7 @@ def measure(name: str) -> dict:
         "baselines_mae": maes,
         "best_baseline": best,
         "margin": test_result,
+        "abs_errors": stfn_abs,
     }
 
 
@@ -113,6 +116,7 @@ def main() -> None:
             f"p={m['p_not_below_zero']:.3f}); starts from {r['starts_from'].get('choice')}, {r['epochs_run']} epochs",
             flush=True,
         )
+        r.pop("abs_errors")
         results.append(r)
     snapshot = {"machine": machine(), "date": now(), "command": " ".join(["python", *sys.argv]), "datasets": results}
     Path(a.out).write_text(json.dumps(snapshot, indent=2) + "\n")

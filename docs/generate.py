@@ -400,6 +400,47 @@ def tune_scaling() -> str:
     return "".join(out)
 
 
+# --- benchmarks/tune_real_records.py: docs/data/tune_real_records.json -----------------------------
+
+
+def tune_real_records() -> str:
+    d = load("tune_real_records.json")
+    out = [provenance(d, "docs/data/tune_real_records.json")]
+    out.append(
+        f"\nCommand: `{d['command']}`: up to {d['trials']} trials or {d['timeout_minutes']:g} minutes a study. "
+        "Test MAE on the same rows for every model (lower is better); the tuned model's margin over the "
+        "default one by a block bootstrap over the time-ordered rows.\n\n"
+    )
+    rows = []
+    for r in d["datasets"]:
+        m = r["tuned_minus_default"]
+        lo, hi = m["ci95"]
+        verdict = "better, beyond noise" if hi < 0 else ("worse, beyond noise" if lo > 0 else "within noise")
+        settings = "; ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for section in r["tuned_settings"].values()
+            for k, v in section.items()
+        )
+        rows.append(
+            (
+                f"**{r['dataset']}** ({r['test_rows']} test rows)",
+                f"{r['default_mae']:.3f} ({r['default_epochs']} epochs)",
+                f"{r['tuned_mae']:.3f} ({r['tuned_epochs']} epochs)",
+                f"{m['mean_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]: {verdict}",
+                f"{r['best_baseline_mae']:.3f} ({r['best_baseline']})",
+                f"{r['tuning_seconds'] / 60:.1f} min, {r['trials']} trials ({r['pruned']} pruned)",
+                settings,
+            )
+        )
+    out.append(
+        table(
+            ("recording", "default", "tuned", "tuned − default, 95 %", "best baseline", "tuning", "tuned settings"),
+            rows,
+        )
+    )
+    return "".join(out) + "\n"
+
+
 # --- the CLI reference: Typer's rendering of stfn.cli:app ------------------------------------------
 
 
@@ -458,6 +499,7 @@ PAGES = {
     "patch_study.md": patch_study,
     "monitor_power.md": monitor_power,
     "tune_scaling.md": tune_scaling,
+    "tune_real_records.md": tune_real_records,
     "cli.md": cli,
 }
 
