@@ -218,6 +218,8 @@ def _on_workers(
     kept = optuna.load_study(study_name=out["study"], storage=url)
     summary = guard(stage.conclude, params, paths, kept, url, clock.perf_counter() - t0, write)
     summary["flow_runs"], summary["failed_runs"] = out["flow_runs"], out["failed_runs"]
+    if out["storage"].startswith("a SQLite file"):
+        console.print(f"[yellow]the study is in {out['storage']}[/]")
     if out["failed_runs"]:
         console.print(f"[yellow]flow runs that did not complete: {', '.join(out['failed_runs'])}[/]")
     return summary
