@@ -5,7 +5,7 @@ recorded (every trial judged on the same validation split, on whichever machine)
 until the study holds `total` finished ones, whoever ran them. Workers share only the study's
 storage (STFN_TUNE_STORAGE: the team's PostgreSQL) and the MLflow server; a worker killed in the
 middle of a trial stops its heartbeat, and the next trial started anywhere fails it and queues it
-again (Optuna's RDB heartbeat and RetryFailedTrialCallback, stfn.stages.tune).
+again (Optuna's RDB heartbeat and RetryHeartbeatStaleTrialCallback, stfn.stages.tune).
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ ALLOWED = {
     "endpoint": SERVE | {"inference_log"},
     "reports": set(),
     "ops": {"config", "errors", "tracking", "ops"},
-    "stages": SERVE | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint", "inference_log"}
+    "stages": SERVE
+    | {"runtime", "stages", "ops", "validation", "monitoring", "reports", "endpoint", "inference_log"}
     | {"tuning"},
     "cli": {"cli", "config", "errors", "progress", "runtime"},  # at its top; its commands import what they call
 }

@@ -40,6 +40,40 @@ def study(root: Path, name: str = "moving-digits"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{root / '.stfn' / 'tune' / 'optuna.db'}")
 
 
+def test_a_study_in_process_is_stored_tracked_written_continued_and_guarded(project):
+    """The stage the command calls, in process (make test; the command itself: make test-all)."""
+    import mlflow
+    from stfn.config import ConfigError, Paths, load_params
+    from stfn.stages.featurize import featurize
+    from stfn.stages.prepare import prepare
+    from stfn.stages.tune import tune
+
+    params, paths = load_params(project / "params.yaml"), Paths(project)
+    prepare(params, paths)
+    featurize(params, paths, None)
+    first = tune(params, paths, trials=2)
+    s = study(project)
+    assert first["trials"] == 2 and len(s.trials) == 2 and s.user_attrs["seed"] == 42
+    assert first["complete"] + first["pruned"] == 2 and first["written"]["section"] == "datasets.moving-digits"
+    tuned = load_params(project / "params.yaml")  # the dataset's section, applied to its runs
+    assert tuned.train.lr == pytest.approx(s.best_params["train.lr"]) and tuned.model.dim == s.best_params["model.dim"]
+    assert "# tuned by `stfn tune`: study 'moving-digits'" in (project / "params.yaml").read_text()
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    parent = s.user_attrs["mlflow_parent_run_id"]
+    runs = mlflow.search_runs(
+        experiment_names=["moving-digits-tuning"], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert len(runs) == 2
+    assert tune(params, paths, trials=1)["trials"] == 3 and study(project).user_attrs["mlflow_parent_run_id"] == parent
+    other = params.model_copy(
+        update={"tune": params.tune.model_copy(update={"space": {**SPACE, "model.dropout": {"low": 0.0, "high": 0.2}}})}
+    )
+    with pytest.raises(ConfigError, match="another space"):
+        tune(other, paths, trials=1)
+    assert len(study(project).trials) == 3
+
+
+@pytest.mark.thorough  # make test-all: the same through the command (make test: the stage, above)
 def test_a_study_is_stored_tracked_written_and_continued(project):
     import mlflow
 

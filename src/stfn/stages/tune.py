@@ -43,11 +43,11 @@ TRIAL_METRIC = {"classification": "accuracy", "regression": "mae_std"}
 
 def stale_trial(study: Any, trial: Any) -> None:
     """A trial whose heartbeat stopped (its worker killed, its host lost), failed by Optuna: queued
-    again once (Optuna's RetryFailedTrialCallback), and its MLflow run marked KILLED, not left
+    again once (Optuna's RetryHeartbeatStaleTrialCallback), and its MLflow run marked KILLED, not left
     RUNNING."""
     import optuna
 
-    optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, trial)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, trial)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         try:
@@ -91,7 +91,7 @@ def open_study(
             url,
             heartbeat_interval=params.tune.heartbeat_seconds,
             grace_period=params.tune.grace_seconds,
-            failed_trial_callback=stale_trial,
+            heartbeat_stale_trial_callback=stale_trial,
         )
         summaries = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
     except (SQLAlchemyError, ImportError, OSError, ValueError) as exc:
