@@ -8,7 +8,9 @@ batch of an ingested dataset, the batch is appended to the dataset as a new DVC 
 ingest --append`) and the retrain deployment is run once, with `run_deployment` (not waited
 for): the retrain then trains on the data that set off the alarm, and the gate judges the
 challenger on the current test split. An unlabelled batch (the inference log) only alerts:
-retraining on unchanged data would only reproduce the champion.
+retraining on unchanged data would only reproduce the champion. With `monitor.append: always`,
+every labelled batch that passes validation is appended (a team that labels its traffic keeps all of
+it); only the alarming ones run the retrain, and the scheduled retrain trains on the rest.
 
 The trigger is `run_deployment`, not an automation on the event: it needs nothing configured on
 the server (an automation is server-side state a fresh `make deploy` would have to create and
@@ -130,14 +132,21 @@ def monitor(
         payload={"crossed": report["crossed"], "summary": report["summary"], "report": report["html"]},
     )
     out: dict[str, Any] = {"report": report, "appended": None, "retrain_flow_run": None}
+    keep_all = params.monitor.append == "always" and report["labelled"] and name not in BUILTIN
     if not report["alarm"]:
         out["why"] = "no threshold crossed"
+        if keep_all:
+            out["appended"] = append_batch(overrides, root, str(source), name)
+            out["why"] += f"; appended to {name} (monitor.append: always)"
     elif not report["labelled"]:
         out["why"] = "an unlabelled batch only alerts: retraining on unchanged data would reproduce the champion"
-    elif not params.monitor.retrain:
-        out["why"] = "monitor.retrain is off: alert only"
     elif name in BUILTIN:
         out["why"] = f"{name} is generated from params.yaml and cannot take the batch: alert only"
+    elif not params.monitor.retrain:
+        out["why"] = "monitor.retrain is off: alert only"
+        if keep_all:
+            out["appended"] = append_batch(overrides, root, str(source), name)
+            out["why"] = f"monitor.retrain is off: appended to {name} (monitor.append: always), no retrain"
     else:
         out["appended"] = append_batch(overrides, root, str(source), name)
         queued = queued_retrain()

@@ -166,6 +166,7 @@ class ServeParams(_Section):
     read_timeout_seconds: float = Field(30.0, gt=0)  # a body not all received by then gets a 408
     log_flush_seconds: float = Field(5.0, gt=0)  # the inference log is written this often
     log_keep_days: float = Field(30.0, gt=0)  # older inference-log files are deleted
+    log_max_mb: float = Field(1024.0, gt=0)  # ... and the oldest while the log holds more than this
 
 
 class MonitorParams(_Section):
@@ -183,6 +184,9 @@ class MonitorParams(_Section):
     )  # training (and validation) samples whose summaries the reference keeps
     min_batch: int = Field(50, ge=1)  # a smaller batch is reported too small to judge, never an alarm
     retrain: bool = True  # the monitor flow runs the retrain deployment when a labelled batch alarms
+    # the monitor flow appends a labelled batch to its dataset when it alarms, or always (every labelled
+    # batch that passes validation becomes data, and the alarming ones also run the retrain)
+    append: Literal["alarm", "always"] = "alarm"
     cron: str = "0 6 * * *"  # the deployment `monitor/watch`: the inference log, daily (timezone: retrain's)
     window_hours: float = Field(24.0, gt=0)  # ... of the last this many hours
 

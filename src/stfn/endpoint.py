@@ -330,7 +330,7 @@ def serve(
     import uvicorn  # MLflow's scoring server runs on it; only this command needs it
 
     sp = params or ServeParams()
-    inference_log = InferenceLog(log_folder, sp.log_flush_seconds, sp.log_keep_days)
+    inference_log = InferenceLog(log_folder, sp.log_flush_seconds, sp.log_keep_days, sp.log_max_mb)
     endpoint = Endpoint(name, alias, sp.follow_seconds, sp, inference_log)
     endpoint.start()
     if ready is not None:

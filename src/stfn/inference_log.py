@@ -1,7 +1,7 @@
 """The inference log of `stfn serve`: a row per sample answered (when, request, model version,
 the input's summary, the prediction), buffered and written every `flush_seconds` as parquet files
-under `.stfn/inference/<dataset>/` (atomically, files older than `keep_days` deleted), and read back
-by `stfn monitor` like a batch."""
+under `.stfn/inference/<dataset>/` (atomically; files older than `keep_days` deleted, and the oldest
+beyond `max_mb` in all), and read back by `stfn monitor` like a batch."""
 
 from __future__ import annotations
 
@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 class InferenceLog:
     """Rows of served predictions, buffered in memory and written every `flush_seconds` as one
     parquet file `<UTC time>-<pid>-<n>.parquet` in `folder` (atomically: a reader never sees half a
-    file); files older than `keep_days` are deleted at each flush (the rotation). `read()` gives
+    file); at each flush, files older than `keep_days` are deleted, then the oldest while the folder
+    holds more than `max_mb` (the rotation: by age for the monitor's window, by size for the disk). `read()` gives
     the whole log as one table, which is what `stfn monitor` reads. A request only appends a few
     small arrays (`Summary`); the tables are built by the flushing thread, off the request path."""
 
-    def __init__(self, folder: Path, flush_seconds: float = 5.0, keep_days: float = 30.0):
+    def __init__(self, folder: Path, flush_seconds: float = 5.0, keep_days: float = 30.0, max_mb: float = 1024.0):
         self.folder, self.flush_seconds, self.keep_days = Path(folder), flush_seconds, keep_days
+        self.max_bytes = int(max_mb * 2**20)
         self._rows: list[Summary] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -80,9 +82,19 @@ class InferenceLog:
 
     def _prune(self) -> None:
         cutoff = time.time() - self.keep_days * 86400
-        for f in self.folder.glob("*.parquet"):
-            if f.stat().st_mtime < cutoff:
+        kept = []
+        for f in sorted(self.folder.glob("*.parquet")):  # oldest first: the names start with the UTC time
+            st = f.stat()
+            if st.st_mtime < cutoff:
                 f.unlink(missing_ok=True)
+            else:
+                kept.append((f, st.st_size))
+        total = sum(size for _, size in kept)
+        for f, size in kept[:-1]:  # the newest file always stays
+            if total <= self.max_bytes:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
 
     @staticmethod
     def read(folder: Path) -> pd.DataFrame:

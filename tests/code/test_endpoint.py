@@ -75,6 +75,25 @@ def test_the_log_writes_a_file_per_flush_reads_back_as_one_table_and_deletes_old
     assert not list((tmp_path / "log").glob(".*"))  # no temp file left behind
 
 
+def test_the_log_keeps_within_its_size_deleting_the_oldest_files_first(tmp_path):
+    p = Predictor(None, META)
+    series, frames = inputs(4)
+    probs = np.full((4, 3), 1 / 3, np.float32)
+    log = InferenceLog(tmp_path / "log", flush_seconds=3600, keep_days=30, max_mb=0.1)
+    written = []
+    for i in range(40):
+        log.append(Summary.of(p, series, frames, probs, request_id=f"r{i:02d}", model="m", version=1))
+        written.append(log.flush())
+    kept = sorted((tmp_path / "log").glob("*.parquet"))
+    total = sum(f.stat().st_size for f in kept)
+    assert 10 <= len(kept) < 40 and total <= 0.1 * 2**20  # bounded: the cap bit (files of ~9.5 kB)
+    assert kept == written[-len(kept) :]  # the newest files, as many as fit: one more would not
+    assert total + kept[0].stat().st_size > 0.1 * 2**20
+    tiny = InferenceLog(tmp_path / "tiny", flush_seconds=3600, max_mb=1e-6)  # smaller than one file
+    tiny.append(Summary.of(p, series, frames, probs, request_id="x", model="m", version=1))
+    assert tiny.flush().exists()  # the newest file always stays
+
+
 @pytest.mark.parametrize(
     "change, phrase",
     [

@@ -340,3 +340,25 @@ def test_new_data_the_champion_is_re_evaluated_on_the_current_test_split(trained
     finally:
         client.delete_registered_model_alias(name, "rescored-champion")
     assert scored["n"] == 48 and rescored == pytest.approx(scored["metrics"]["accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_with_append_always_the_monitor_flow_keeps_a_clean_labelled_batch_and_asks_no_retrain(trained, tmp_path):
+    """`monitor.append: always`: a labelled batch that crosses nothing is appended all the same (a
+    team that labels its traffic keeps it), and no retrain is asked for: the scheduled one trains
+    on it."""
+    from flows.monitor import monitor
+
+    root, _ = trained
+    dataset = root / "data" / "raw" / PREDICTED
+    clean = batch(tmp_path / "kept", seed=23, n=120)
+    for file in ("samples.parquet", "series.parquet"):  # ids of its own: a batch never reuses the dataset's
+        table = pd.read_parquet(clean / file)
+        table["sample_id"] = "kept-" + table["sample_id"]
+        table.drop(columns=[c for c in ("split",) if c in table]).to_parquet(clean / file, index=False)
+    before = pd.read_parquet(dataset / "samples.parquet")
+    out = monitor(path=str(clean), dataset=PREDICTED, root=str(root), overrides=["monitor.append=always"])
+    assert not out["report"]["alarm"], out["report"]["crossed"]
+    assert out["appended"] and out["retrain_flow_run"] is None and "monitor.append: always" in out["why"]
+    after = pd.read_parquet(dataset / "samples.parquet")
+    assert len(after) == len(before) + 136 and after["sample_id"].str.startswith("kept-").sum() == 136

@@ -149,9 +149,16 @@ def _generate_split(
 
 
 def make_moving_digits(
-    p: MovingDigitsParams, name: str = "moving-digits", progress: Callable[[str, int, int], None] | None = None
+    p: MovingDigitsParams,
+    name: str = "moving-digits",
+    progress: Callable[[str, int, int], None] | None = None,
+    video_seed: int | None = None,
 ) -> tuple[DatasetSpec, pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Generate `moving-digits`, deterministically from `p.seed`.
+
+    `p.seed` splits the digit images (writers) into the train / val / test pools; `video_seed`
+    (default: `p.seed`) draws the videos. Another `video_seed` with the same `p.seed` gives new
+    videos of the same pools: more unseen test data, drawn like the dataset's own test split.
 
     Real handwritten digits (scikit-learn's bundled 8x8 `load_digits`) bounce on a canvas; one
     sensor per quadrant zone. In each sample the trigger digit is chosen uniformly among the
@@ -164,7 +171,7 @@ def make_moving_digits(
     images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
     labels = digits.target.astype(np.int64)
     pools = _digit_pools(labels, p.seed)
-    rng = np.random.default_rng(p.seed)
+    rng = np.random.default_rng(p.seed if video_seed is None else video_seed)
     parts = []
     for split, n in (("train", p.n_train), ("val", p.n_val), ("test", p.n_test)):
         cb = (lambda d, tot, s=split: progress(s, d, tot)) if progress else None
