@@ -330,13 +330,21 @@ def set_champion(name: str, version: str, reason: str, action: str = "promote") 
     model = c.get_registered_model(name)  # its tags (the history) and aliases (the champion): one call
     current = (model.aliases or {}).get(CHAMPION)
     previous = None if current is None else str(current)
-    history = _history(model.tags or {})
+    tags = model.tags or {}
+    history = _history(tags)
     move = {"action": action, "version": str(version), "previous": previous}
     last = history[-1] if history else None
     if not (last and {k: last.get(k) for k in move} == move and previous != str(version)):
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = {**move, "reason": reason[:MAX_REASON], "at": at}
-        key = MOVE_PREFIX + f"{len(history) + 1:09d}"  # zero-padded: the tags sort in the moves' order
+        n = len(history) + 1
+        key = MOVE_PREFIX + f"{len(history):09d}"
+        if last is not None and key in tags and last.get("previous") == previous != last.get("version"):
+            # the last record is a move that never reached the alias (its process died in between, and
+            # no retry came): this move takes its place, so the history holds only moves that happened
+            record["replaces_unfinished"] = f"{last.get('action')} to v{last.get('version')} at {last.get('at')}"
+            n -= 1
+        key = MOVE_PREFIX + f"{n:09d}"  # zero-padded: the tags sort in the moves' order
         c.set_registered_model_tag(name, key, json.dumps(record))
     c.set_registered_model_alias(name, CHAMPION, str(version))
 

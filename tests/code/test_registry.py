@@ -241,6 +241,31 @@ def test_a_move_retried_after_a_server_fault_is_recorded_once(monkeypatch):
     assert str(client.get_model_version_by_alias(name, "champion").version) == v2
 
 
+def test_a_move_whose_process_died_before_the_alias_is_replaced_by_the_next_move(monkeypatch):
+    """The process dies after a move's record is written, before the alias moves, and nothing
+    retries it: the next move (another version) takes that record's place, so the history holds
+    only moves that happened and a rollback never goes to a version that was never champion."""
+    client = MlflowClient()
+    name = f"stfn-died-{uuid.uuid4().hex[:8]}"
+    v1, v2, v3 = (_version(client, name, "accuracy", v) for v in (0.5, 0.6, 0.7))
+    registry.promote(name, v1, "first")
+
+    def dies(self, *args):
+        raise SystemExit("killed")  # nothing after the record runs, as with kill -9
+
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "set_registered_model_alias", dies)
+        with pytest.raises(SystemExit):
+            registry.set_champion(name, v2, "gate: the move that never landed")
+    assert [e["version"] for e in registry.champion_history(name)] == [v1, v2]  # the record, alone
+    assert str(client.get_model_version_by_alias(name, "champion").version) == v1
+    registry.promote(name, v3, "third")
+    history = registry.champion_history(name)
+    assert [(e["action"], e["version"], e["previous"]) for e in history] == [("promote", v1, None), ("promote", v3, v1)]
+    assert history[-1]["replaces_unfinished"].startswith(f"promote to v{v2}")
+    assert registry.rollback(name) == (v3, v1)  # back to the champion that was, never to v2
+
+
 def test_a_database_error_of_the_server_reaches_the_user_as_one_sentence_without_sql():
     from mlflow.exceptions import MlflowException
 
