@@ -200,31 +200,50 @@ def plot(y: Year, path: Path) -> Path:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=[1.2, 1])
     colours = {"clean": "tab:green", "drifted": "tab:orange", "corrupt": "tab:red"}
+    xs, vs = [], []  # @champion over the year: each move at its week (several in a week spread over it)
+    for w in sorted({m["week"] for m in y.moves}):
+        here = [m for m in y.moves if m["week"] == w]
+        for i, m in enumerate(here):
+            xs.append(w + i / len(here))
+            vs.append(int(m["to"]) if m["to"] else 0)
+    xs.append(len(y.rows) + 0.5)
+    vs.append(vs[-1] if vs else 0)
+    top.step(xs, vs, where="post", color="grey", lw=1.2, label="@champion")
+    champion_at = lambda week: vs[max(i for i, x in enumerate(xs) if x <= week + 0.99)] if xs else 0  # noqa: E731
     for r in y.rows:
-        champ = int(r["champion"]) if r["champion"] else 0
-        top.scatter(r["week"], champ, color=colours[r["kind"]], marker="X" if r["alarm"] else "o", s=40, zorder=3)
-    top.step([r["week"] for r in y.rows], [int(r["champion"] or 0) for r in y.rows], where="post", color="grey", lw=1)
+        top.scatter(
+            r["week"],
+            champion_at(r["week"]),
+            color=colours[r["kind"]],
+            marker="X" if r["alarm"] else "o",
+            s=45,
+            zorder=3,
+        )
     for f in y.faults:
         top.axvline(f["week"], color="black", lw=0.6, ls=":")
-        top.annotate(
-            f["fault"],
-            (f["week"], top.get_ylim()[1] if False else 0.5),
+        top.text(
+            f["week"],
+            0.98,
+            f" {f['fault']}",
+            transform=top.get_xaxis_transform(),
             rotation=90,
             fontsize=7,
-            va="bottom",
+            va="top",
             ha="right",
         )
     for kind, colour in colours.items():
         top.scatter([], [], color=colour, label=f"{kind} batch")
     top.scatter([], [], color="grey", marker="X", label="the monitor alarmed")
     top.set_ylabel("@champion version")
-    top.legend(loc="upper left", fontsize=8, ncol=4)
+    top.yaxis.get_major_locator().set_params(integer=True)
+    top.legend(loc="lower right", fontsize=8, ncol=5)
     top.set_title(f"A simulated year ({len(y.rows)} weeks, seed {y.seed})")
     weeks = [d["week"] for d in y.disk]
     keys = [k for k in y.disk[0] if k != "week"]
     bottom.stackplot(weeks, *[[d[k] / 2**20 for d in y.disk] for k in keys], labels=keys, alpha=0.8)
     bottom.set_ylabel("disk (MB)")
     bottom.set_xlabel("week")
+    bottom.xaxis.get_major_locator().set_params(integer=True)
     bottom.legend(loc="upper left", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -318,10 +318,10 @@ class Year:
         p, wd = self.c.project, self.c.workdir
         parts = {
             "data versions (DVC cache and remote)": du(p / ".dvc" / "cache") + du(self.c.remote),
-            "the dataset (working copy)": du(p / "data"),
+            "the dataset (working copy)": du(p / "data" / "raw"),
             "registered models (MLflow artifacts)": du(p / "mlflow"),
             "checkpoints (models/)": du(p / "models"),
-            "features (derived, rewritten)": du(p / "features"),
+            "features (derived, rewritten)": du(p / "data" / "features"),
             "inference log": du(self.c.log_mount) - du(self.c.log_mount / "filler"),
             "reports": du(p / "reports"),
             "server and worker logs": du(p / ".stfn" / "servers") + du(wd / "worker.log") + du(wd / "serve.log"),
