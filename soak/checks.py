@@ -219,25 +219,19 @@ def plot(y: Year, path: Path) -> Path:
             s=45,
             zorder=3,
         )
-    for f in y.faults:
-        top.axvline(f["week"], color="black", lw=0.6, ls=":")
+    for week in sorted({f["week"] for f in y.faults}):
+        top.axvline(week, color="black", lw=0.6, ls=":")
+        label = ", ".join(dict.fromkeys(f["fault"] for f in y.faults if f["week"] == week))
         top.text(
-            f["week"],
-            0.98,
-            f" {f['fault']}",
-            transform=top.get_xaxis_transform(),
-            rotation=90,
-            fontsize=7,
-            va="top",
-            ha="right",
+            week, 0.98, label + " ", transform=top.get_xaxis_transform(), rotation=90, fontsize=7, va="top", ha="right"
         )
     for kind, colour in colours.items():
         top.scatter([], [], color=colour, label=f"{kind} batch")
     top.scatter([], [], color="grey", marker="X", label="the monitor alarmed")
     top.set_ylabel("@champion version")
     top.yaxis.get_major_locator().set_params(integer=True)
-    top.legend(loc="lower right", fontsize=8, ncol=5)
-    top.set_title(f"A simulated year ({len(y.rows)} weeks, seed {y.seed})")
+    top.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncol=5, frameon=False)
+    fig.suptitle(f"A simulated year ({len(y.rows)} weeks, seed {y.seed})")
     weeks = [d["week"] for d in y.disk]
     keys = [k for k in y.disk[0] if k != "week"]
     bottom.stackplot(weeks, *[[d[k] / 2**20 for d in y.disk] for k in keys], labels=keys, alpha=0.8)
