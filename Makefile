@@ -23,7 +23,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs docs-serve docs-screenshots gpu-wheels ablation
+.PHONY: help install install-dev run test test-all test-integration test-fast lint ui dvc-repro clean servers servers-stop deploy bench serve docs docs-serve docs-screenshots gpu-wheels ablation soak
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,10 @@ bench: $(VENV)/.installed ## Benchmarks side by side (throughput vs peers, pipel
 	$(INSTALL) --no-deps "vit-pytorch==1.26.11"
 	$(INSTALL) -e ".[bench]"
 	$(BIN)/python benchmarks/run.py
+
+SOAK_ARGS ?=
+soak: $(VENV)/.installed-dev ## A simulated year of team mode with seeded faults, invariants checked (~1 h; PostgreSQL, root for a tmpfs) -> docs/data/soak.json (+ .png); SOAK_ARGS="--seed 3"
+	$(BIN)/python -m soak --weeks 52 --snapshot docs/data/soak.json $(SOAK_ARGS)
 
 ablation: $(VENV)/.installed ## STFN against its ablations, 3 seeds, each spatial encoder (~40 min on 2 cores) -> reports/ablation.json; its snapshot docs/data/ablation.json (+ .png)
 	$(BIN)/stfn ablate --seeds 3

@@ -15,6 +15,7 @@ import random
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -23,7 +24,7 @@ from soak import world
 from soak.cluster import BIN, REPO, Cluster, request_body, run
 
 SETTINGS = {  # the soak's params.yaml: the repo's, with these changed
-    "data.dataset": world.DATASET,
+    "data.dataset": world.DATASET,  # --external: soak-<seed>-<random>
     "retrain.work_pool": "soak-pool",
     "monitor.append": "always",  # every valid labelled batch becomes data; alarms also retrain
     "serve.follow_seconds": 1,
@@ -55,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="default: .stfn/soak/seed-<seed>")
     ap.add_argument("--snapshot", type=Path, default=None, help="also write the report here (docs/data/soak.json)")
     ap.add_argument("--keep", action="store_true", help="keep the databases and the work folder")
+    ap.add_argument(
+        "--external",
+        action="store_true",
+        help="on the team's own servers (MLFLOW_TRACKING_URI, PREFECT_API_URL and their credentials from "
+        "the environment): no MLflow server kill, a dataset and model named after the seed",
+    )
+    ap.add_argument("--no-disk-fault", action="store_true", help="no tmpfs for the inference log (it needs root)")
     ap.add_argument("--min-promotions", type=int, default=None, help="default: 1 per 13 weeks, at least 1")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -66,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     params = soak_params()
-    weeks = world.plan(seed, a.weeks, a.retrain_every)
-    cluster = Cluster(workdir, params, keep=a.keep)
+    if a.external:  # never the name of another soak's (or anyone's) model on shared servers
+        params["data"]["dataset"] = f"soak-{seed}-{uuid.uuid4().hex[:6]}"
+    skip = frozenset({"kill mlflow"} if a.external else ()) | frozenset({"disk full"} if a.no_disk_fault else ())
+    weeks = world.plan(seed, a.weeks, a.retrain_every, skip)
+    if skip:
+        print(f"soak: without {', '.join(sorted(skip))}", flush=True)
+    cluster = Cluster(workdir, params, keep=a.keep, external=a.external)
     t0 = time.monotonic()
     try:
         return year(cluster, params, weeks, seed, a, t0)
@@ -92,8 +105,9 @@ def year(cluster: Cluster, params: dict, weeks: list[world.Week], seed: int, a, 
     )
     cluster.deploy()
     cluster.start_worker()
-    cluster.mount_log_disk()
-    cluster.start_endpoint(request_body(cluster.project / "data" / "raw" / world.DATASET))
+    if not a.no_disk_fault:
+        cluster.mount_log_disk()
+    cluster.start_endpoint(request_body(cluster.project / "data" / "raw" / cluster.name))
     cluster.wait_endpoint()
 
     from soak import checks
@@ -102,7 +116,7 @@ def year(cluster: Cluster, params: dict, weeks: list[world.Week], seed: int, a, 
     y = Year(cluster, seed, weeks, a.batch)
     import pandas as pd
 
-    series = pd.read_parquet(cluster.project / "data" / "raw" / world.DATASET / "series.parquet")
+    series = pd.read_parquet(cluster.project / "data" / "raw" / cluster.name / "series.parquet")
     y.offset_std = float(series["zone-0"].std())
     y.moves.append({"week": 0, "cause": "first run", "from": None, "to": y.champion()})
     y.disk.append({"week": 0, **y.disk_use()})

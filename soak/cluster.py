@@ -89,8 +89,9 @@ class Cluster:
     """Team mode in `workdir`: the project (a git repository with DVC), the servers, the worker,
     the endpoint and its request loop. `close()` stops everything and drops the databases."""
 
-    def __init__(self, workdir: Path, params: dict, log_disk_mb: int = 8, keep: bool = False):
-        self.workdir, self.params, self.keep = workdir, params, keep
+    def __init__(self, workdir: Path, params: dict, log_disk_mb: int = 8, keep: bool = False, external: bool = False):
+        self.workdir, self.params, self.keep, self.external = workdir, params, keep, external
+        self.name = params["data"]["dataset"]
         self.project = workdir / "project"
         self.remote = workdir / "dvc-remote"
         self.dbs: list[str] = []
@@ -127,6 +128,8 @@ class Cluster:
         return env
 
     def databases(self) -> None:
+        if self.external:  # the team's own servers keep their own databases
+            return
         import psycopg2
 
         try:
@@ -147,8 +150,6 @@ class Cluster:
     def project_files(self, initial) -> None:
         """The project: params.yaml, prefect.yaml, the flows, a git repository with DVC and a
         local remote, the initial dataset ingested as its first version."""
-        from soak.world import DATASET
-
         self.project.mkdir(parents=True)
         shutil.copy2(REPO / "prefect.yaml", self.project / "prefect.yaml")
         shutil.copytree(REPO / "deploy", self.project / "deploy")
@@ -161,8 +162,8 @@ class Cluster:
         run(["git", "init", "-q", "-b", "main"], self.project, env)
         run([str(BIN / "dvc"), "init", "-q"], self.project, env)
         run([str(BIN / "dvc"), "remote", "add", "-d", "soak", str(self.remote)], self.project, env)
-        initial(self.project / "data" / "raw" / DATASET)
-        run([str(BIN / "dvc"), "add", "-q", f"data/raw/{DATASET}"], self.project, env)
+        initial(self.project / "data" / "raw" / self.name)
+        run([str(BIN / "dvc"), "add", "-q", f"data/raw/{self.name}"], self.project, env)
         run([str(BIN / "dvc"), "push", "-q"], self.project, env)
         run(["git", "add", "-A"], self.project, env)
         run(["git", "commit", "-q", "-m", "week 0: the initial dataset"], self.project, env)
@@ -183,6 +184,9 @@ class Cluster:
         self.mounted = True
 
     def start_servers(self) -> None:
+        if self.external:
+            self.env = external_env()
+            return
         mlflow_db, prefect_db = self.dbs
         self.mlflow_port, self.prefect_port = free_port(), free_port()
         self.server_env = {
@@ -347,7 +351,7 @@ class Cluster:
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     kill_tree(proc.pid)
-        if self.dbs:
+        if self.dbs and not self.external:
             run([str(BIN / "stfn"), "servers", "stop"], self.project, self.base_env(), timeout=120, check=False)
         if self.mounted:
             subprocess.run(["umount", "-l", str(self.log_mount)], capture_output=True)
@@ -360,6 +364,29 @@ class Cluster:
                 for n in self.dbs:
                     cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
             conn.close()
+
+
+# what a client of a team's servers reads from its environment (credentials travel in it, never in a
+# command line): the tracking and Prefect API URLs, the MLflow user and password, Prefect's auth string
+CLIENT_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_API_KEY",
+)
+
+
+def external_env() -> dict[str, str]:
+    """The client settings of a team's own servers (`--external`), from this environment."""
+    missing = [k for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL") if not os.environ.get(k)]
+    if missing:
+        raise SystemExit(f"soak --external: set {' and '.join(missing)} to the team's servers (see `make servers`)")
+    env = {k: os.environ[k] for k in CLIENT_VARIABLES if os.environ.get(k)}
+    env.setdefault("MLFLOW_REGISTRY_URI", env["MLFLOW_TRACKING_URI"])
+    return env
 
 
 def request_body(dataset: Path, n: int = 2) -> bytes:

@@ -46,10 +46,11 @@ class Week:
         return asdict(self)
 
 
-def plan(seed: int, weeks: int, retrain_every: int = 4) -> list[Week]:
+def plan(seed: int, weeks: int, retrain_every: int = 4, skip: frozenset[str] = frozenset()) -> list[Week]:
     """The year, from `seed`: the kind of each week's batch, the scheduled retrains, one rollback,
-    and each fault once at a seeded week and point. Drifts take ~1 week in 8, corruptions ~1 in 12
-    (at least one of each from 3 weeks on); week 1 is always clean."""
+    and each fault once at a seeded week and point (those in `skip` left out, the rest where the
+    seed puts them). Drifts take ~1 week in 8, corruptions ~1 in 12 (at least one of each from 3
+    weeks on); week 1 is always clean."""
     rng = np.random.default_rng(seed)
     n_drift = max(1, round(weeks / 8)) if weeks >= 3 else 0
     n_corrupt = max(1, round(weeks / 12)) if weeks >= 3 else 0
@@ -80,22 +81,24 @@ def plan(seed: int, weeks: int, retrain_every: int = 4) -> list[Week]:
     place("kill append", clean_weeks, float(rng.integers(len(APPEND_STEPS))))  # after which step
     place("kill endpoint", list(range(1, weeks + 1)), float(rng.uniform(0, 1)))  # how far into the week
     place("disk full", list(range(1, weeks + 1)), 1.0)  # the inference log's disk full all week
+    for w in out:
+        w.faults = {f: v for f, v in w.faults.items() if f not in skip}
     return out
 
 
-def initial(folder: Path, n_train: int = WORLD.n_train) -> Path:
+def initial(folder: Path, n_train: int = WORLD.n_train, name: str = DATASET) -> Path:
     """The dataset the year starts from (versioned before week 1): `n_train` training videos, and
     the validation and test splits of WORLD."""
-    write_dataset(folder, *make_moving_digits(WORLD.model_copy(update={"n_train": n_train}), name=DATASET))
+    write_dataset(folder, *make_moving_digits(WORLD.model_copy(update={"n_train": n_train}), name=name))
     return folder
 
 
-def batch(folder: Path, seed: int, week: Week, n: int, offset_std: float) -> Path:
+def batch(folder: Path, seed: int, week: Week, n: int, offset_std: float, name: str = DATASET) -> Path:
     """Week `week`'s batch of `n` labelled samples, ids prefixed `w<week>-`, without a split column
     (the append splits it like the dataset)."""
     spec, samples, series, frames = make_moving_digits(
         WORLD.model_copy(update={"n_train": 1, "n_val": 1, "n_test": n}),
-        name=DATASET,
+        name=name,
         video_seed=seed * 1000 + week.week,
     )
     keep = samples["split"].to_numpy() == "test"  # the unseen writers' pool

@@ -31,7 +31,7 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 class Year:
     def __init__(self, cluster: Cluster, seed: int, weeks: list[world.Week], batch_size: int, say=print):
         self.c, self.seed, self.weeks, self.batch_size, self.say = cluster, seed, weeks, batch_size, say
-        self.name = world.DATASET
+        self.name = cluster.name
         self.model = f"stfn-{self.name}"
         self.rows: list[dict[str, Any]] = []
         self.faults: list[dict[str, Any]] = []
@@ -116,7 +116,7 @@ class Year:
             "champion": None,
         }
         folder = self.c.workdir / "incoming" / f"week-{w.week:02d}"
-        world.batch(folder, self.seed, w, self.batch_size, self.offset_std)
+        world.batch(folder, self.seed, w, self.batch_size, self.offset_std, self.name)
         before = self.champion()
         if "disk full" in w.faults:
             filled = self.c.fill_disk()
