@@ -118,7 +118,7 @@ docs-screenshots: $(VENV)/.installed-dev ## The team-mode test (with its browser
 	STFN_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_servers.py
 
 lint: $(VENV)/.installed-dev ## ruff
-	$(BIN)/ruff check src flows tests benchmarks
+	$(BIN)/ruff check src flows soak tests benchmarks
 
 dvc-repro: $(VENV)/.installed ## Run the pipeline through DVC (dvc repro) and push data to the local remote
 	$(BIN)/dvc repro && $(BIN)/dvc push

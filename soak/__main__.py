@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrain-every", type=int, default=4, help="the cron's retrain, every N weeks")
     ap.add_argument("--workdir", type=Path, default=None, help="default: .stfn/soak/seed-<seed>")
     ap.add_argument("--snapshot", type=Path, default=None, help="also write the report here (docs/data/soak.json)")
-    ap.add_argument("--keep", action="store_true", help="keep the databases and the work folder")
+    ap.add_argument("--keep", action="store_true", help="keep the databases and the project (its data versions)")
     ap.add_argument(
         "--external",
         action="store_true",
@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return year(cluster, params, weeks, seed, a, t0)
     finally:
         cluster.close()
-        if not a.keep:
-            shutil.rmtree(workdir / "project" / ".stfn" / "inference", ignore_errors=True)
+        if not a.keep:  # the report, the picture and the logs stay; the year's data (gigabytes) goes
+            for part in ("project", "dvc-remote", "incoming", "restore"):
+                shutil.rmtree(workdir / part, ignore_errors=True)
 
 
 def year(cluster: Cluster, params: dict, weeks: list[world.Week], seed: int, a, t0: float) -> int:
@@ -118,7 +119,7 @@ def year(cluster: Cluster, params: dict, weeks: list[world.Week], seed: int, a, 
 
     series = pd.read_parquet(cluster.project / "data" / "raw" / cluster.name / "series.parquet")
     y.offset_std = float(series["zone-0"].std())
-    y.moves.append({"week": 0, "cause": "first run", "from": None, "to": y.champion()})
+    y.observe(0, "first run")
     y.disk.append({"week": 0, **y.disk_use()})
     y.run_year()
     min_promotions = a.min_promotions if a.min_promotions is not None else max(1, len(weeks) // 13)

@@ -225,9 +225,32 @@ class Cluster:
         """`stfn deploy --no-worker`, then the schedules paused: the soak's clock runs the cron's
         retrains itself, week by week, instead of waiting for Monday 03:00."""
         env = {**self.base_env(), **self.env}
+        if self.external:
+            self.refuse_to_replace_deployments()
         run([str(BIN / "stfn"), "deploy", "--no-worker"], self.project, env, timeout=300)
         for dep in ("retrain/retrain-scheduled", "monitor/watch"):
             run([str(BIN / "prefect"), "deployment", "pause", dep], self.project, env, timeout=120, check=False)
+
+    def refuse_to_replace_deployments(self) -> None:
+        """The soak deploys prefect.yaml's deployments under their usual names (the monitor flow runs
+        `retrain/retrain-scheduled` by name): on a Prefect server where they exist on another pool
+        (a team's own), it stops rather than replace them."""
+        from prefect.client.orchestration import get_client
+
+        theirs = []
+        with get_client(sync_client=True) as client:
+            for name in ("retrain/retrain-scheduled", "monitor/watch"):
+                try:
+                    dep = client.read_deployment_by_name(name)
+                except Exception:  # noqa: BLE001 - not there: nothing to replace
+                    continue
+                if dep.work_pool_name != POOL:
+                    theirs.append(f"{name} (pool {dep.work_pool_name})")
+        if theirs:
+            raise SystemExit(
+                f"soak --external: this Prefect server already has {', '.join(theirs)}; the soak would replace "
+                "them with its own. Run it against a staging Prefect server set up like production."
+            )
 
     def start_worker(self) -> None:
         env = {
@@ -305,7 +328,7 @@ class Cluster:
                 self.requests["failures"].append({"at": time.time(), "why": why})
             else:
                 self.requests["failed_while_down"] += 1
-            time.sleep(0.1)
+            time.sleep(0.25)  # ~4 requests a second: traffic all year, without taking a core from the year
 
     def kill_endpoint(self) -> int:
         """kill -9 of `stfn serve` (its process tree); the supervisor restarts it."""

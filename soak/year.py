@@ -42,6 +42,7 @@ class Year:
         self.refused: list[str] = []
         self.seen_retrains: set[str] = set()
         self.offset_std = 1.0
+        self.current: str | None = None  # @champion at the last look
         self.rng = random.Random(seed)
 
     # -- Prefect and MLflow ---------------------------------------------------------------------
@@ -98,10 +99,12 @@ class Year:
         except Exception:  # noqa: BLE001 - no model or no alias yet
             return None
 
-    def observe(self, week: int, cause: str, before: str | None) -> str | None:
+    def observe(self, week: int, cause: str) -> str | None:
+        """Read @champion; a change since the last look is a move that happened."""
         now = self.champion()
-        if now != before:
-            self.moves.append({"week": week, "cause": cause, "from": before, "to": now})
+        if now != self.current:
+            self.moves.append({"week": week, "cause": cause, "from": self.current, "to": now})
+        self.current = now
         return now
 
     # -- one week -------------------------------------------------------------------------------
@@ -117,7 +120,6 @@ class Year:
         }
         folder = self.c.workdir / "incoming" / f"week-{w.week:02d}"
         world.batch(folder, self.seed, w, self.batch_size, self.offset_std, self.name)
-        before = self.champion()
         if "disk full" in w.faults:
             filled = self.c.fill_disk()
             self.faults.append({"week": w.week, "fault": "disk full", "detail": f"{filled / 2**20:.1f} MB filler"})
@@ -171,19 +173,19 @@ class Year:
                 )
             )
             self.seen_retrains.update(self.new_retrains())
-        before = self.observe(w.week, "retrain", before)
+        self.observe(w.week, "retrain")
 
         if w.rollback:
             out = run([str(BIN / "stfn"), "rollback"], self.c.project, {**self.c.base_env(), **self.c.env}, check=False)
             row["rollback"] = out.returncode == 0
             row["rollback_said"] = (out.stdout + out.stderr).strip().splitlines()[-1:] if out.returncode else []
-            before = self.observe(w.week, "rollback", before)
+            self.observe(w.week, "rollback")
         if killer is not None:
             killer.join()
         self.commit(w)
         if "disk full" in w.faults:
             self.c.free_disk()
-        row["champion"] = before
+        row["champion"] = self.current
         row["seconds"] = round(time.monotonic() - t0, 1)
         self.disk.append({"week": w.week, **self.disk_use()})
         self.rows.append(row)
@@ -216,6 +218,7 @@ class Year:
                 ).start()
             state = self.wait(fr_id)
             out["attempts"].append({"flow_run": fr_id, "state": state})
+            self.observe(w.week, "retrain")  # a killed attempt may have moved the alias before it died
             if state != "CRASHED" or len(out["attempts"]) > 3:
                 break
             fr_id = self.submit(RETRAIN, {"dataset": self.name, "root": str(self.c.project)}, tags=["soak-rerun"])
