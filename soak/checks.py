@@ -63,6 +63,14 @@ def invariants(y: Year, params: dict, min_promotions: int, bounded_mb: float) ->
             + (f"; first failures: {req['failures'][:3]}" if req["failures"] else ""),
         )
     )
+    lagging = [f"week {r['week']}: v{r['served']} answered, v{r['champion']} champion" for r in y.rows
+               if r["served"] != r["champion"]]  # fmt: skip
+    out.append(
+        check("the endpoint follows @champion", not lagging,
+              f"at the end of each of {len(y.rows)} weeks the answers came from the champion "
+              f"(versions answered: {', '.join(sorted({r['served'] for r in y.rows if r['served']}, key=int))})"
+              if not lagging else "; ".join(lagging[:5]))
+    )  # fmt: skip
     clean = [r for r in y.rows if r["kind"] == "clean" and r["alarm"] is not None]
     alarms = sum(bool(r["alarm"]) for r in clean)
     alpha = params["monitor"]["alpha"]

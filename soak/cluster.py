@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
 POOL = "soak-pool"
+VERSION_HEADER = "X-STFN-Model-Version"  # stfn.endpoint names the version that answered
 
 
 def free_port() -> int:
@@ -108,6 +109,7 @@ class Cluster:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._killing = threading.Lock()
+        self.answered_by: str | None = None  # the model version of the last answer
 
     # -- set-up ---------------------------------------------------------------------------------
     def base_env(self) -> dict[str, str]:
@@ -323,6 +325,7 @@ class Cluster:
                 ok, why = False, type(exc).__name__
             if ok:
                 self.requests["ok"] += 1
+                self.answered_by = r.headers.get(VERSION_HEADER)
             elif up and self.endpoint_up.is_set():  # up before and after: a failure of a served endpoint
                 self.requests["failed_while_up"] += 1
                 self.requests["failures"].append({"at": time.time(), "why": why})
@@ -336,6 +339,15 @@ class Cluster:
             self.endpoint_up.clear()
             self.downtime.append({"cause": "kill endpoint", "t0": time.monotonic(), "seconds": None})
             return len(kill_tree(self.procs["serve"].pid))
+
+    def follows(self, version: str | None, timeout: float = 30) -> float | None:
+        """Seconds until the endpoint answers with `version` (None: not within `timeout`)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.answered_by == version:
+                return round(time.monotonic() - t0, 1)
+            time.sleep(0.25)
+        return None
 
     def wait_endpoint(self, timeout: float = 180) -> None:
         if not self.endpoint_up.wait(timeout):

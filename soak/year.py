@@ -186,6 +186,8 @@ class Year:
         if "disk full" in w.faults:
             self.c.free_disk()
         row["champion"] = self.current
+        self.c.follows(self.current)  # serve.follow_seconds after a move, the answers come from the new champion
+        row["served"] = self.c.answered_by
         row["seconds"] = round(time.monotonic() - t0, 1)
         self.disk.append({"week": w.week, **self.disk_use()})
         self.rows.append(row)

@@ -23,6 +23,7 @@ INVARIANTS = {
     "the alias history equals the moves that happened",
     "no MLflow run is left RUNNING",
     "the request loop saw no failure while the endpoint was up",
+    "the endpoint follows @champion",
     "false alarms on clean batches within monitor.alpha's rate",
     "every drifted batch alarmed",
     "disk grows only with what must be kept",
