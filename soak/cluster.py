@@ -374,31 +374,34 @@ class Cluster:
 
     # -- the end --------------------------------------------------------------------------------
     def close(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=35)
-        for name in ("serve", "worker"):
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    kill_tree(proc.pid)
-        if self.dbs and not self.external:
-            run([str(BIN / "stfn"), "servers", "stop"], self.project, self.base_env(), timeout=120, check=False)
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.log_mount)], capture_output=True)
-        if self.dbs and not self.keep:
-            import psycopg2
+        """Stop everything started, each step whatever the others did; the databases go last."""
+        try:
+            self._stop.set()
+            for t in self._threads:
+                t.join(timeout=35)
+            for name in ("serve", "worker"):
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        kill_tree(proc.pid)
+            if self.dbs and not self.external and self.project.is_dir():
+                run([str(BIN / "stfn"), "servers", "stop"], self.project, self.base_env(), timeout=120, check=False)
+        finally:
+            if self.mounted:
+                subprocess.run(["umount", "-l", str(self.log_mount)], capture_output=True)
+            if self.dbs and not self.keep:
+                import psycopg2
 
-            conn = psycopg2.connect(connect_timeout=3, **PG)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                for n in self.dbs:
-                    cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-            conn.close()
+                conn = psycopg2.connect(connect_timeout=3, **PG)
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    for n in self.dbs:
+                        cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+                conn.close()
 
 
 # what a client of a team's servers reads from its environment (credentials travel in it, never in a
