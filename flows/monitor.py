@@ -40,6 +40,7 @@ from prefect.events import emit_event
 
 from stfn import reports
 from stfn.config import Paths, load_params
+from stfn.errors import DataValidationError
 from stfn.fileio import dir_md5
 from stfn.stages.ingest import append
 from stfn.stages.monitor import monitor as check
@@ -56,8 +57,14 @@ def check_batch(overrides: list[str], root: str, path: str, since: datetime | No
 
 @task(name="append-batch", cache_policy=NONE)
 def append_batch(overrides: list[str], root: str, path: str, dataset: str) -> dict[str, Any]:
+    """What was appended; {"refused": why} for a batch the dataset's validation refuses (nothing
+    changed): an outcome of the check, not a failure of the task."""
     paths = Paths(Path(root))
-    return append(load_params(paths.params_file, overrides), paths, Path(path), dataset)
+    try:
+        return append(load_params(paths.params_file, overrides), paths, Path(path), dataset)
+    except DataValidationError as exc:
+        first = next((line.strip(" -") for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        return {"refused": first[:300]}
 
 
 @task(name="queued-retrain", cache_policy=NONE, retries=2, retry_delay_seconds=5)
@@ -103,6 +110,16 @@ def run_retrain(dataset: str, root: str, batch_md5: str) -> str:
     return str(run.id)
 
 
+def _append(overrides: list[str], root: str, source: Path, name: str) -> tuple[dict[str, Any] | None, str]:
+    """Append the batch, or say why not: the monitor judges any batch it can read (a sensor that
+    dropped a third of its readings included), the dataset takes only what its contract allows
+    (`data.max_missing_ratio`). Returns (what was appended or None, "" or the reason)."""
+    out = append_batch(overrides, root, str(source), name)
+    if "refused" in out:
+        return None, f"; not appended to {name}: the batch fails the dataset's validation ({out['refused']})"
+    return out, ""
+
+
 @flow(name="monitor")
 def monitor(
     path: str | None = None,
@@ -136,8 +153,8 @@ def monitor(
     if not report["alarm"]:
         out["why"] = "no threshold crossed"
         if keep_all:
-            out["appended"] = append_batch(overrides, root, str(source), name)
-            out["why"] += f"; appended to {name} (monitor.append: always)"
+            out["appended"], refused = _append(overrides, root, source, name)
+            out["why"] += refused or f"; appended to {name} (monitor.append: always)"
     elif not report["labelled"]:
         out["why"] = "an unlabelled batch only alerts: retraining on unchanged data would reproduce the champion"
     elif name in BUILTIN:
@@ -145,12 +162,14 @@ def monitor(
     elif not params.monitor.retrain:
         out["why"] = "monitor.retrain is off: alert only"
         if keep_all:
-            out["appended"] = append_batch(overrides, root, str(source), name)
-            out["why"] = f"monitor.retrain is off: appended to {name} (monitor.append: always), no retrain"
+            out["appended"], refused = _append(overrides, root, source, name)
+            out["why"] += refused or f"; appended to {name} (monitor.append: always), no retrain"
     else:
-        out["appended"] = append_batch(overrides, root, str(source), name)
-        queued = queued_retrain()
-        if queued:
+        out["appended"], refused = _append(overrides, root, source, name)
+        queued = None if refused else queued_retrain()
+        if refused:
+            out["why"] = "alarm on a labelled batch" + refused + ": no retrain"
+        elif queued:
             out["why"] = f"alarm on a labelled batch: appended to {name}; {RETRAIN} run {queued} is already under way"
         else:
             out["retrain_flow_run"] = run_retrain(name, root, dir_md5(source))

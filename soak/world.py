@@ -118,14 +118,15 @@ def batch(folder: Path, seed: int, week: Week, n: int, offset_std: float, name: 
 
 
 def drift(kind: str, series: pd.DataFrame, frames: np.ndarray, offset_std: float, rng: np.random.Generator):
-    """The shifts benchmarks/monitor_power.py measures the monitor's power on."""
+    """The shifts benchmarks/monitor_power.py measures the monitor's power on (the missing readings
+    halved: its 30 % sits on the contract's limit, and a batch past it is judged but not appended)."""
     series, frames = series.copy(), frames.copy()
     if kind == "gain":
         series["zone-0"] *= 1.5
     elif kind == "offset":
         series["zone-0"] += offset_std
-    elif kind == "missing":
-        series.loc[rng.random(len(series)) < 0.3, "zone-0"] = np.nan
+    elif kind == "missing":  # 15 %: within the contract's data.max_missing_ratio (0.3), so the batch is data
+        series.loc[rng.random(len(series)) < 0.15, "zone-0"] = np.nan
     elif kind == "darker":
         frames = np.rint(frames * 0.7).astype(frames.dtype)
     return series, frames

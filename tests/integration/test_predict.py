@@ -362,3 +362,27 @@ def test_with_append_always_the_monitor_flow_keeps_a_clean_labelled_batch_and_as
     assert out["appended"] and out["retrain_flow_run"] is None and "monitor.append: always" in out["why"]
     after = pd.read_parquet(dataset / "samples.parquet")
     assert len(after) == len(before) + 136 and after["sample_id"].str.startswith("kept-").sum() == 136
+
+
+@pytest.mark.slow
+def test_a_labelled_batch_the_dataset_refuses_alarms_and_is_neither_appended_nor_retrained_on(trained, tmp_path):
+    """The monitor judges a batch whose sensor dropped 40 % of its readings (and alarms), but the
+    dataset's contract takes at most `data.max_missing_ratio`: the flow completes, says why the
+    batch was not appended, and asks for no retrain (found by `make soak`: the flow used to fail)."""
+    from flows.monitor import monitor
+
+    root, _ = trained
+    dataset = root / "data" / "raw" / PREDICTED
+    dropping = batch(tmp_path / "dropping", seed=29, n=120)
+    for file in ("samples.parquet", "series.parquet"):
+        table = pd.read_parquet(dropping / file)
+        table["sample_id"] = "drop-" + table["sample_id"]
+        if file == "series.parquet":
+            table.loc[np.random.default_rng(0).random(len(table)) < 0.4, "zone-0"] = np.nan
+        table.drop(columns=[c for c in ("split",) if c in table]).to_parquet(dropping / file, index=False)
+    before = len(pd.read_parquet(dataset / "samples.parquet"))
+    out = monitor(path=str(dropping), dataset=PREDICTED, root=str(root))
+    assert out["report"]["alarm"] and out["report"]["labelled"], out["report"]["summary"]
+    assert out["appended"] is None and out["retrain_flow_run"] is None
+    assert "not appended" in out["why"] and "max_missing_ratio" in out["why"] and out["why"].endswith("no retrain")
+    assert len(pd.read_parquet(dataset / "samples.parquet")) == before
