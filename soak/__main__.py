@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-disk-fault", action="store_true", help="no tmpfs for the inference log (it needs root)")
     ap.add_argument("--min-promotions", type=int, default=None, help="default: 1 per 13 weeks, at least 1")
+    ap.add_argument("--plot", type=Path, default=None, help="only redraw the picture of a report (REPORT.png)")
     a = ap.parse_args(argv)
+    if a.plot:
+        return replot(a.plot)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 10**6)
     print(
         f"soak: seed {seed} ({a.weeks} weeks; replay with `python -m soak --weeks {a.weeks} --seed {seed}`)", flush=True
@@ -157,6 +160,18 @@ def year(cluster: Cluster, params: dict, weeks: list[world.Week], seed: int, a, 
     if failed:
         print("soak: FAILED: " + "; ".join(failed), file=sys.stderr, flush=True)
         return 1
+    return 0
+
+
+def replot(report: Path) -> int:
+    """The picture of a year, redrawn from its report alone."""
+    from types import SimpleNamespace
+
+    from soak import checks
+
+    d = json.loads(report.read_text())
+    year = SimpleNamespace(rows=d["rows"], moves=d["moves"], faults=d["faults"], disk=d["disk"], seed=d["seed"])
+    print(checks.plot(year, report.with_suffix(".png")))
     return 0
 
 

@@ -206,7 +206,7 @@ def plot(y: Year, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=[1.2, 1])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True, height_ratios=[1.2, 1])
     colours = {"clean": "tab:green", "drifted": "tab:orange", "corrupt": "tab:red"}
     xs, vs = [], []  # @champion over the year: each move at its week (several in a week spread over it)
     for w in sorted({m["week"] for m in y.moves}):
@@ -242,11 +242,13 @@ def plot(y: Year, path: Path) -> Path:
     fig.suptitle(f"A simulated year ({len(y.rows)} weeks, seed {y.seed})")
     weeks = [d["week"] for d in y.disk]
     keys = [k for k in y.disk[0] if k != "week"]
-    bottom.stackplot(weeks, *[[d[k] / 2**20 for d in y.disk] for k in keys], labels=keys, alpha=0.8)
-    bottom.set_ylabel("disk (MB)")
+    for k in keys:  # one line a kind, on a log scale: what grows and what stays bounded both show
+        bottom.plot(weeks, [max(d[k], 1) / 2**20 for d in y.disk], label=k, lw=1.5)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("disk (MB, log scale)")
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     bottom.set_xlabel("week")
     bottom.xaxis.get_major_locator().set_params(integer=True)
-    bottom.legend(loc="upper left", fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
