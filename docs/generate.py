@@ -492,6 +492,41 @@ def real_records() -> str:
     return "".join(out)
 
 
+# --- make soak: docs/data/soak.json -----------------------------------------------------------------
+
+
+def soak() -> str:
+    d = load("soak.json")
+    out = [provenance(d, "docs/data/soak.json")]
+    retrains = [t for r in d["rows"] for t in r["retrains"]]
+    promotions = [m for m in d["moves"] if m["cause"] != "first run" and m["cause"] != "rollback"]
+    rollbacks = [m for m in d["moves"] if m["cause"] == "rollback"]
+    kinds = [r["kind"] for r in d["rows"]]
+    out.append(
+        f"\nCommand: `{d['command']}` ({d['minutes']:.0f} minutes): {d['weeks']} weeks of {d['batch']} samples, "
+        f"{kinds.count('clean')} clean, {kinds.count('drifted')} drifted and {kinds.count('corrupt')} corrupt batches; "
+        f"{len(retrains)} retrains, {len(promotions)} promotions after the first champion, {len(rollbacks)} "
+        f"rollback; {d['requests']['ok']:,} requests answered.\n\n"
+    )
+    out.append(
+        table(
+            ("invariant", "held", "what was checked"),
+            [(r["invariant"], "yes" if r["passed"] else "**NO**", r["detail"]) for r in d["invariants"]],
+        )
+    )
+    out.append("\nThe faults, where the seed put them:\n\n")
+    out.append(
+        table(
+            ("week", "fault", "what happened"),
+            [
+                (f["week"], f["fault"], "; ".join(str(f[k]) for k in ("detail", "flow_run", "then") if f.get(k)))
+                for f in sorted(d["faults"], key=lambda f: f["week"])
+            ],
+        )
+    )
+    return "".join(out)
+
+
 PAGES = {
     "real_records.md": real_records,
     "bench.md": bench,
@@ -500,6 +535,7 @@ PAGES = {
     "monitor_power.md": monitor_power,
     "tune_scaling.md": tune_scaling,
     "tune_real_records.md": tune_real_records,
+    "soak.md": soak,
     "cli.md": cli,
 }
 

@@ -245,6 +245,7 @@ def plot(y: Year, path: Path) -> Path:
     for k in keys:  # one line a kind, on a log scale: what grows and what stays bounded both show
         bottom.plot(weeks, [max(d[k], 1) / 2**20 for d in y.disk], label=k, lw=1.5)
     bottom.set_yscale("log")
+    bottom.set_ylim(bottom=0.01)  # an empty folder (the inference log before any traffic) sits on the floor
     bottom.set_ylabel("disk (MB, log scale)")
     bottom.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     bottom.set_xlabel("week")
