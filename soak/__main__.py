@@ -22,6 +22,7 @@ import yaml
 
 from soak import world
 from soak.cluster import BIN, REPO, Cluster, request_body, run
+from stfn.config import apply_overrides
 
 SETTINGS = {  # the soak's params.yaml: the repo's, with these changed
     "data.dataset": world.DATASET,  # --external: soak-<seed>-<random>
@@ -36,14 +37,9 @@ SETTINGS = {  # the soak's params.yaml: the repo's, with these changed
 
 
 def soak_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in SETTINGS.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return params
+    return apply_overrides(
+        yaml.safe_load((REPO / "params.yaml").read_text()), [f"{k}={v}" for k, v in SETTINGS.items()]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

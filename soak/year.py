@@ -19,10 +19,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from soak import world
 from soak.cluster import BIN, Cluster, du, flow_run_process, kill_tree, run
+from stfn.ops import versioning
 
 MONITOR, RETRAIN = "monitor/watch", "retrain/retrain-scheduled"
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -155,9 +154,9 @@ class Year:
         if report:
             row.update(alarm=report["alarm"], crossed=report["crossed"], n=report["n"])
         prefix = f"w{w.week:02d}-"
-        if self.samples_with(prefix):
+        if landed := self.samples_with(prefix):
             row["appended"] = True
-            self.accepted[prefix] = self.samples_with(prefix)
+            self.accepted[prefix] = landed
         elif w.kind == "corrupt" or state == "FAILED":
             self.refused.append(prefix)
 
@@ -301,7 +300,7 @@ class Year:
 
     def dvc_md5(self) -> str | None:
         f = self.c.project / "data" / "raw" / f"{self.name}.dvc"
-        return yaml.safe_load(f.read_text())["outs"][0]["md5"] if f.is_file() else None
+        return versioning.tracked_md5(f) if f.is_file() else None
 
     def model_versions(self) -> list[dict[str, Any]]:
         from mlflow import MlflowClient
